@@ -1,0 +1,26 @@
+# q2-aam: `make demo` sets everything up and runs the demo; `make test` runs the tests.
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo-output
+STAMP := $(VENV)/.q2-aam-installed
+
+.PHONY: install demo test test-all clean-demo
+
+install: $(STAMP)
+
+$(STAMP): scripts/setup-env.sh requirements.txt constraints.txt setup.py q2_aam/plugin_setup.py
+	VENV=$(VENV) bash scripts/setup-env.sh
+	touch $@
+
+demo: install
+	VENV=$(VENV) DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# Everything, including slow real-data tests and benchmarks' checks.
+test-all: install
+	$(BIN)/python -m pytest -q tests
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,235 @@
+"""The actions: QIIME 2 views -> the torch core -> artifacts.
+
+No model math here: this module checks and converts inputs, calls
+``q2_aam.core.api`` and returns what QIIME 2 wraps.
+"""
+from __future__ import annotations
+
+import sys
+
+import biom
+import numpy as np
+import pandas as pd
+import qiime2
+import skbio
+
+from .core.bundle import ModelBundle
+
+UNIFRAC_METRICS = ("unweighted", "weighted-normalized")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _examples(ids, n: int = 3) -> str:
+    ids = list(ids)
+    shown = ", ".join(repr(str(i)) for i in ids[:n])
+    return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def feature_sequences(table: biom.Table, sequences: pd.Series | None) -> list[str]:
+    """The DNA sequence of each table feature, from ``sequences`` or the feature IDs."""
+    from .core.tokenizer import is_dna
+    ids = [str(i) for i in table.ids(axis="observation")]
+    if sequences is None:
+        bad = [i for i in ids if not is_dna(i)]
+        if bad:
+            raise ValueError(
+                f"No sequences were given (--i-sequences) and {len(bad)} of {len(ids)} feature "
+                f"IDs are not DNA sequences ({_examples(bad)}). Pass the representative "
+                "sequences as FeatureData[Sequence].")
+        return [i.upper() for i in ids]
+    lookup = {str(k): str(v) for k, v in sequences.items()}
+    missing = [i for i in ids if i not in lookup]
+    if missing:
+        raise ValueError(f"{len(missing)} of the table's {len(ids)} features have no sequence in "
+                         f"--i-sequences ({_examples(missing)}). Pass the sequences that belong "
+                         "to this table (e.g. from the same DADA2/Deblur run).")
+    return [lookup[i] for i in ids]
+
+
+def amplicon_samples(table: biom.Table, sequences: pd.Series | None, token_limit: int,
+                     sample_ids=None):
+    """The table (optionally only ``sample_ids``, in that order) as core samples."""
+    from .core.data import AmpliconSamples
+    if table.is_empty():
+        raise ValueError("The feature table is empty.")
+    if sample_ids is not None:
+        table = table.filter(list(sample_ids), axis="sample", inplace=False)
+        table = table.sort_order(list(sample_ids), axis="sample")
+    counts = table.matrix_data.T.tocsr()  # (samples, features)
+    return AmpliconSamples.from_counts(
+        counts, [str(i) for i in table.ids()], [str(i) for i in table.ids(axis="observation")],
+        feature_sequences(table, sequences), token_limit)
+
+
+def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
+                      distance_matrix: skbio.DistanceMatrix | None, metric: str) -> np.ndarray:
+    """``(n, n)`` distances between ``samples``, in their order.
+
+    From the given matrix, or UniFrac computed on the counts the model sees
+    (each sample's ``token_limit`` most abundant ASVs).
+    """
+    if phylogeny is not None and distance_matrix is not None:
+        raise ValueError("Give either a phylogeny or a distance matrix, not both.")
+    ids = samples.sample_ids
+    if distance_matrix is not None:
+        missing = [i for i in ids if i not in distance_matrix.ids]
+        if missing:
+            raise ValueError(f"{len(missing)} sample(s) of the table are not in the distance "
+                             f"matrix ({_examples(missing)}). Use a matrix computed on the "
+                             "same samples.")
+        return distance_matrix.filter(ids).data
+    if phylogeny is None:
+        raise ValueError("UniFrac needs a rooted phylogeny (--i-phylogeny) or a distance "
+                         "matrix (--i-distance-matrix).")
+    import unifrac
+    if metric not in UNIFRAC_METRICS:
+        raise ValueError(f"UniFrac metric must be one of {UNIFRAC_METRICS}, got {metric!r}.")
+    kept = samples.kept_counts().T.tocsr()  # (features, samples)
+    used = np.flatnonzero(np.asarray(kept.sum(axis=1)).ravel() > 0)
+    feature_ids = [samples.feature_ids[i] for i in used]
+    tips = {t.name for t in phylogeny.tips()}
+    missing = [f for f in feature_ids if f not in tips]
+    if missing:
+        raise ValueError(f"{len(missing)} feature(s) are not tips of the phylogeny "
+                         f"({_examples(missing)}). Use a tree built from these sequences "
+                         "(e.g. qiime phylogeny align-to-tree-mafft-fasttree).")
+    table = biom.Table(kept[used], feature_ids, ids)
+    compute = unifrac.unweighted if metric == "unweighted" else unifrac.weighted_normalized
+    _log(f"Computing {metric} UniFrac for {len(ids)} samples on the ASVs the model sees.")
+    result = compute(table, phylogeny)
+    return result.filter(ids).data
+
+
+def _train_config(**kwargs):
+    from .core.engine import TrainConfig
+    return TrainConfig(**kwargs)
+
+
+def _groups(subjects: qiime2.Metadata | None, sample_ids):
+    if subjects is None:
+        return None
+    series = subjects.to_series()
+    missing = [i for i in sample_ids if i not in series.index or pd.isna(series.get(i))]
+    if missing:
+        raise ValueError(f"{len(missing)} sample(s) have no value in the subjects column "
+                         f"{series.name!r} ({_examples(missing)}).")
+    return series.loc[list(sample_ids)].astype(str).to_numpy()
+
+
+def pretrain(table: biom.Table, sequences: pd.Series = None,
+             phylogeny: skbio.TreeNode = None, distance_matrix: skbio.DistanceMatrix = None,
+             subjects: qiime2.CategoricalMetadataColumn = None,
+             unifrac_metric: str = "unweighted", token_limit: int = 256,
+             embedding_dim: int = 64, attention_heads: int = 4, nucleotide_layers: int = 2,
+             sample_layers: int = 2, patch_size: int = 4, dropout: float = 0.1,
+             epochs: int = 10, batch_size: int = 16, learning_rate: float = 1e-3,
+             weight_decay: float = 0.01, warmup_fraction: float = 0.05, patience: int = 10,
+             validation_fraction: float = 0.1, unifrac_weight: float = 1.0,
+             mlm_weight: float = 1.0, mask_rate: float = 0.15, random_seed: int = 0,
+             device: str = "auto") -> ModelBundle:
+    from .core import api
+    samples = amplicon_samples(table, sequences, token_limit)
+    distances = unifrac_distances(samples, phylogeny, distance_matrix, unifrac_metric)
+    config = _train_config(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                           weight_decay=weight_decay, warmup_fraction=warmup_fraction,
+                           patience=patience, seed=random_seed, device=device)
+    architecture = dict(embedding_dim=embedding_dim, attention_heads=attention_heads,
+                        nucleotide_layers=nucleotide_layers, sample_layers=sample_layers,
+                        patch_size=patch_size, dropout=dropout)
+    return api.pretrain(samples, distances, architecture=architecture, config=config,
+                        unifrac_weight=unifrac_weight, mlm_weight=mlm_weight,
+                        mask_rate=mask_rate, validation_fraction=validation_fraction,
+                        groups=_groups(subjects, samples.sample_ids), log=_log)
+
+
+def _target_samples(table: biom.Table, metadata: qiime2.MetadataColumn,
+                    missing_samples: str) -> pd.Series:
+    """The target of each table sample that has one, in table order."""
+    series = metadata.to_series()
+    table_ids = [str(i) for i in table.ids()]
+    absent = [i for i in table_ids if i not in series.index]
+    if absent:
+        if missing_samples == "error":
+            raise ValueError(
+                f"{len(absent)} sample(s) of the table are not in the metadata ({_examples(absent)}). "
+                "Add them to the metadata, filter them from the table, or pass "
+                "--p-missing-samples ignore to leave them out.")
+        _log(f"Leaving out {len(absent)} sample(s) that are not in the metadata "
+             f"({_examples(absent)}).")
+    values = series.reindex([i for i in table_ids if i in series.index])
+    empty = values.index[values.isna()]
+    if len(empty):
+        _log(f"Leaving out {len(empty)} sample(s) whose {series.name!r} is missing "
+             f"({_examples(empty)}).")
+        values = values.dropna()
+    if values.empty:
+        raise ValueError(f"No sample of the table has a value in the metadata column "
+                         f"{series.name!r}.")
+    return values
+
+
+def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regression",
+          sequences: pd.Series = None,
+          pretrained: ModelBundle = None, phylogeny: skbio.TreeNode = None,
+          distance_matrix: skbio.DistanceMatrix = None,
+          subjects: qiime2.CategoricalMetadataColumn = None,
+          missing_samples: str = "error", freeze_encoder: bool = False,
+          target_transform: str = "zscore", loss: str = "huber",
+          unifrac_metric: str = "unweighted", unifrac_weight: float = 0.0,
+          mlm_weight: float = 0.0, mask_rate: float = 0.15, token_limit: int = None,
+          embedding_dim: int = None, attention_heads: int = None,
+          nucleotide_layers: int = None, sample_layers: int = None, patch_size: int = None,
+          target_layers: int = 1, dropout: float = 0.1, epochs: int = 30, batch_size: int = 16,
+          learning_rate: float = 5e-4, weight_decay: float = 0.01,
+          warmup_fraction: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,
+          random_seed: int = 0, device: str = "auto") -> ModelBundle:
+    from .core import api
+    classification = task == "classification"
+    if not classification and isinstance(metadata, qiime2.CategoricalMetadataColumn):
+        raise ValueError(
+            f"The metadata column {metadata.name!r} is categorical, but --p-task is "
+            "'regression'. Pass --p-task classification to predict its classes, or give a "
+            "numeric column (declare it with '#q2:types numeric' in the metadata file).")
+    if classification and loss != "huber":
+        raise ValueError(f"--p-loss {loss} is for numeric targets; a categorical target "
+                         "is trained with cross-entropy. Leave --p-loss unset.")
+    values = _target_samples(table, metadata, missing_samples)
+    if token_limit is None:
+        token_limit = pretrained.training.get("token_limit", 256) if pretrained else 256
+    samples = amplicon_samples(table, sequences, token_limit, sample_ids=values.index)
+    distances = None
+    if unifrac_weight > 0:
+        distances = unifrac_distances(samples, phylogeny, distance_matrix, unifrac_metric)
+    elif phylogeny is not None or distance_matrix is not None:
+        raise ValueError("A phylogeny or distance matrix was given, but --p-unifrac-weight is "
+                         "0, so it would not be used. Set --p-unifrac-weight (e.g. 0.1) to "
+                         "keep UniFrac as an auxiliary loss, or leave it out.")
+    config = _train_config(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                           weight_decay=weight_decay, warmup_fraction=warmup_fraction,
+                           patience=patience, seed=random_seed, device=device)
+    architecture = dict(embedding_dim=embedding_dim, attention_heads=attention_heads,
+                        nucleotide_layers=nucleotide_layers, sample_layers=sample_layers,
+                        patch_size=patch_size, target_layers=target_layers, dropout=dropout)
+    if classification and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
+        # Numeric class codes: name the classes "1", not "1.0".
+        values = values.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
+    return api.train(
+        samples, values.to_numpy(), task="classification" if classification else "regression",
+        target_name=str(metadata.name), architecture=architecture, config=config,
+        pretrained=pretrained, freeze_encoder=freeze_encoder, target_transform=target_transform,
+        loss=loss, distances=distances, unifrac_weight=unifrac_weight, mlm_weight=mlm_weight,
+        mask_rate=mask_rate, validation_fraction=validation_fraction,
+        groups=_groups(subjects, samples.sample_ids), log=_log)
+
+
+def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
+            batch_size: int = 64, device: str = "auto") -> pd.Series:
+    from .core import api
+    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256))
+    values = api.predict(model, samples, batch_size=batch_size, device=device, log=_log)
+    series = pd.Series(values, index=pd.Index(samples.sample_ids, name="SampleID"),
+                       name="prediction")
+    return series.astype(float) if model.kind == "regressor" else series.astype(str)

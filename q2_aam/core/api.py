@@ -1,0 +1,274 @@
+"""Pretrain, train and predict with plain Python inputs (no QIIME 2).
+
+These are what the plugin actions call, and what a script launched with
+``torchrun``/``accelerate launch`` can call directly.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .bundle import ModelBundle, library_versions
+from .data import AmpliconSamples, BatchCollator
+from .engine import Objective, TrainConfig, embed_features, fit, make_accelerator
+from .model import AAMModel, ModelConfig
+from .targets import TargetTransform, encode_classes
+from .tokenizer import tokenize
+
+ENCODER_PREFIXES = ("nucleotide_encoder.", "sample_encoder.", "unifrac_head.")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def validation_split(n: int, fraction: float, seed: int,
+                     groups: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows for training and for validation (early stopping).
+
+    With ``groups`` (e.g. subject IDs), whole groups go to one side, so no
+    subject is on both. ``fraction=0`` gives no validation rows.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}.")
+    rows = np.arange(n)
+    if fraction == 0 or n < 2:
+        return rows, rows[:0]
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        shuffled = rng.permutation(n)
+        n_val = max(1, round(fraction * n))
+        return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val])
+    groups = np.asarray([str(g) for g in groups], dtype=object)
+    unique = np.array(sorted(set(groups)), dtype=object)
+    if len(unique) < 2:
+        raise ValueError("Validation by group needs at least 2 groups; got "
+                         f"{len(unique)}. Pass more subjects or no groups.")
+    chosen, count = [], 0
+    for g in rng.permutation(unique):
+        if count >= fraction * n:
+            break
+        chosen.append(g)
+        count += int((groups == g).sum())
+    val = np.isin(groups, chosen)
+    if val.all():
+        val[groups == chosen[0]] = False
+    return rows[~val], rows[val]
+
+
+def _architecture(overrides: dict | None, pretrained: ModelBundle | None, *, task: str,
+                  n_outputs: int, max_length: int) -> ModelConfig:
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if pretrained is not None:
+        base = dict(pretrained.model_config)
+        conflicts = {k: (v, base[k]) for k, v in overrides.items()
+                     if k in base and base[k] != v and k not in ("dropout", "target_layers")}
+        if conflicts:
+            detail = ", ".join(f"{k}={v!r} (pretrained: {b!r})" for k, (v, b) in conflicts.items())
+            raise ValueError(f"The pretrained encoder's architecture differs from the given "
+                             f"{detail}. Leave these parameters unset to use the encoder's.")
+        if max_length > base["max_sequence_length"]:
+            raise ValueError(
+                f"The longest sequence is {max_length} nt, but the pretrained encoder reads at "
+                f"most {base['max_sequence_length']} nt. Trim the sequences to the amplicon "
+                "used in pretraining.")
+        base.update({k: v for k, v in overrides.items() if k in ("dropout", "target_layers")})
+    else:
+        base = dict(overrides)
+        patch = base.get("patch_size", ModelConfig.patch_size)
+        base["max_sequence_length"] = int(math.ceil(max_length / patch) * patch)
+    base.update(task=task, n_outputs=n_outputs)
+    return ModelConfig(**base)
+
+
+def _tokens(samples: AmpliconSamples, max_length: int | None = None, log=_stderr) -> np.ndarray:
+    tokenized = tokenize(samples.sequences, names=samples.feature_ids, max_length=max_length)
+    if tokenized.n_ambiguous:
+        log(f"{tokenized.n_ambiguous} feature sequence(s) hold IUPAC ambiguity codes; each such "
+            "nucleotide is read as 'N'.")
+    return tokenized.tokens
+
+
+def pretrain(samples: AmpliconSamples, distances: np.ndarray, *,
+             architecture: dict | None = None, config: TrainConfig = TrainConfig(),
+             unifrac_weight: float = 1.0, mlm_weight: float = 1.0, mask_rate: float = 0.15,
+             validation_fraction: float = 0.1, groups: Sequence | None = None,
+             log: Callable[[str], None] = _stderr) -> ModelBundle:
+    """Self-supervised pretraining: pairwise UniFrac and masked nucleotides.
+
+    Args:
+        samples: the samples (all are used; no labels needed).
+        distances: ``(n, n)`` UniFrac distances between ``samples``, same order.
+    """
+    distances = np.asarray(distances, dtype=np.float32)
+    if distances.shape != (len(samples), len(samples)):
+        raise ValueError(f"The distance matrix is {distances.shape}, but there are "
+                         f"{len(samples)} samples; it must hold exactly the same samples.")
+    tokens = _tokens(samples, log=log)
+    model_config = _architecture(architecture, None, task="encoder", n_outputs=0,
+                                 max_length=tokens.shape[1])
+    torch.manual_seed(config.seed)
+    model = AAMModel(model_config)
+    train_rows, val_rows = validation_split(len(samples), validation_fraction, config.seed, groups)
+    objective = Objective(task="encoder", target_weight=0.0, unifrac_weight=unifrac_weight,
+                          mlm_weight=mlm_weight, mask_rate=mask_rate,
+                          distances=torch.as_tensor(distances))
+    log(f"Pretraining on {len(train_rows)} samples ({len(val_rows)} for validation), "
+        f"{len(samples.feature_ids)} ASVs, token limit {samples.token_limit}.")
+    history = fit(model, BatchCollator(samples.subset(train_rows), tokens, global_index=train_rows),
+                  BatchCollator(samples.subset(val_rows), tokens, global_index=val_rows)
+                  if len(val_rows) else None, objective, config, log=log)
+    return ModelBundle(
+        kind="encoder", model_config=model_config.to_dict(),
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        training={"action": "pretrain", "config": config.to_dict(),
+                  "objective": {"unifrac_weight": unifrac_weight, "mlm_weight": mlm_weight,
+                                "mask_rate": mask_rate},
+                  "token_limit": samples.token_limit, "n_samples": len(samples),
+                  "n_train": len(train_rows), "n_validation": len(val_rows),
+                  "history": history},
+        versions=library_versions())
+
+
+def regression_metrics(transform: TargetTransform):
+    def metrics(prediction: np.ndarray, target: np.ndarray) -> dict:
+        y_hat = transform.inverse(prediction.reshape(-1))
+        y = transform.inverse(target.reshape(-1))
+        ss_tot = float(((y - y.mean()) ** 2).sum())
+        return {"mae": float(np.abs(y_hat - y).mean()),
+                "r2": 1 - float(((y - y_hat) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")}
+    return metrics
+
+
+def classification_metrics(prediction: np.ndarray, target: np.ndarray) -> dict:
+    return {"accuracy": float((prediction.argmax(-1) == target).mean())}
+
+
+def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name: str = "target",
+          architecture: dict | None = None, config: TrainConfig = TrainConfig(),
+          pretrained: ModelBundle | None = None, freeze_encoder: bool = False,
+          target_transform: str = "zscore", loss: str = "huber",
+          distances: np.ndarray | None = None, unifrac_weight: float = 0.0,
+          mlm_weight: float = 0.0, mask_rate: float = 0.15,
+          validation_fraction: float = 0.1, groups: Sequence | None = None,
+          log: Callable[[str], None] = _stderr) -> ModelBundle:
+    """Train a regressor (numeric ``targets``) or classifier (labels).
+
+    Args:
+        samples: training samples, aligned with ``targets`` (no missing values).
+        task: ``regression`` or ``classification``.
+        pretrained: start the encoder from this model's weights.
+        freeze_encoder: keep the pretrained encoder fixed (its ASV embeddings
+            are then computed once and cached).
+        distances: optional UniFrac distances between ``samples`` for the
+            auxiliary UniFrac loss (``unifrac_weight`` > 0).
+    """
+    if task not in ("regression", "classification"):
+        raise ValueError(f"task must be 'regression' or 'classification', got {task!r}.")
+    if len(targets) != len(samples):
+        raise ValueError(f"{len(targets)} targets for {len(samples)} samples.")
+    if freeze_encoder and pretrained is None:
+        raise ValueError("freeze_encoder needs a pretrained encoder to freeze; pass one or "
+                         "do not freeze.")
+    tokens = _tokens(samples, max_length=pretrained.model_config["max_sequence_length"]
+                     if pretrained else None, log=log)
+    train_rows, val_rows = validation_split(len(samples), validation_fraction, config.seed, groups)
+    target_info: dict = {"name": target_name}
+    if task == "regression":
+        y = np.asarray(targets, dtype=np.float64)
+        if not np.isfinite(y).all():
+            raise ValueError("The target holds missing or non-finite values; drop those "
+                             "samples first.")
+        transform = TargetTransform(target_transform).fit(y[train_rows])
+        encoded = transform.transform(y).astype(np.float32)
+        n_outputs, metrics = 1, regression_metrics(transform)
+        target_info["transform"] = transform.to_dict()
+    else:
+        classes, encoded = encode_classes(targets)
+        if len(classes) < 2:
+            raise ValueError(f"Classification needs at least 2 classes; the target has "
+                             f"{classes}.")
+        n_outputs, metrics = len(classes), classification_metrics
+        target_info["classes"] = classes
+    model_config = _architecture(architecture, pretrained, task=task, n_outputs=n_outputs,
+                                 max_length=tokens.shape[1])
+    torch.manual_seed(config.seed)
+    model = AAMModel(model_config)
+    if pretrained is not None:
+        encoder_state = {k: v for k, v in pretrained.state_dict.items()
+                         if k.startswith(ENCODER_PREFIXES)}
+        missing, _ = model.load_state_dict(encoder_state, strict=False)
+        absent = [k for k in missing if k.startswith(ENCODER_PREFIXES)]
+        if absent:
+            raise ValueError(f"The pretrained model lacks encoder weights {absent[:3]}.")
+    dist = None
+    if unifrac_weight > 0:
+        if distances is None:
+            raise ValueError("unifrac_weight > 0 needs UniFrac distances (a phylogeny or a "
+                             "distance matrix).")
+        dist = torch.as_tensor(np.asarray(distances, dtype=np.float32))
+    objective = Objective(task=task, target_weight=1.0, unifrac_weight=unifrac_weight,
+                          mlm_weight=mlm_weight, mask_rate=mask_rate, regression_loss=loss,
+                          distances=dist)
+    log(f"Training a {task} model for {target_name!r} on {len(train_rows)} samples "
+        f"({len(val_rows)} for validation), {len(samples.feature_ids)} ASVs, "
+        f"token limit {samples.token_limit}"
+        + (", from a pretrained encoder" + (" (frozen)" if freeze_encoder else "")
+           if pretrained else "") + ".")
+    train_c = BatchCollator(samples.subset(train_rows), tokens, encoded[train_rows],
+                            global_index=train_rows)
+    val_c = (BatchCollator(samples.subset(val_rows), tokens, encoded[val_rows],
+                           global_index=val_rows) if len(val_rows) else None)
+    history = fit(model, train_c, val_c, objective, config, freeze_encoder=freeze_encoder,
+                  metrics=metrics, log=log)
+    return ModelBundle(
+        kind="regressor" if task == "regression" else "classifier",
+        model_config=model_config.to_dict(),
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        target=target_info,
+        training={"action": "train", "config": config.to_dict(), "loss": loss,
+                  "objective": {"unifrac_weight": unifrac_weight, "mlm_weight": mlm_weight,
+                                "mask_rate": mask_rate},
+                  "pretrained": pretrained is not None, "freeze_encoder": freeze_encoder,
+                  "token_limit": samples.token_limit, "n_samples": len(samples),
+                  "n_train": len(train_rows), "n_validation": len(val_rows),
+                  "history": history},
+        versions=library_versions())
+
+
+@torch.no_grad()
+def predict_raw(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: int = 64,
+                device: str = "auto", log: Callable[[str], None] = _stderr) -> np.ndarray:
+    """The model's raw outputs ``(n, n_outputs)`` (transformed scale / logits).
+
+    Each distinct ASV is encoded once for the whole table.
+    """
+    if bundle.kind == "encoder":
+        raise ValueError("This model is a pretrained encoder; it predicts nothing. Train a "
+                         "regressor or classifier from it with 'train'.")
+    accelerator = make_accelerator(device)
+    model = bundle.build_model().to(accelerator.device)
+    tokens = _tokens(samples, max_length=model.config.max_sequence_length, log=log)
+    table = embed_features(model, tokens, np.unique(samples.indices), accelerator.device)
+    collator = BatchCollator(samples, tokens)
+    outputs = []
+    for start in range(0, len(samples), batch_size):
+        batch = collator(range(start, min(start + batch_size, len(samples))))
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        out = model(batch, asv_embeddings=table[batch["asv_feature"]])
+        outputs.append(out["prediction"].float().cpu())
+    return torch.cat(outputs).numpy()
+
+
+def predict(bundle: ModelBundle, samples: AmpliconSamples, **kwargs) -> np.ndarray:
+    """Predictions in the target's original units (regression) or class names."""
+    raw = predict_raw(bundle, samples, **kwargs)
+    if bundle.kind == "regressor":
+        return TargetTransform.from_dict(bundle.target["transform"]).inverse(raw[:, 0])
+    classes = np.asarray(bundle.target["classes"], dtype=object)
+    return classes[raw.argmax(axis=1)]

@@ -1,0 +1,168 @@
+"""A trained model on disk: ``config.json`` + ``model.safetensors``, no pickle.
+
+``config.json`` holds everything ``predict`` needs: the architecture
+(``ModelConfig``), what the model predicts (target name, kind, transform
+statistics or class names), how it was trained and its history, the library
+versions, and the sha256 of the weights file, which loading checks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+KINDS = ("encoder", "regressor", "classifier")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict:
+    import numpy
+    import torch
+    from .. import __version__
+    return {"q2-aam": __version__, "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+def validate_config(config: dict, where: str = CONFIG_FILE) -> None:
+    """Raise ``ValueError`` naming what is wrong with a model's ``config.json``."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} must hold a JSON object.")
+    missing = [k for k in ("format_version", "kind", "model", "target", "weights_sha256")
+               if k not in config]
+    if missing:
+        raise ValueError(f"{where} lacks {missing}; it was not written by q2-aam.")
+    if config["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{where} has format_version {config['format_version']!r}; this "
+                         f"q2-aam reads version {FORMAT_VERSION}. Upgrade q2-aam.")
+    if config["kind"] not in KINDS:
+        raise ValueError(f"{where}: kind must be one of {KINDS}, got {config['kind']!r}.")
+    if not isinstance(config["model"], dict):
+        raise ValueError(f"{where}: 'model' must be an object of architecture settings.")
+    target = config["target"]
+    if config["kind"] == "classifier" and not (isinstance(target, dict)
+                                               and target.get("classes")):
+        raise ValueError(f"{where}: a classifier must list its classes under target.classes.")
+    if config["kind"] == "regressor" and not (isinstance(target, dict)
+                                              and "transform" in target):
+        raise ValueError(f"{where}: a regressor must store its target transform.")
+
+
+def validate_directory(path: Path) -> dict:
+    """Check a model directory without torch: config, weights header, checksum.
+
+    Returns the parsed config. Raises ``ValueError`` with what is wrong.
+    """
+    path = Path(path)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    for p in (config_path, weights_path):
+        if not p.is_file():
+            raise ValueError(f"The model has no {p.name}.")
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{CONFIG_FILE} is not valid JSON: {err}") from None
+    validate_config(config)
+    found = sha256_of(weights_path)
+    if found != config["weights_sha256"]:
+        raise ValueError(f"{WEIGHTS_FILE} has sha256 {found}, but {CONFIG_FILE} records "
+                         f"{config['weights_sha256']}: the weights were altered or belong to "
+                         "another model.")
+    _check_safetensors_header(weights_path)
+    return config
+
+
+def _check_safetensors_header(path: Path) -> None:
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise ValueError(f"{WEIGHTS_FILE} is truncated.")
+    size = int.from_bytes(raw[:8], "little")
+    if size <= 0 or 8 + size > len(raw):
+        raise ValueError(f"{WEIGHTS_FILE} is not a safetensors file (bad header length).")
+    try:
+        header = json.loads(raw[8:8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{WEIGHTS_FILE} is not a safetensors file (bad header).") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if not tensors:
+        raise ValueError(f"{WEIGHTS_FILE} holds no tensors.")
+
+
+@dataclass
+class ModelBundle:
+    """A model's weights and its self-description.
+
+    Attributes:
+        kind: ``encoder``, ``regressor`` or ``classifier``.
+        model_config: ``ModelConfig`` as a dict.
+        state_dict: tensors by name.
+        target: ``{"name", "transform"}`` (regressor), ``{"name", "classes"}``
+            (classifier) or ``{}`` (encoder).
+        training: how it was trained (parameters, seed, history, data sizes).
+    """
+
+    kind: str
+    model_config: dict
+    state_dict: dict
+    target: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+    def build_model(self):
+        """The ``AAMModel`` with these weights loaded (strict), in eval mode."""
+        from .model import AAMModel, ModelConfig
+        model = AAMModel(ModelConfig.from_dict(self.model_config))
+        model.load_state_dict(self.state_dict, strict=True)
+        return model.eval()
+
+    def save(self, path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into the folder ``path``.
+
+        Files are written under temporary names and renamed, so a failure
+        leaves no half-written model.
+        """
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict.items()}
+        tmp_weights = path / (WEIGHTS_FILE + ".partial")
+        save_file(tensors, str(tmp_weights))
+        config = {
+            "format_version": FORMAT_VERSION, "kind": self.kind,
+            "model": self.model_config, "target": self.target, "training": self.training,
+            "versions": self.versions or library_versions(),
+            "weights_sha256": sha256_of(tmp_weights),
+        }
+        validate_config(config)
+        with tempfile.NamedTemporaryFile("w", dir=path, delete=False, suffix=".partial") as tmp:
+            json.dump(config, tmp, indent=2, sort_keys=True, default=_json_default)
+        os.replace(tmp.name, path / CONFIG_FILE)
+        os.replace(tmp_weights, path / WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, path) -> "ModelBundle":
+        """Read a model folder; never unpickles anything."""
+        from safetensors.torch import load_file
+        path = Path(path)
+        config = validate_directory(path)
+        return cls(kind=config["kind"], model_config=config["model"],
+                   state_dict=load_file(str(path / WEIGHTS_FILE)), target=config["target"],
+                   training=config.get("training", {}), versions=config.get("versions", {}))
+
+
+def _json_default(value):
+    import numpy as np
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

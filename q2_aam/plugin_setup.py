@@ -1,0 +1,214 @@
+"""Registration only: types, formats, transformers and actions of ``qiime aam``.
+
+Nothing here imports torch; the actions import it when they run.
+"""
+from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, Metadata,
+                           MetadataColumn, Numeric, Plugin, Range, Str, TypeMap)
+from q2_types.distance_matrix import DistanceMatrix
+from q2_types.feature_data import FeatureData, Sequence
+from q2_types.feature_table import FeatureTable, Frequency
+from q2_types.sample_data import SampleData
+from q2_types.tree import Phylogeny, Rooted
+from q2_sample_classifier import ClassifierPredictions, RegressorPredictions
+
+from . import __version__, _methods, _transformers
+from ._formats import (AAMModelConfigFormat, AAMModelDirectoryFormat,
+                       AAMModelWeightsFormat)
+from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
+from .core.bundle import ModelBundle
+
+citations = Citations.load("citations.bib", package="q2_aam")
+
+plugin = Plugin(
+    name="aam",
+    version=__version__,
+    website="https://github.com/q2-aam/q2-aam",
+    package="q2_aam",
+    citations=[citations["vaswani2017attention"], citations["lozupone2005unifrac"]],
+    short_description="Attention All Microbes: transformers over ASV sequences.",
+    description=(
+        "Attention All Microbes (AAM) reads each sample as a bag of DNA sequences (ASVs) with "
+        "their abundances. A nucleotide transformer embeds each ASV from its sequence, a "
+        "sample transformer reads the sample's ASVs, and heads predict pairwise UniFrac "
+        "distances and masked nucleotides (pretraining) or sample metadata (training). "
+        "Because the model reads sequences, not feature IDs, it predicts on samples with "
+        "ASVs it never saw."),
+)
+
+plugin.register_formats(AAMModelConfigFormat, AAMModelWeightsFormat, AAMModelDirectoryFormat)
+plugin.register_semantic_types(AAMModel, AAMEncoder, AAMRegressor, AAMClassifier)
+plugin.register_semantic_type_to_format(
+    AAMModel[AAMEncoder | AAMRegressor | AAMClassifier], AAMModelDirectoryFormat)
+plugin.register_transformer(_transformers.bundle_to_format)
+plugin.register_transformer(_transformers.format_to_bundle)
+
+ANY_MODEL = AAMModel[AAMEncoder | AAMRegressor | AAMClassifier]
+DEVICE = Str % Choices("auto", "cpu", "cuda")
+UNIFRAC = Str % Choices("unweighted", "weighted-normalized")
+POSITIVE = Int % Range(1, None)
+FRACTION = Float % Range(0, 1, inclusive_start=True, inclusive_end=False)
+WEIGHT = Float % Range(0, None)
+
+# Every description in one place, shared by the actions.
+INPUTS = {
+    "table": "Feature table of read counts. Each sample is read as its most abundant ASVs.",
+    "sequences": "The ASVs' DNA sequences. Optional when the table's feature IDs are the "
+                 "sequences themselves (DADA2/Deblur without hashing).",
+    "phylogeny": "Rooted tree whose tips are the table's features, for UniFrac. UniFrac is "
+                 "computed on the counts the model sees (each sample's token-limit most "
+                 "abundant ASVs).",
+    "distance_matrix": "Precomputed sample distances (e.g. UniFrac) instead of a phylogeny.",
+    "pretrained": "A model from 'pretrain' (or 'train') whose encoder starts this model. Its "
+                  "architecture and token limit are used unless given explicitly.",
+    "model": "A model from 'train'.",
+}
+PARAMETERS = {
+    "metadata": "The target column: numeric for --p-task regression; categorical (or "
+                "numeric codes) for --p-task classification.",
+    "task": "'regression' predicts a number and gives an AAMModel[AAMRegressor]; "
+            "'classification' predicts a class and gives an AAMModel[AAMClassifier].",
+    "subjects": "Subject (host) of each sample. When given, the validation samples used for "
+                "early stopping are whole subjects, so repeated samples of one subject do not "
+                "leak between training and validation.",
+    "missing_samples": "What to do with table samples absent from the metadata: 'error' "
+                       "stops with their names, 'ignore' leaves them out. Samples whose "
+                       "target is empty are always left out, and counted in the log.",
+    "unifrac_metric": "UniFrac variant computed from the phylogeny.",
+    "token_limit": "Most ASVs read per sample: the most abundant ones, ties broken by "
+                   "sequence. Default 256, or the pretrained model's.",
+    "embedding_dim": "Width of every embedding and transformer layer (feed-forward width is "
+                     "4x this). Default 64, or the pretrained model's.",
+    "attention_heads": "Attention heads per transformer layer; must divide embedding-dim. "
+                       "Default 4, or the pretrained model's.",
+    "nucleotide_layers": "Transformer layers of the nucleotide encoder. Default 2, or the "
+                         "pretrained model's.",
+    "sample_layers": "Transformer layers of the sample encoder. Default 2, or the pretrained "
+                     "model's.",
+    "patch_size": "Nucleotides per token of the nucleotide encoder: larger is faster, "
+                  "smaller reads finer. Default 4, or the pretrained model's.",
+    "target_layers": "Transformer layers between the encoder and the prediction head.",
+    "dropout": "Dropout rate in every layer.",
+    "epochs": "Maximum passes over the training samples.",
+    "batch_size": "Samples per optimisation step. The UniFrac loss covers all pairs in a "
+                  "batch.",
+    "learning_rate": "Peak AdamW learning rate (linear warm-up, then cosine decay to 10%).",
+    "weight_decay": "AdamW weight decay (not applied to biases, norms and embeddings).",
+    "warmup_fraction": "Fraction of all optimisation steps spent warming up the learning "
+                       "rate.",
+    "patience": "Stop after this many epochs without a better validation loss; 0 never "
+                "stops early. The best epoch's weights are kept.",
+    "validation_fraction": "Fraction of samples held out for early stopping and model "
+                           "selection (0: train on all, keep the last epoch).",
+    "unifrac_weight": "Weight of the pairwise UniFrac loss. In 'train', 0 turns it off; a "
+                      "positive value keeps it as an auxiliary loss and needs a phylogeny or "
+                      "distance matrix.",
+    "mlm_weight": "Weight of the masked-nucleotide loss (0 turns it off).",
+    "mask_rate": "Fraction of nucleotides masked for the masked-nucleotide loss.",
+    "freeze_encoder": "Keep the pretrained encoder's weights fixed and train only the target "
+                      "branch. Its ASV embeddings are then computed once, which is much "
+                      "faster.",
+    "target_transform": "How a numeric target is scaled for learning: 'zscore' (mean 0, sd "
+                        "1 over the training samples) or 'none'. Predictions are always "
+                        "returned in the original units.",
+    "loss": "Loss for a numeric target, on the transformed scale: 'huber' (delta 1), "
+            "'mse' or 'mae'. Categorical targets use cross-entropy.",
+    "random_seed": "Seed for initialisation, shuffling, masking and the validation split: "
+                   "the same seed gives the same model on the CPU.",
+    "device": "'auto' uses a GPU when torch sees one, else the CPU.",
+}
+
+TRAINING_PARAMS = {
+    "epochs": POSITIVE, "batch_size": POSITIVE,
+    "learning_rate": Float % Range(0, None, inclusive_start=False),
+    "weight_decay": Float % Range(0, None), "warmup_fraction": FRACTION,
+    "patience": Int % Range(0, None), "validation_fraction": FRACTION,
+    "mask_rate": Float % Range(0, 1, inclusive_start=False, inclusive_end=False),
+    "random_seed": Int % Range(0, None), "device": DEVICE,
+    "dropout": FRACTION, "unifrac_metric": UNIFRAC,
+    "unifrac_weight": WEIGHT, "mlm_weight": WEIGHT,
+}
+ARCHITECTURE_PARAMS = {
+    "token_limit": POSITIVE, "embedding_dim": POSITIVE, "attention_heads": POSITIVE,
+    "nucleotide_layers": POSITIVE, "sample_layers": POSITIVE, "patch_size": POSITIVE,
+}
+
+
+def _describe(names):
+    return {n: PARAMETERS.get(n, INPUTS.get(n)) for n in names}
+
+
+pretrain_params = {**ARCHITECTURE_PARAMS, **TRAINING_PARAMS,
+                   "subjects": MetadataColumn[Categorical]}
+plugin.methods.register_function(
+    function=_methods.pretrain,
+    inputs={"table": FeatureTable[Frequency], "sequences": FeatureData[Sequence],
+            "phylogeny": Phylogeny[Rooted], "distance_matrix": DistanceMatrix},
+    parameters=pretrain_params,
+    outputs=[("model", AAMModel[AAMEncoder])],
+    input_descriptions=_describe(["table", "sequences", "phylogeny", "distance_matrix"]),
+    parameter_descriptions=_describe(pretrain_params),
+    output_descriptions={"model": "The pretrained encoder, to start 'train' from."},
+    name="Pretrain an AAM encoder",
+    description=(
+        "Self-supervised pretraining, no labels needed: the encoder learns to place samples "
+        "so that distances between their embeddings match UniFrac distances (all pairs in a "
+        "batch), and to recover masked nucleotides of the ASVs. Needs a rooted phylogeny or "
+        "a distance matrix. Progress is printed with --verbose."),
+)
+
+# q2cli 2022.11 cannot offer a type-mapped MetadataColumn as --m-* options, so the
+# output type follows the explicit --p-task instead of the column's type.
+T_task, T_model = TypeMap({
+    Str % Choices("regression"): AAMModel[AAMRegressor],
+    Str % Choices("classification"): AAMModel[AAMClassifier],
+})
+train_params = {
+    "metadata": MetadataColumn[Numeric | Categorical], "task": T_task,
+    "subjects": MetadataColumn[Categorical],
+    "missing_samples": Str % Choices("error", "ignore"), "freeze_encoder": Bool,
+    "target_transform": Str % Choices("none", "zscore"),
+    "loss": Str % Choices("huber", "mse", "mae"),
+    **ARCHITECTURE_PARAMS, "target_layers": Int % Range(0, None), **TRAINING_PARAMS,
+}
+plugin.methods.register_function(
+    function=_methods.train,
+    inputs={"table": FeatureTable[Frequency], "sequences": FeatureData[Sequence],
+            "pretrained": ANY_MODEL, "phylogeny": Phylogeny[Rooted],
+            "distance_matrix": DistanceMatrix},
+    parameters=train_params,
+    outputs=[("model", T_model)],
+    input_descriptions=_describe(["table", "sequences", "pretrained", "phylogeny",
+                                  "distance_matrix"]),
+    parameter_descriptions=_describe(train_params),
+    output_descriptions={"model": "The trained regressor or classifier, for 'predict'."},
+    name="Train an AAM regressor or classifier",
+    description=(
+        "Learn to predict a sample metadata column from the sample's ASVs: a number "
+        "(--p-task regression) or a class (--p-task classification). Optionally start from a "
+        "pretrained encoder (and freeze it), and keep UniFrac and masked nucleotides as "
+        "auxiliary losses. Part of the samples is held out for early stopping "
+        "(--p-validation-fraction); pass --m-subjects-* for longitudinal data. The model "
+        "stores everything 'predict' needs. Progress is printed with --verbose."),
+)
+
+T_model_in, T_predictions = TypeMap({
+    AAMModel[AAMRegressor]: SampleData[RegressorPredictions],
+    AAMModel[AAMClassifier]: SampleData[ClassifierPredictions],
+})
+predict_params = {"batch_size": POSITIVE, "device": DEVICE}
+plugin.methods.register_function(
+    function=_methods.predict,
+    inputs={"model": T_model_in, "table": FeatureTable[Frequency],
+            "sequences": FeatureData[Sequence]},
+    parameters=predict_params,
+    outputs=[("predictions", T_predictions)],
+    input_descriptions=_describe(["model", "table", "sequences"]),
+    parameter_descriptions={"batch_size": "Samples per forward pass.",
+                            "device": PARAMETERS["device"]},
+    output_descriptions={"predictions": "Predicted values (original units) or classes, "
+                                        "usable by q2-sample-classifier's visualizers."},
+    name="Predict with a trained AAM model",
+    description=(
+        "Apply a trained model to samples, including ASVs it never saw (the model reads "
+        "sequences). Each distinct ASV is encoded once."),
+)
