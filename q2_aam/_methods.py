@@ -1,9 +1,11 @@
 """The actions: QIIME 2 views -> the torch core -> artifacts.
 
+(No ``from __future__ import annotations`` here: QIIME 2 reads the view types
+from the annotations at run time.)
+
 No model math here: this module checks and converts inputs, calls
 ``q2_aam.core.api`` and returns what QIIME 2 wraps.
 """
-from __future__ import annotations
 
 import sys
 
