@@ -1,7 +1,9 @@
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
+import skbio
 
 # The real plugin must load, not QIIME 2's test dummies.
 os.environ.pop("QIIMETEST", None)
@@ -22,3 +24,54 @@ def random_samples(n_samples=12, n_features=30, length=40, token_limit=16, seed=
 @pytest.fixture
 def samples():
     return random_samples()
+
+
+@pytest.fixture(scope="session")
+def ecam_subset(tmp_path_factory):
+    """A small real fixture: ECAM samples of 6 subjects, as QIIME 2 artifacts.
+
+    ``train`` holds 40 samples of 4 subjects, ``new`` 12 samples of 2 other
+    subjects (with ASVs the training samples lack). Downloaded once and cached
+    (see q2_aam.example_data).
+    """
+    import biom
+    import qiime2
+    from q2_aam.example_data import load_dataset
+
+    out = tmp_path_factory.mktemp("ecam-subset")
+    data = load_dataset("ecam")
+    md = data.metadata
+    subjects = sorted(md["subject"].unique(), key=lambda s: (len(s), s))
+    chosen = {}
+    for role, subs, per in (("train", subjects[:4], 10), ("new", subjects[4:6], 6)):
+        ids = []
+        for s in subs:
+            rows = md[md["subject"] == s].sort_values("age_days")
+            ids += list(rows.index[:: max(1, len(rows) // per)][:per])
+        chosen[role] = ids
+    all_ids = chosen["train"] + chosen["new"]
+    table = data.table.filter(all_ids, axis="sample", inplace=False)
+    table = table.filter(lambda v, i, m: v.sum() > 0, axis="observation", inplace=False)
+    features = list(table.ids(axis="observation"))
+    tree = data.tree.shear(features)
+    tree.prune()
+    seqs = pd.Series([skbio.DNA(f) for f in features], index=features)
+    arts = {
+        "table": qiime2.Artifact.import_data(
+            "FeatureTable[Frequency]", table.filter(chosen["train"], inplace=False)),
+        "new_table": qiime2.Artifact.import_data(
+            "FeatureTable[Frequency]", table.filter(chosen["new"], inplace=False)),
+        "full_table": qiime2.Artifact.import_data("FeatureTable[Frequency]", table),
+        "sequences": qiime2.Artifact.import_data("FeatureData[Sequence]", seqs),
+        "tree": qiime2.Artifact.import_data("Phylogeny[Rooted]", tree),
+    }
+    paths = {}
+    for name, art in arts.items():
+        paths[name] = str(art.save(str(out / name)))
+    md_sub = md.loc[all_ids].copy()
+    md_sub.index.name = "sample-id"
+    metadata = qiime2.Metadata(md_sub.astype({c: str for c in md_sub.columns if c != "age_days"}))
+    metadata.save(str(out / "metadata.tsv"))
+    paths["metadata"] = str(out / "metadata.tsv")
+    return {"dir": out, "paths": paths, "artifacts": arts, "metadata": metadata,
+            "train_ids": chosen["train"], "new_ids": chosen["new"]}

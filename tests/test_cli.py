@@ -1,0 +1,78 @@
+"""`qiime aam ...` through q2cli, as a user runs it (the venv's `qiime` command)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import qiime2
+
+QIIME = Path(sys.executable).parent / "qiime"
+pytestmark = pytest.mark.skipif(not QIIME.exists(),
+                                reason="the venv's qiime wrapper is made by `make install`")
+SMALL = ["--p-token-limit", "32", "--p-embedding-dim", "16", "--p-attention-heads", "2",
+         "--p-nucleotide-layers", "1", "--p-sample-layers", "1", "--p-batch-size", "8"]
+
+
+def qiime(*args, ok=True):
+    env = {k: v for k, v in os.environ.items() if k != "QIIMETEST"}
+    result = subprocess.run([str(QIIME), *map(str, args)], capture_output=True, text=True,
+                            env=env)
+    if ok and result.returncode != 0:
+        raise AssertionError(f"qiime {' '.join(map(str, args))} failed:\n{result.stdout}\n"
+                             f"{result.stderr}")
+    return result
+
+
+def test_help_lists_the_actions():
+    out = qiime("aam", "--help").stdout
+    for action in ("pretrain", "train", "predict"):
+        assert action in out
+
+
+def test_train_help_explains_parameters():
+    out = qiime("aam", "train", "--help").stdout
+    assert "--m-metadata-column" in out and "--p-task" in out
+    assert "most abundant" in out
+
+
+def test_pretrain_train_predict_from_the_command_line(ecam_subset, tmp_path):
+    p = ecam_subset["paths"]
+    qiime("aam", "pretrain", "--i-table", p["full_table"], "--i-sequences", p["sequences"],
+          "--i-phylogeny", p["tree"], "--p-epochs", "1", *SMALL,
+          "--o-model", tmp_path / "encoder.qza")
+    qiime("aam", "train", "--i-table", p["table"], "--i-sequences", p["sequences"],
+          "--i-pretrained", tmp_path / "encoder.qza", "--m-metadata-file", p["metadata"],
+          "--m-metadata-column", "age_days", "--m-subjects-file", p["metadata"],
+          "--m-subjects-column", "subject", "--p-epochs", "2", "--o-model",
+          tmp_path / "model.qza")
+    qiime("aam", "predict", "--i-model", tmp_path / "model.qza", "--i-table", p["new_table"],
+          "--i-sequences", p["sequences"], "--o-predictions", tmp_path / "pred.qza")
+    preds = qiime2.Artifact.load(str(tmp_path / "pred.qza"))
+    assert str(preds.type) == "SampleData[RegressorPredictions]"
+    assert sorted(preds.view(pd.Series).index) == sorted(ecam_subset["new_ids"])
+    qiime("sample-classifier", "scatterplot", "--i-predictions", tmp_path / "pred.qza",
+          "--m-truth-file", p["metadata"], "--m-truth-column", "age_days",
+          "--o-visualization", tmp_path / "scatter.qzv")
+    assert (tmp_path / "scatter.qzv").exists()
+
+
+def test_invalid_choice_is_refused_before_running(ecam_subset, tmp_path):
+    p = ecam_subset["paths"]
+    result = qiime("aam", "train", "--i-table", p["table"], "--m-metadata-file", p["metadata"],
+                   "--m-metadata-column", "age_days", "--p-target-transform", "cube-root",
+                   "--o-model", tmp_path / "m.qza", ok=False)
+    assert result.returncode != 0
+    assert "cube-root" in result.stderr
+    assert not (tmp_path / "m.qza").exists()
+
+
+def test_bad_input_gives_a_clear_error_and_no_output(ecam_subset, tmp_path):
+    p = ecam_subset["paths"]
+    result = qiime("aam", "train", "--i-table", p["table"], "--i-sequences", p["sequences"],
+                   "--m-metadata-file", p["metadata"], "--m-metadata-column", "delivery",
+                   "--o-model", tmp_path / "m.qza", ok=False)
+    assert result.returncode != 0
+    assert "--p-task classification" in result.stderr
+    assert not (tmp_path / "m.qza").exists()

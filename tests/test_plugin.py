@@ -1,0 +1,253 @@
+"""The plugin through QIIME 2's Python API, on a small real ECAM subset."""
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import qiime2
+from qiime2.plugin import ValidationError
+from qiime2.plugin.testing import TestPluginBase
+
+from q2_aam._formats import AAMModelDirectoryFormat
+from q2_aam._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
+from q2_aam.core.bundle import ModelBundle
+
+SMALL = dict(token_limit=32, embedding_dim=16, attention_heads=2, nucleotide_layers=1,
+             sample_layers=1, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def aam():
+    from qiime2.plugins import aam
+    return aam
+
+
+@pytest.fixture(scope="module")
+def trained(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    encoder, = aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                                    phylogeny=a["tree"], epochs=1, **SMALL)
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"], pretrained=encoder,
+                               metadata=ecam_subset["metadata"].get_column("age_days"),
+                               epochs=2, batch_size=8)
+    return encoder, model
+
+
+class TestRegistration(TestPluginBase):
+    package = "q2_aam"
+
+    def test_types_are_registered_to_the_format(self):
+        for sub in (AAMEncoder, AAMRegressor, AAMClassifier):
+            self.assertRegisteredSemanticType(sub)
+            self.assertSemanticTypeRegisteredToFormat(AAMModel[sub], AAMModelDirectoryFormat)
+
+    def test_actions(self):
+        self.assertEqual(set(self.plugin.actions), {"pretrain", "train", "predict"})
+
+    def test_no_name_clash_with_sample_classifier(self):
+        pm = qiime2.sdk.PluginManager()
+        self.assertIn("sample-classifier", pm.plugins)
+        self.assertIn("aam", pm.plugins)
+
+
+def test_importing_the_plugin_does_not_import_torch():
+    code = ("import sys, qiime2.sdk; qiime2.sdk.PluginManager(); "
+            "import q2_aam.plugin_setup; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_pretrain_train_predict_round_trip(aam, ecam_subset, trained, tmp_path):
+    encoder, model = trained
+    assert str(encoder.type) == "AAMModel[AAMEncoder]"
+    assert str(model.type) == "AAMModel[AAMRegressor]"
+    a = ecam_subset["artifacts"]
+    preds, = aam.actions.predict(model=model, table=a["new_table"], sequences=a["sequences"])
+    assert str(preds.type) == "SampleData[RegressorPredictions]"
+    series = preds.view(pd.Series)
+    assert sorted(series.index) == sorted(ecam_subset["new_ids"])
+    # Original units: days, not z-scores.
+    ages = ecam_subset["metadata"].get_column("age_days").to_series()
+    assert series.mean() > 20 and series.max() < 3 * ages.max()
+    # A model saved to disk and loaded predicts the same numbers.
+    loaded = qiime2.Artifact.load(str(model.save(str(tmp_path / "model"))))
+    again, = aam.actions.predict(model=loaded, table=a["new_table"], sequences=a["sequences"])
+    pd.testing.assert_series_equal(series, again.view(pd.Series))
+    # q2-sample-classifier's visualizer understands the predictions.
+    from qiime2.plugins import sample_classifier
+    viz, = sample_classifier.actions.scatterplot(
+        predictions=preds, truth=ecam_subset["metadata"].get_column("age_days"))
+    assert viz is not None
+
+
+def test_model_artifact_holds_what_predict_needs(trained):
+    _, model = trained
+    bundle = model.view(ModelBundle)
+    assert bundle.kind == "regressor"
+    assert bundle.target["name"] == "age_days"
+    assert bundle.target["transform"]["kind"] == "zscore"
+    assert bundle.training["token_limit"] == 32  # inherited from the encoder
+    assert bundle.model_config["embedding_dim"] == 16
+    assert len(bundle.training["history"]) >= 1
+    assert "torch" in bundle.versions
+
+
+def test_same_seed_same_predictions(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    col = ecam_subset["metadata"].get_column("age_days")
+    runs = []
+    for _ in range(2):
+        m, = aam.actions.train(table=a["table"], sequences=a["sequences"], metadata=col,
+                               epochs=1, random_seed=7, **SMALL)
+        p, = aam.actions.predict(model=m, table=a["new_table"], sequences=a["sequences"])
+        runs.append(p.view(pd.Series))
+    pd.testing.assert_series_equal(runs[0], runs[1])
+
+
+def test_classifier_end_to_end(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    col = ecam_subset["metadata"].get_column("delivery")
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"], metadata=col,
+                               task="classification", epochs=1, **SMALL)
+    assert str(model.type) == "AAMModel[AAMClassifier]"
+    preds, = aam.actions.predict(model=model, table=a["new_table"], sequences=a["sequences"])
+    assert str(preds.type) == "SampleData[ClassifierPredictions]"
+    assert set(preds.view(pd.Series)) <= {"Vaginal", "Cesarean"}
+    from qiime2.plugins import sample_classifier
+    sample_classifier.actions.confusion_matrix(predictions=preds, truth=col)
+
+
+def test_frozen_encoder_keeps_its_weights(aam, ecam_subset, trained):
+    encoder, _ = trained
+    a = ecam_subset["artifacts"]
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"], pretrained=encoder,
+                               metadata=ecam_subset["metadata"].get_column("age_days"),
+                               freeze_encoder=True, epochs=2)
+    before, after = encoder.view(ModelBundle).state_dict, model.view(ModelBundle).state_dict
+    enc_keys = [k for k in before if k.startswith(("nucleotide_encoder.", "sample_encoder."))]
+    assert enc_keys and all(np.array_equal(before[k], after[k]) for k in enc_keys)
+    changed = [k for k in after if k.startswith("target_head.")]
+    assert changed
+
+
+def test_auxiliary_unifrac_loss_in_train(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"], phylogeny=a["tree"],
+                               metadata=ecam_subset["metadata"].get_column("age_days"),
+                               unifrac_weight=0.5, mlm_weight=0.5, epochs=1, **SMALL)
+    history = model.view(ModelBundle).training["history"]
+    assert {"train_unifrac", "train_mlm", "train_target"} <= set(history[0])
+
+
+# --- bad input -------------------------------------------------------------------------
+
+def test_feature_ids_that_are_not_dna_need_sequences(aam, ecam_subset):
+    import biom
+    table = biom.load_table("/usr/lib/python3/dist-packages/q2_diversity_lib/tests/data/"
+                            "crawford.biom")
+    art = qiime2.Artifact.import_data("FeatureTable[Frequency]", table)
+    md = qiime2.Metadata(pd.DataFrame({"y": np.arange(table.shape[1], dtype=float)},
+                                      index=pd.Index(table.ids(), name="id")))
+    with pytest.raises(ValueError, match=r"--i-sequences.*not DNA sequences"):
+        aam.actions.train(table=art, metadata=md.get_column("y"), epochs=1)
+
+
+def test_missing_samples_error_or_ignore(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"].to_dataframe()
+    partial = qiime2.Metadata(md.drop(index=ecam_subset["train_ids"][:3]))
+    col = partial.get_column("age_days")
+    with pytest.raises(ValueError, match="3 sample.*not in the metadata.*missing-samples"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"], metadata=col, epochs=1,
+                          **SMALL)
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"], metadata=col,
+                               missing_samples="ignore", epochs=1, **SMALL)
+    assert model.view(ModelBundle).training["n_samples"] == 37
+
+
+def test_empty_targets_are_dropped_and_counted(aam, ecam_subset, capfd):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"].to_dataframe()
+    md.loc[ecam_subset["train_ids"][:2], "age_days"] = np.nan
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"],
+                               metadata=qiime2.Metadata(md).get_column("age_days"), epochs=1,
+                               **SMALL)
+    assert model.view(ModelBundle).training["n_samples"] == 38
+    assert "Leaving out 2 sample(s) whose 'age_days' is missing" in capfd.readouterr().err
+
+
+def test_categorical_target_needs_classification_task(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="categorical.*--p-task classification"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("delivery"), epochs=1)
+
+
+def test_sequences_missing_for_features(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    seqs = a["sequences"].view(pd.Series).iloc[5:]
+    short = qiime2.Artifact.import_data("FeatureData[Sequence]", seqs)
+    with pytest.raises(ValueError, match="5 of the table's .* features have no sequence"):
+        aam.actions.predict(model=_any_regressor(aam, ecam_subset), table=a["table"],
+                            sequences=short)
+
+
+def test_unused_phylogeny_is_refused(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="unifrac-weight"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"], phylogeny=a["tree"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"), epochs=1)
+
+
+def test_encoder_cannot_predict(aam, ecam_subset, trained):
+    encoder, _ = trained
+    a = ecam_subset["artifacts"]
+    with pytest.raises(TypeError):
+        aam.actions.predict(model=encoder, table=a["table"], sequences=a["sequences"])
+
+
+def _any_regressor(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    m, = aam.actions.train(table=a["table"], sequences=a["sequences"], epochs=1,
+                           metadata=ecam_subset["metadata"].get_column("age_days"), **SMALL)
+    return m
+
+
+# --- the format ------------------------------------------------------------------------
+
+def _exported(model, tmp_path):
+    d = tmp_path / "exported"
+    model.export_data(str(d))
+    return d
+
+
+def test_format_imports_a_valid_model(trained, tmp_path):
+    _, model = trained
+    d = _exported(model, tmp_path)
+    art = qiime2.Artifact.import_data("AAMModel[AAMRegressor]", str(d))
+    assert art.view(ModelBundle).kind == "regressor"
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("weights", "sha256"),
+    ("config-json", "not valid JSON|Not an AAM model config"),
+    ("config-keys", "lacks"),
+    ("missing-weights", "model.safetensors"),
+])
+def test_format_refuses_damaged_models(trained, tmp_path, damage, message):
+    import json
+    _, model = trained
+    d = _exported(model, tmp_path)
+    if damage == "weights":
+        raw = bytearray((d / "model.safetensors").read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        (d / "model.safetensors").write_bytes(bytes(raw))
+    elif damage == "config-json":
+        (d / "config.json").write_text("{oops")
+    elif damage == "config-keys":
+        (d / "config.json").write_text(json.dumps({"kind": "regressor"}))
+    else:
+        (d / "model.safetensors").unlink()
+    with pytest.raises((ValidationError, ValueError), match=message):
+        qiime2.Artifact.import_data("AAMModel[AAMRegressor]", str(d))
