@@ -105,6 +105,17 @@ def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
     return result.filter(ids).data
 
 
+def _distances_if_used(samples, phylogeny, distance_matrix, metric, weight):
+    """UniFrac distances when the UniFrac loss is on; refuse inputs that would go unused."""
+    if weight > 0:
+        return unifrac_distances(samples, phylogeny, distance_matrix, metric)
+    if phylogeny is not None or distance_matrix is not None:
+        raise ValueError("A phylogeny or distance matrix was given, but --p-unifrac-weight is "
+                         "0, so it would not be used. Set --p-unifrac-weight (e.g. 0.1) to "
+                         "use UniFrac, or leave the input out.")
+    return None
+
+
 def _train_config(**kwargs):
     from .core.engine import TrainConfig
     return TrainConfig(**kwargs)
@@ -134,7 +145,8 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
              device: str = "auto") -> ModelBundle:
     from .core import api
     samples = amplicon_samples(table, sequences, token_limit)
-    distances = unifrac_distances(samples, phylogeny, distance_matrix, unifrac_metric)
+    distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
+                                   unifrac_weight)
     config = _train_config(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                            weight_decay=weight_decay, warmup_fraction=warmup_fraction,
                            patience=patience, seed=random_seed, device=device)
@@ -184,7 +196,7 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           mlm_weight: float = 0.0, mask_rate: float = 0.15, token_limit: int = None,
           embedding_dim: int = None, attention_heads: int = None,
           nucleotide_layers: int = None, sample_layers: int = None, patch_size: int = None,
-          target_layers: int = 1, dropout: float = 0.1, epochs: int = 30, batch_size: int = 16,
+          target_layers: int = 1, dropout: float = None, epochs: int = 30, batch_size: int = 16,
           learning_rate: float = 5e-4, weight_decay: float = 0.01,
           warmup_fraction: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,
           random_seed: int = 0, device: str = "auto") -> ModelBundle:
@@ -202,13 +214,8 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     if token_limit is None:
         token_limit = pretrained.training.get("token_limit", 256) if pretrained else 256
     samples = amplicon_samples(table, sequences, token_limit, sample_ids=values.index)
-    distances = None
-    if unifrac_weight > 0:
-        distances = unifrac_distances(samples, phylogeny, distance_matrix, unifrac_metric)
-    elif phylogeny is not None or distance_matrix is not None:
-        raise ValueError("A phylogeny or distance matrix was given, but --p-unifrac-weight is "
-                         "0, so it would not be used. Set --p-unifrac-weight (e.g. 0.1) to "
-                         "keep UniFrac as an auxiliary loss, or leave it out.")
+    distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
+                                   unifrac_weight)
     config = _train_config(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                            weight_decay=weight_decay, warmup_fraction=warmup_fraction,
                            patience=patience, seed=random_seed, device=device)

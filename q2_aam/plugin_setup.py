@@ -58,8 +58,10 @@ INPUTS = {
                  "computed on the counts the model sees (each sample's token-limit most "
                  "abundant ASVs).",
     "distance_matrix": "Precomputed sample distances (e.g. UniFrac) instead of a phylogeny.",
-    "pretrained": "A model from 'pretrain' (or 'train') whose encoder starts this model. Its "
-                  "architecture and token limit are used unless given explicitly.",
+    "pretrained": "A model from 'pretrain' (or 'train') whose encoder starts this model. The "
+                  "architecture (embedding dim, heads, layers, patch size), token limit and "
+                  "dropout default to the pretrained model's; an architecture value that "
+                  "differs from it is an error.",
     "model": "A model from 'train'.",
 }
 PARAMETERS = {
@@ -87,7 +89,7 @@ PARAMETERS = {
     "patch_size": "Nucleotides per token of the nucleotide encoder: larger is faster, "
                   "smaller reads finer. Default 4, or the pretrained model's.",
     "target_layers": "Transformer layers between the encoder and the prediction head.",
-    "dropout": "Dropout rate in every layer.",
+    "dropout": "Dropout rate in every layer. Default 0.1, or the pretrained model's.",
     "epochs": "Maximum passes over the training samples.",
     "batch_size": "Samples per optimisation step. The UniFrac loss covers all pairs in a "
                   "batch.",
@@ -99,9 +101,9 @@ PARAMETERS = {
                 "stops early. The best epoch's weights are kept.",
     "validation_fraction": "Fraction of samples held out for early stopping and model "
                            "selection (0: train on all, keep the last epoch).",
-    "unifrac_weight": "Weight of the pairwise UniFrac loss. In 'train', 0 turns it off; a "
-                      "positive value keeps it as an auxiliary loss and needs a phylogeny or "
-                      "distance matrix.",
+    "unifrac_weight": "Weight of the pairwise UniFrac loss; 0 turns it off. A positive value "
+                      "needs a phylogeny or a distance matrix (in 'train' it is an auxiliary "
+                      "loss, off by default).",
     "mlm_weight": "Weight of the masked-nucleotide loss (0 turns it off).",
     "mask_rate": "Fraction of nucleotides masked for the masked-nucleotide loss.",
     "freeze_encoder": "Keep the pretrained encoder's weights fixed and train only the target "
@@ -133,8 +135,13 @@ ARCHITECTURE_PARAMS = {
 }
 
 
-def _describe(names):
-    return {n: PARAMETERS.get(n, INPUTS.get(n)) for n in names}
+def _describe(names, pretrained=True):
+    """Descriptions of ``names``; without a pretrained input, the plain defaults."""
+    described = {n: PARAMETERS.get(n, INPUTS.get(n)) for n in names}
+    if not pretrained:
+        described = {n: d.replace(", or the pretrained model's", "")
+                     for n, d in described.items()}
+    return described
 
 
 pretrain_params = {**ARCHITECTURE_PARAMS, **TRAINING_PARAMS,
@@ -146,7 +153,7 @@ plugin.methods.register_function(
     parameters=pretrain_params,
     outputs=[("model", AAMModel[AAMEncoder])],
     input_descriptions=_describe(["table", "sequences", "phylogeny", "distance_matrix"]),
-    parameter_descriptions=_describe(pretrain_params),
+    parameter_descriptions=_describe(pretrain_params, pretrained=False),
     output_descriptions={"model": "The pretrained encoder, to start 'train' from."},
     name="Pretrain an AAM encoder",
     description=(

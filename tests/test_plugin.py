@@ -251,3 +251,38 @@ def test_format_refuses_damaged_models(trained, tmp_path, damage, message):
         (d / "model.safetensors").unlink()
     with pytest.raises((ValidationError, ValueError), match=message):
         qiime2.Artifact.import_data("AAMModel[AAMRegressor]", str(d))
+
+
+def test_pretrain_from_a_distance_matrix(aam, ecam_subset):
+    from qiime2.plugins import diversity_lib
+    a = ecam_subset["artifacts"]
+    dm, = diversity_lib.actions.unweighted_unifrac(table=a["full_table"], phylogeny=a["tree"])
+    encoder, = aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                                    distance_matrix=dm, epochs=1, **SMALL)
+    assert encoder.view(ModelBundle).training["history"][0]["train_unifrac"] > 0
+    with pytest.raises(ValueError, match="either a phylogeny or a distance matrix"):
+        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                             distance_matrix=dm, phylogeny=a["tree"], epochs=1, **SMALL)
+
+
+def test_pretrain_needs_a_tree_or_distances(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="rooted phylogeny.*or a distance"):
+        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"], epochs=1)
+
+
+def test_pretrain_masked_nucleotides_only_needs_no_tree(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    encoder, = aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                                    unifrac_weight=0.0, epochs=1, **SMALL)
+    assert "train_unifrac" not in encoder.view(ModelBundle).training["history"][0]
+
+
+def test_architecture_differing_from_the_pretrained_encoder_is_refused(aam, ecam_subset,
+                                                                        trained):
+    encoder, _ = trained
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="embedding_dim=32 \\(pretrained: 16\\)"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"], pretrained=encoder,
+                          metadata=ecam_subset["metadata"].get_column("age_days"),
+                          embedding_dim=32, epochs=1)

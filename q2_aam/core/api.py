@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict
 from typing import Callable, Sequence
 
 import numpy as np
@@ -94,7 +93,7 @@ def _tokens(samples: AmpliconSamples, max_length: int | None = None, log=_stderr
     return tokenized.tokens
 
 
-def pretrain(samples: AmpliconSamples, distances: np.ndarray, *,
+def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
              architecture: dict | None = None, config: TrainConfig = TrainConfig(),
              unifrac_weight: float = 1.0, mlm_weight: float = 1.0, mask_rate: float = 0.15,
              validation_fraction: float = 0.1, groups: Sequence | None = None,
@@ -103,10 +102,14 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray, *,
 
     Args:
         samples: the samples (all are used; no labels needed).
-        distances: ``(n, n)`` UniFrac distances between ``samples``, same order.
+        distances: ``(n, n)`` UniFrac distances between ``samples``, same order
+            (``None`` only with ``unifrac_weight=0``).
     """
-    distances = np.asarray(distances, dtype=np.float32)
-    if distances.shape != (len(samples), len(samples)):
+    if unifrac_weight > 0 and distances is None:
+        raise ValueError("unifrac_weight > 0 needs UniFrac distances (a phylogeny or a "
+                         "distance matrix).")
+    distances = None if distances is None else np.asarray(distances, dtype=np.float32)
+    if distances is not None and distances.shape != (len(samples), len(samples)):
         raise ValueError(f"The distance matrix is {distances.shape}, but there are "
                          f"{len(samples)} samples; it must hold exactly the same samples.")
     tokens = _tokens(samples, log=log)
@@ -117,7 +120,7 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray, *,
     train_rows, val_rows = validation_split(len(samples), validation_fraction, config.seed, groups)
     objective = Objective(task="encoder", target_weight=0.0, unifrac_weight=unifrac_weight,
                           mlm_weight=mlm_weight, mask_rate=mask_rate,
-                          distances=torch.as_tensor(distances))
+                          distances=None if distances is None else torch.as_tensor(distances))
     log(f"Pretraining on {len(train_rows)} samples ({len(val_rows)} for validation), "
         f"{len(samples.feature_ids)} ASVs, token limit {samples.token_limit}.")
     history = fit(model, BatchCollator(samples.subset(train_rows), tokens, global_index=train_rows),

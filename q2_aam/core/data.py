@@ -140,7 +140,7 @@ class BatchCollator:
             (from :func:`tokenize`).
         targets: optional per-sample targets (float for regression, int class
             index for classification), indexed like ``samples``.
-        sample_offsets: optional per-sample global index (into a distance
+        global_index: optional per-sample global index (into a distance
             matrix), indexed like ``samples``; defaults to ``arange``.
     """
 
