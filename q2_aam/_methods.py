@@ -116,9 +116,18 @@ def _distances_if_used(samples, phylogeny, distance_matrix, metric, weight):
     return None
 
 
-def _train_config(**kwargs):
+OPTIMISATION = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction",
+                "patience")
+ARCHITECTURE = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample_layers",
+                "patch_size", "target_layers", "dropout")
+
+
+def _settings(params: dict):
+    """The core's ``TrainConfig`` and architecture overrides from an action's parameters."""
     from .core.engine import TrainConfig
-    return TrainConfig(**kwargs)
+    config = TrainConfig(**{k: params[k] for k in OPTIMISATION}, seed=params["random_seed"],
+                         device=params["device"])
+    return config, {k: params[k] for k in ARCHITECTURE if k in params}
 
 
 def _groups(subjects: qiime2.Metadata | None, sample_ids):
@@ -147,12 +156,7 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
     samples = amplicon_samples(table, sequences, token_limit)
     distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
                                    unifrac_weight)
-    config = _train_config(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                           weight_decay=weight_decay, warmup_fraction=warmup_fraction,
-                           patience=patience, seed=random_seed, device=device)
-    architecture = dict(embedding_dim=embedding_dim, attention_heads=attention_heads,
-                        nucleotide_layers=nucleotide_layers, sample_layers=sample_layers,
-                        patch_size=patch_size, dropout=dropout)
+    config, architecture = _settings(locals())
     return api.pretrain(samples, distances, architecture=architecture, config=config,
                         unifrac_weight=unifrac_weight, mlm_weight=mlm_weight,
                         mask_rate=mask_rate, validation_fraction=validation_fraction,
@@ -216,12 +220,7 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     samples = amplicon_samples(table, sequences, token_limit, sample_ids=values.index)
     distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
                                    unifrac_weight)
-    config = _train_config(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                           weight_decay=weight_decay, warmup_fraction=warmup_fraction,
-                           patience=patience, seed=random_seed, device=device)
-    architecture = dict(embedding_dim=embedding_dim, attention_heads=attention_heads,
-                        nucleotide_layers=nucleotide_layers, sample_layers=sample_layers,
-                        patch_size=patch_size, target_layers=target_layers, dropout=dropout)
+    config, architecture = _settings(locals())
     if classification and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
         # Numeric class codes: name the classes "1", not "1.0".
         values = values.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
