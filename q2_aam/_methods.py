@@ -163,6 +163,37 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
                         groups=_groups(subjects, samples.sample_ids), log=_log)
 
 
+#: Defaults of train's regression settings (chosen by the benchmark in benchmarks/).
+DEFAULT_TARGET_TRANSFORM = "zscore"
+DEFAULT_LOSS = "huber"
+
+
+def _category_groups(sample_metadata, columns, sample_ids, required=True):
+    """Each sample's group label from the categorical ``columns`` ("FIN|vaginal")."""
+    if not columns:
+        return None
+    if sample_metadata is None:
+        raise ValueError(f"--p-normalize-by {' '.join(columns)} needs the metadata that holds "
+                         "these columns: pass --m-sample-metadata-file.")
+    from .core.targets import group_labels
+    frame = sample_metadata.to_dataframe()
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise ValueError(f"--p-normalize-by names {absent}, which the sample metadata does not "
+                         f"have (it has {list(frame.columns)}).")
+    numeric = [c for c in columns
+               if sample_metadata.columns[c].type == "numeric"]
+    if numeric:
+        raise ValueError(f"--p-normalize-by columns must be categorical; {numeric} are numeric "
+                         "(declare them with '#q2:types categorical').")
+    missing = [i for i in sample_ids if i not in frame.index]
+    if missing and required:
+        raise ValueError(f"{len(missing)} sample(s) are not in the sample metadata "
+                         f"({_examples(missing)}); the normalize-by groups need every sample.")
+    frame = frame.reindex(list(sample_ids))
+    return group_labels([frame[c].tolist() for c in columns])
+
+
 def _target_samples(table: biom.Table, metadata: qiime2.MetadataColumn,
                     missing_samples: str) -> pd.Series:
     """The target of each table sample that has one, in table order."""
@@ -194,8 +225,11 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           pretrained: ModelBundle = None, phylogeny: skbio.TreeNode = None,
           distance_matrix: skbio.DistanceMatrix = None,
           subjects: qiime2.CategoricalMetadataColumn = None,
-          missing_samples: str = "error", freeze_encoder: bool = False,
-          target_transform: str = "zscore", loss: str = "huber",
+          sample_metadata: qiime2.Metadata = None, missing_samples: str = "error",
+          freeze_encoder: bool = False, target_transform: str = None,
+          normalize_by: list = None, output_constraint: str = None, loss: str = None,
+          quantiles: list = None, over_penalty: float = None, under_penalty: float = None,
+          class_weights: str = None,
           unifrac_metric: str = "unweighted", unifrac_weight: float = 0.0,
           mlm_weight: float = 0.0, mask_rate: float = 0.15, token_limit: int = None,
           embedding_dim: int = None, attention_heads: int = None,
@@ -211,9 +245,20 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
             f"The metadata column {metadata.name!r} is categorical, but --p-task is "
             "'regression'. Pass --p-task classification to predict its classes, or give a "
             "numeric column (declare it with '#q2:types numeric' in the metadata file).")
-    if classification and loss != "huber":
-        raise ValueError(f"--p-loss {loss} is for numeric targets; a categorical target "
-                         "is trained with cross-entropy. Leave --p-loss unset.")
+    regression_only = {"target-transform": target_transform, "normalize-by": normalize_by,
+                       "output-constraint": output_constraint, "loss": loss,
+                       "quantiles": quantiles, "over-penalty": over_penalty,
+                       "under-penalty": under_penalty}
+    if classification:
+        given = [f"--p-{k}" for k, v in regression_only.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to numeric targets; a class is learned "
+                             "with cross-entropy (see --p-class-weights). Leave them out.")
+    elif class_weights is not None:
+        raise ValueError("--p-class-weights applies to --p-task classification only.")
+    if sample_metadata is not None and not normalize_by:
+        raise ValueError("--m-sample-metadata-file was given but nothing uses it; it is read "
+                         "for --p-normalize-by.")
     values = _target_samples(table, metadata, missing_samples)
     if token_limit is None:
         token_limit = pretrained.training.get("token_limit", 256) if pretrained else 256
@@ -224,20 +269,41 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     if classification and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
         # Numeric class codes: name the classes "1", not "1.0".
         values = values.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
+    from .core.losses import DEFAULT_QUANTILES, RegressionLoss
+    loss = loss or DEFAULT_LOSS
+    regression_loss = RegressionLoss(
+        kind=loss, quantiles=tuple(quantiles or (DEFAULT_QUANTILES if loss == "quantile" else ())),
+        over_penalty=1.0 if over_penalty is None else over_penalty,
+        under_penalty=1.0 if under_penalty is None else under_penalty)
+    if loss == "asymmetric" and over_penalty is None and under_penalty is None:
+        raise ValueError("The asymmetric loss needs --p-over-penalty and/or "
+                         "--p-under-penalty (otherwise it is the 'mae' loss).")
     return api.train(
         samples, values.to_numpy(), task="classification" if classification else "regression",
         target_name=str(metadata.name), architecture=architecture, config=config,
-        pretrained=pretrained, freeze_encoder=freeze_encoder, target_transform=target_transform,
-        loss=loss, distances=distances, unifrac_weight=unifrac_weight, mlm_weight=mlm_weight,
-        mask_rate=mask_rate, validation_fraction=validation_fraction,
+        pretrained=pretrained, freeze_encoder=freeze_encoder,
+        target_transform=target_transform or DEFAULT_TARGET_TRANSFORM,
+        loss=regression_loss, output_constraint=output_constraint or "none",
+        normalize_by=normalize_by,
+        normalize_groups=_category_groups(sample_metadata, normalize_by, samples.sample_ids),
+        class_weights=class_weights or "none", distances=distances,
+        unifrac_weight=unifrac_weight, mlm_weight=mlm_weight, mask_rate=mask_rate,
+        validation_fraction=validation_fraction,
         groups=_groups(subjects, samples.sample_ids), log=_log)
 
 
 def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
-            batch_size: int = 64, device: str = "auto") -> pd.Series:
+            sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
+            device: str = "auto") -> pd.Series:
     from .core import api
     samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256))
-    values = api.predict(model, samples, batch_size=batch_size, device=device, log=_log)
+    columns = model.target.get("normalize_by") or None
+    if columns and sample_metadata is None:
+        raise ValueError(f"This model z-scores its target within groups of {columns}; pass "
+                         "--m-sample-metadata-file with these columns.")
+    groups = _category_groups(sample_metadata, columns, samples.sample_ids, required=False)
+    values = api.predict(model, samples, normalize_groups=groups, batch_size=batch_size,
+                         device=device, log=_log)
     series = pd.Series(values, index=pd.Index(samples.sample_ids, name="SampleID"),
                        name="prediction")
     return series.astype(float) if model.kind == "regressor" else series.astype(str)

@@ -2,7 +2,7 @@
 
 Nothing here imports torch; the actions import it when they run.
 """
-from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, Metadata,
+from qiime2.plugin import (Bool, Categorical, Choices, Citations, Float, Int, List, Metadata,
                            MetadataColumn, Numeric, Plugin, Range, Str, TypeMap)
 from q2_types.distance_matrix import DistanceMatrix
 from q2_types.feature_data import FeatureData, Sequence
@@ -109,11 +109,37 @@ PARAMETERS = {
     "freeze_encoder": "Keep the pretrained encoder's weights fixed and train only the target "
                       "branch. Its ASV embeddings are then computed once, which is much "
                       "faster.",
-    "target_transform": "How a numeric target is scaled for learning: 'zscore' (mean 0, sd "
-                        "1 over the training samples) or 'none'. Predictions are always "
-                        "returned in the original units.",
-    "loss": "Loss for a numeric target, on the transformed scale: 'huber' (delta 1), "
-            "'mse' or 'mae'. Categorical targets use cross-entropy.",
+    "target_transform": "How a numeric target is scaled for learning (statistics from the "
+                        "training samples only, stored in the model; predictions are always "
+                        "in the original units): 'none'; 'minmax' to [0, 1]; 'zscore' (mean "
+                        "0, sd 1); 'zscore-category' (z-score within each group of "
+                        "--p-normalize-by; a group unseen in training uses the global "
+                        "statistics); 'log-minmax' / 'log-zscore' of log(y + 1), for y > -1. "
+                        "Default: zscore. Numeric targets only.",
+    "normalize_by": "Categorical column(s) of --m-sample-metadata-file whose groups get their "
+                    "own z-score; only with --p-target-transform zscore-category, which "
+                    "requires it. Several columns form combined groups.",
+    "sample_metadata": "Sample metadata holding the --p-normalize-by column(s). In 'predict', "
+                       "needed for a model trained with zscore-category.",
+    "output_constraint": "Range of the model's output, on the transformed scale: 'none'; "
+                         "'bounded' (sigmoid into the range of the transformed training "
+                         "targets: predictions never leave it); 'nonnegative' (softplus); "
+                         "'nonnegative-learnable' (softplus with a learnable scale and "
+                         "offset). The nonnegative ones are refused with a centred transform "
+                         "(zscore, zscore-category, log-zscore). Default: none.",
+    "loss": "Loss for a numeric target, on the transformed scale: 'huber' (delta 1), 'mse', "
+            "'mae', 'quantile' (pinball loss over --p-quantiles; the point prediction is the "
+            "quantile nearest 0.5) or 'asymmetric' (absolute error weighted by "
+            "--p-over-penalty / --p-under-penalty). Default: huber.",
+    "quantiles": "Quantiles for --p-loss quantile: sorted, unique, in (0, 1). Default: 0.1 0.5 "
+                 "0.9.",
+    "over_penalty": "For --p-loss asymmetric: weight of errors where the prediction is too "
+                    "high. Default 1.",
+    "under_penalty": "For --p-loss asymmetric: weight of errors where the prediction is too "
+                     "low. Default 1.",
+    "class_weights": "For --p-task classification: 'balanced' weights each class by "
+                     "n / (k * count) in the cross-entropy, so rare classes count as much as "
+                     "common ones; 'none' (default) weights every sample equally.",
     "random_seed": "Seed for initialisation, shuffling, masking and the validation split: "
                    "the same seed gives the same model on the CPU.",
     "device": "'auto' uses a GPU when torch sees one, else the CPU.",
@@ -172,9 +198,18 @@ T_task, T_model = TypeMap({
 train_params = {
     "metadata": MetadataColumn[Numeric | Categorical], "task": T_task,
     "subjects": MetadataColumn[Categorical],
+    "sample_metadata": Metadata,
     "missing_samples": Str % Choices("error", "ignore"), "freeze_encoder": Bool,
-    "target_transform": Str % Choices("none", "zscore"),
-    "loss": Str % Choices("huber", "mse", "mae"),
+    "target_transform": Str % Choices("none", "minmax", "zscore", "zscore-category",
+                                      "log-minmax", "log-zscore"),
+    "normalize_by": List[Str],
+    "output_constraint": Str % Choices("none", "bounded", "nonnegative",
+                                       "nonnegative-learnable"),
+    "loss": Str % Choices("huber", "mse", "mae", "quantile", "asymmetric"),
+    "quantiles": List[Float % Range(0, 1, inclusive_start=False, inclusive_end=False)],
+    "over_penalty": Float % Range(0, None, inclusive_start=False),
+    "under_penalty": Float % Range(0, None, inclusive_start=False),
+    "class_weights": Str % Choices("none", "balanced"),
     **ARCHITECTURE_PARAMS, "target_layers": Int % Range(0, None), **TRAINING_PARAMS,
 }
 plugin.methods.register_function(
@@ -202,7 +237,7 @@ T_model_in, T_predictions = TypeMap({
     AAMModel[AAMRegressor]: SampleData[RegressorPredictions],
     AAMModel[AAMClassifier]: SampleData[ClassifierPredictions],
 })
-predict_params = {"batch_size": POSITIVE, "device": DEVICE}
+predict_params = {"sample_metadata": Metadata, "batch_size": POSITIVE, "device": DEVICE}
 plugin.methods.register_function(
     function=_methods.predict,
     inputs={"model": T_model_in, "table": FeatureTable[Frequency],
@@ -211,7 +246,8 @@ plugin.methods.register_function(
     outputs=[("predictions", T_predictions)],
     input_descriptions=_describe(["model", "table", "sequences"]),
     parameter_descriptions={"batch_size": "Samples per forward pass.",
-                            "device": PARAMETERS["device"]},
+                            "device": PARAMETERS["device"],
+                            "sample_metadata": PARAMETERS["sample_metadata"]},
     output_descriptions={"predictions": "Predicted values (original units) or classes, "
                                         "usable by q2-sample-classifier's visualizers."},
     name="Predict with a trained AAM model",

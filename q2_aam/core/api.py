@@ -16,7 +16,8 @@ from .bundle import ModelBundle, library_versions
 from .data import AmpliconSamples, BatchCollator
 from .engine import Objective, TrainConfig, embed_features, fit, make_accelerator
 from .model import AAMModel, ModelConfig
-from .targets import TargetTransform, encode_classes
+from .losses import RegressionLoss
+from .targets import CENTRED_TRANSFORMS, TargetTransform, balanced_class_weights, encode_classes
 from .tokenizer import tokenize
 
 ENCODER_PREFIXES = ("nucleotide_encoder.", "sample_encoder.", "unifrac_head.")
@@ -61,7 +62,7 @@ def validation_split(n: int, fraction: float, seed: int,
 
 
 def _architecture(overrides: dict | None, pretrained: ModelBundle | None, *, task: str,
-                  n_outputs: int, max_length: int) -> ModelConfig:
+                  n_outputs: int, max_length: int, **head) -> ModelConfig:
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if pretrained is not None:
         base = dict(pretrained.model_config)
@@ -81,7 +82,7 @@ def _architecture(overrides: dict | None, pretrained: ModelBundle | None, *, tas
         base = dict(overrides)
         patch = base.get("patch_size", ModelConfig.patch_size)
         base["max_sequence_length"] = int(math.ceil(max_length / patch) * patch)
-    base.update(task=task, n_outputs=n_outputs)
+    base.update(task=task, n_outputs=n_outputs, **head)
     return ModelConfig(**base)
 
 
@@ -138,24 +139,65 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
         versions=library_versions())
 
 
-def regression_metrics(transform: TargetTransform):
-    def metrics(prediction: np.ndarray, target: np.ndarray) -> dict:
-        y_hat = transform.inverse(prediction.reshape(-1))
-        y = transform.inverse(target.reshape(-1))
+def regression_metrics(transform: TargetTransform, point: int, groups: np.ndarray | None):
+    """Validation MAE and R² in the target's original units."""
+    def metrics(prediction: np.ndarray, target: np.ndarray, rows: np.ndarray) -> dict:
+        g = None if groups is None else groups[rows]
+        y_hat = transform.inverse(prediction[:, point], g)
+        y = transform.inverse(target.reshape(-1), g)
         ss_tot = float(((y - y.mean()) ** 2).sum())
         return {"mae": float(np.abs(y_hat - y).mean()),
                 "r2": 1 - float(((y - y_hat) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")}
     return metrics
 
 
-def classification_metrics(prediction: np.ndarray, target: np.ndarray) -> dict:
+def classification_metrics(prediction: np.ndarray, target: np.ndarray, rows=None) -> dict:
     return {"accuracy": float((prediction.argmax(-1) == target).mean())}
+
+
+def check_regression_settings(y_train: np.ndarray, transform: TargetTransform,
+                              output_constraint: str,
+                              normalize_by: Sequence[str] | None) -> list | None:
+    """Refuse contradictory target settings before training; return the output bounds.
+
+    ``y_train`` is on the scale the model learns (after the transform) when
+    the bounds are wanted. Nothing is switched on implicitly: a transform
+    never changes the output constraint, and each conflict is an error that
+    says why.
+    """
+    if normalize_by and transform.kind != "zscore-category":
+        raise ValueError(f"normalize-by ({', '.join(normalize_by)}) is used only by the "
+                         f"'zscore-category' target transform, not {transform.kind!r}. Choose "
+                         "--p-target-transform zscore-category or leave --p-normalize-by out.")
+    if transform.kind == "zscore-category" and not normalize_by:
+        raise ValueError("The 'zscore-category' transform z-scores the target within groups; "
+                         "name the categorical column(s) with --p-normalize-by.")
+    if output_constraint.startswith("nonnegative"):
+        if transform.kind in CENTRED_TRANSFORMS:
+            raise ValueError(
+                f"--p-output-constraint {output_constraint} keeps outputs >= 0, but the "
+                f"{transform.kind!r} transform centres the target at 0, so about half of the "
+                "training targets are negative on the scale the model learns. Use 'bounded', "
+                "or a 'none', 'minmax' or 'log-minmax' transform.")
+        if (y_train < 0).any() and transform.kind == "none":
+            raise ValueError(
+                f"--p-output-constraint {output_constraint} keeps outputs >= 0, but "
+                f"{int((y_train < 0).sum())} training target(s) are negative (smallest "
+                f"{y_train.min():g}). Use 'none' or 'bounded'.")
+    if output_constraint == "bounded":
+        low, high = float(y_train.min()), float(y_train.max())
+        if not low < high:
+            raise ValueError("'bounded' needs training targets that are not all equal.")
+        return [low, high]
+    return None
 
 
 def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name: str = "target",
           architecture: dict | None = None, config: TrainConfig = TrainConfig(),
           pretrained: ModelBundle | None = None, freeze_encoder: bool = False,
-          target_transform: str = "zscore", loss: str = "huber",
+          target_transform: str = "zscore", loss: RegressionLoss | str = "huber",
+          output_constraint: str = "none", normalize_groups: Sequence | None = None,
+          normalize_by: Sequence[str] | None = None, class_weights: str = "none",
           distances: np.ndarray | None = None, unifrac_weight: float = 0.0,
           mlm_weight: float = 0.0, mask_rate: float = 0.15,
           validation_fraction: float = 0.1, groups: Sequence | None = None,
@@ -170,6 +212,11 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
             are then computed once and cached).
         distances: optional UniFrac distances between ``samples`` for the
             auxiliary UniFrac loss (``unifrac_weight`` > 0).
+        target_transform, output_constraint, loss: see ``targets``,
+            ``model.OutputConstraint`` and ``losses.RegressionLoss``.
+        normalize_groups: each sample's group label (``zscore-category``),
+            from the columns named ``normalize_by``.
+        class_weights: ``none`` or ``balanced`` (classification).
     """
     if task not in ("regression", "classification"):
         raise ValueError(f"task must be 'regression' or 'classification', got {task!r}.")
@@ -182,24 +229,55 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
                      if pretrained else None, log=log)
     train_rows, val_rows = validation_split(len(samples), validation_fraction, config.seed, groups)
     target_info: dict = {"name": target_name}
+    loss = RegressionLoss(kind=loss) if isinstance(loss, str) else loss
+    weights = bounds = None
     if task == "regression":
+        if class_weights != "none":
+            raise ValueError("Class weights apply to classification only.")
         y = np.asarray(targets, dtype=np.float64)
         if not np.isfinite(y).all():
             raise ValueError("The target holds missing or non-finite values; drop those "
                              "samples first.")
-        transform = TargetTransform(target_transform).fit(y[train_rows])
-        encoded = transform.transform(y).astype(np.float32)
-        n_outputs, metrics = 1, regression_metrics(transform)
-        target_info["transform"] = transform.to_dict()
+        transform = TargetTransform(target_transform)
+        check_regression_settings(y[train_rows], transform, "none", normalize_by)
+        if output_constraint.startswith("nonnegative"):
+            check_regression_settings(y[train_rows], transform, output_constraint, normalize_by)
+        groups_all = None
+        if transform.uses_groups:
+            if normalize_groups is None or len(normalize_groups) != len(samples):
+                raise ValueError("zscore-category needs one group label per sample.")
+            groups_all = np.asarray([str(g) for g in normalize_groups], dtype=object)
+        transform.fit(y[train_rows], None if groups_all is None else groups_all[train_rows])
+        if transform.uses_groups:
+            transform.stats["columns"] = list(normalize_by)
+        encoded = transform.transform(y, groups_all).astype(np.float32)
+        bounds = check_regression_settings(encoded[train_rows].astype(np.float64), transform,
+                                           output_constraint, normalize_by)
+        n_outputs = loss.n_outputs
+        metrics = regression_metrics(transform, loss.point_output, groups_all)
+        target_info.update(transform=transform.to_dict(), loss=loss.to_dict(),
+                           point_output=loss.point_output,
+                           normalize_by=list(normalize_by or []))
     else:
+        if output_constraint != "none" or target_transform != "zscore" or loss.kind != "huber" \
+                or normalize_by:
+            raise ValueError("Target transforms, output constraints, regression losses and "
+                             "normalize-by apply to numeric targets only; a class is learned "
+                             "with cross-entropy.")
         classes, encoded = encode_classes(targets)
         if len(classes) < 2:
             raise ValueError(f"Classification needs at least 2 classes; the target has "
                              f"{classes}.")
+        if class_weights not in ("none", "balanced"):
+            raise ValueError(f"class_weights must be 'none' or 'balanced', got {class_weights!r}.")
+        if class_weights == "balanced":
+            weights = torch.as_tensor(balanced_class_weights(encoded[train_rows], len(classes)),
+                                      dtype=torch.float32)
         n_outputs, metrics = len(classes), classification_metrics
-        target_info["classes"] = classes
+        target_info.update(classes=classes, class_weights=class_weights)
     model_config = _architecture(architecture, pretrained, task=task, n_outputs=n_outputs,
-                                 max_length=tokens.shape[1])
+                                 max_length=tokens.shape[1], output_constraint=output_constraint,
+                                 output_bounds=bounds)
     torch.manual_seed(config.seed)
     model = AAMModel(model_config)
     if pretrained is not None:
@@ -217,7 +295,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         dist = torch.as_tensor(np.asarray(distances, dtype=np.float32))
     objective = Objective(task=task, target_weight=1.0, unifrac_weight=unifrac_weight,
                           mlm_weight=mlm_weight, mask_rate=mask_rate, regression_loss=loss,
-                          distances=dist)
+                          class_weights=weights, distances=dist)
     log(f"Training a {task} model for {target_name!r} on {len(train_rows)} samples "
         f"({len(val_rows)} for validation), {len(samples.feature_ids)} ASVs, "
         f"token limit {samples.token_limit}"
@@ -234,7 +312,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         model_config=model_config.to_dict(),
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         target=target_info,
-        training={"action": "train", "config": config.to_dict(), "loss": loss,
+        training={"action": "train", "config": config.to_dict(),
                   "objective": {"unifrac_weight": unifrac_weight, "mlm_weight": mlm_weight,
                                 "mask_rate": mask_rate},
                   "pretrained": pretrained is not None, "freeze_encoder": freeze_encoder,
@@ -268,10 +346,24 @@ def predict_raw(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: in
     return torch.cat(outputs).numpy()
 
 
-def predict(bundle: ModelBundle, samples: AmpliconSamples, **kwargs) -> np.ndarray:
-    """Predictions in the target's original units (regression) or class names."""
+def predict(bundle: ModelBundle, samples: AmpliconSamples, *,
+            normalize_groups: Sequence | None = None, **kwargs) -> np.ndarray:
+    """Predictions in the target's original units (regression) or class names.
+
+    ``normalize_groups``: each sample's group label, for a model trained with
+    the ``zscore-category`` transform (groups unseen in training use the
+    global statistics, with a warning naming them).
+    """
     raw = predict_raw(bundle, samples, **kwargs)
     if bundle.kind == "regressor":
-        return TargetTransform.from_dict(bundle.target["transform"]).inverse(raw[:, 0])
+        transform = TargetTransform.from_dict(bundle.target["transform"])
+        if transform.uses_groups and normalize_groups is None:
+            raise ValueError(
+                f"This model z-scores its target within groups of "
+                f"{bundle.target.get('normalize_by')}; pass each sample's values of "
+                "these columns.")
+        point = bundle.target.get("point_output", 0)
+        return transform.inverse(raw[:, point], normalize_groups if transform.uses_groups
+                                 else None, warn=kwargs.get("log", _stderr))
     classes = np.asarray(bundle.target["classes"], dtype=object)
     return classes[raw.argmax(axis=1)]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from .data import BatchCollator
 from .losses import (classification_loss, mask_nucleotides, masked_nucleotide_loss,
-                     pairwise_unifrac_loss, regression_loss)
+                     pairwise_unifrac_loss, RegressionLoss)
 from .model import AAMModel
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,7 +66,8 @@ class Objective:
     target_weight: float = 1.0
     unifrac_weight: float = 0.0
     mlm_weight: float = 0.0
-    regression_loss: str = "huber"
+    regression_loss: RegressionLoss = RegressionLoss()
+    class_weights: torch.Tensor | None = None  # (n_classes,) for cross-entropy
     mask_rate: float = 0.15
     distances: torch.Tensor | None = None  # (N, N), indexed by batch["sample_index"]
 
@@ -92,11 +93,11 @@ class Objective:
         parts = {}
         if self.monitors_target:
             if self.task == "regression":
-                parts["target"] = regression_loss(out["prediction"], batch["target"],
-                                                  self.regression_loss, reduction)
+                parts["target"] = self.regression_loss(out["prediction"], batch["target"],
+                                                       reduction)
             else:
                 parts["target"] = classification_loss(out["prediction"], batch["target"],
-                                                      reduction)
+                                                      reduction, self.class_weights)
         if self.unifrac_weight > 0:
             idx = batch["sample_index"].to(self.distances.device)
             dist = self.distances[idx][:, idx].to(out["unifrac_embedding"].device)
@@ -166,11 +167,12 @@ def embed_features(model: AAMModel, tokens: np.ndarray, features: np.ndarray,
 
 def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchCollator | None,
         objective: Objective, config: TrainConfig, *, freeze_encoder: bool = False,
-        metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
+        metrics: Callable[[np.ndarray, np.ndarray, np.ndarray], dict] | None = None,
         log: Callable[[str], None] = print) -> list[dict]:
     """Train ``model`` in place; return the per-epoch history.
 
-    With a validation set, the weights of the epoch with the lowest
+    ``metrics(prediction, target, sample_index)`` adds validation metrics
+    (e.g. in original units). With a validation set, the weights of the epoch with the lowest
     validation loss (the target loss when there is a target) are restored at
     the end, and training stops after ``patience`` epochs without improvement
     (``patience=0``: never stop early).
@@ -275,6 +277,7 @@ def evaluate(model: AAMModel, collator: BatchCollator, objective: Objective,
     loader = DataLoader(range(len(collator.samples)), batch_size=config.batch_size,
                         collate_fn=collator)
     target_losses, predictions, targets, embeddings, indices, mlm = [], [], [], [], [], []
+    indices_t = []
     # UniFrac is taken once over all validation pairs below, not per batch.
     per_batch = dataclasses.replace(objective, unifrac_weight=0.0, distances=None)
     for batch in loader:
@@ -286,6 +289,7 @@ def evaluate(model: AAMModel, collator: BatchCollator, objective: Objective,
             target_losses.append(parts["target"])
             predictions.append(out["prediction"])
             targets.append(batch["target"])
+            indices_t.append(batch["sample_index"])
         if "mlm" in parts:
             mlm.append(parts["mlm"] * len(batch["sample_index"]))
         embeddings.append(out["unifrac_embedding"])
@@ -305,7 +309,8 @@ def evaluate(model: AAMModel, collator: BatchCollator, objective: Objective,
     result["loss"] = sum(weights[k] * v for k, v in result.items())
     if metrics is not None and predictions:
         result.update(metrics(torch.cat(predictions).float().cpu().numpy(),
-                              torch.cat(targets).cpu().numpy()))
+                              torch.cat(targets).cpu().numpy(),
+                              torch.cat(indices_t).cpu().numpy()))
     return result
 
 

@@ -1,6 +1,9 @@
 """Losses: pairwise UniFrac, masked nucleotides, and the target."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,23 +50,97 @@ def masked_nucleotide_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.
                            ignore_index=IGNORE)
 
 
-REGRESSION_LOSSES = ("huber", "mse", "mae")
+REGRESSION_LOSSES = ("huber", "mse", "mae", "quantile", "asymmetric")
+DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 
 
-def regression_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str,
-                    reduction: str = "mean") -> torch.Tensor:
-    """Loss of ``prediction`` ``(B, 1)`` against ``target`` ``(B,)`` (transformed scale)."""
-    prediction = prediction.squeeze(-1).float()
-    target = target.float()
-    if kind == "huber":
-        return F.huber_loss(prediction, target, delta=1.0, reduction=reduction)
-    if kind == "mse":
-        return F.mse_loss(prediction, target, reduction=reduction)
-    if kind == "mae":
-        return F.l1_loss(prediction, target, reduction=reduction)
-    raise ValueError(f"loss must be one of {REGRESSION_LOSSES}, got {kind!r}.")
+@dataclass(frozen=True)
+class RegressionLoss:
+    """The loss of a numeric target, on the transformed scale.
+
+    ``huber`` (delta 1), ``mse``, ``mae``; ``quantile``: the pinball loss
+    averaged over ``quantiles`` (one model output each; the point prediction
+    is the output of the quantile nearest 0.5); ``asymmetric``: an absolute
+    error weighted ``over_penalty`` where the prediction is too high and
+    ``under_penalty`` where it is too low.
+    """
+
+    kind: str = "huber"
+    quantiles: tuple = ()
+    over_penalty: float = 1.0
+    under_penalty: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in REGRESSION_LOSSES:
+            raise ValueError(f"loss must be one of {REGRESSION_LOSSES}, got {self.kind!r}.")
+        if self.kind == "quantile":
+            q = list(self.quantiles)
+            if not q:
+                raise ValueError("The quantile loss needs at least one quantile.")
+            if any(not 0 < x < 1 for x in q):
+                raise ValueError(f"Quantiles must lie strictly between 0 and 1, got {q}.")
+            if q != sorted(set(q)):
+                raise ValueError(f"Quantiles must be sorted and unique, got {q}.")
+        elif self.quantiles:
+            raise ValueError(f"Quantiles were given, but the loss is {self.kind!r}; they are "
+                             "used only by the 'quantile' loss.")
+        if self.over_penalty <= 0 or self.under_penalty <= 0:
+            raise ValueError("Asymmetric penalties must be positive, got "
+                             f"over={self.over_penalty}, under={self.under_penalty}.")
+        if self.kind != "asymmetric" and (self.over_penalty, self.under_penalty) != (1.0, 1.0):
+            raise ValueError(f"Over/under penalties were given, but the loss is {self.kind!r}; "
+                             "they are used only by the 'asymmetric' loss.")
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.quantiles) if self.kind == "quantile" else 1
+
+    @property
+    def point_output(self) -> int:
+        """Which output is the point prediction."""
+        if self.kind != "quantile":
+            return 0
+        return int(np.argmin([abs(q - 0.5) for q in self.quantiles]))
+
+    def __call__(self, prediction: torch.Tensor, target: torch.Tensor,
+                 reduction: str = "mean") -> torch.Tensor:
+        """Loss of ``prediction`` ``(B, n_outputs)`` against ``target`` ``(B,)``."""
+        prediction, target = prediction.float(), target.float()
+        if self.kind == "quantile":
+            q = torch.tensor(self.quantiles, device=prediction.device)  # (K,)
+            error = target[:, None] - prediction  # (B, K)
+            per_sample = torch.maximum(q * error, (q - 1) * error).mean(-1)
+        else:
+            p = prediction[:, 0]
+            if self.kind == "huber":
+                per_sample = F.huber_loss(p, target, delta=1.0, reduction="none")
+            elif self.kind == "mse":
+                per_sample = (p - target) ** 2
+            elif self.kind == "mae":
+                per_sample = (p - target).abs()
+            else:
+                per_sample = (self.over_penalty * F.relu(p - target)
+                              + self.under_penalty * F.relu(target - p))
+        return per_sample.mean() if reduction == "mean" else per_sample
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "quantiles": list(self.quantiles),
+                "over_penalty": self.over_penalty, "under_penalty": self.under_penalty}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RegressionLoss":
+        return cls(kind=values["kind"], quantiles=tuple(values.get("quantiles", ())),
+                   over_penalty=values.get("over_penalty", 1.0),
+                   under_penalty=values.get("under_penalty", 1.0))
 
 
-def classification_loss(logits: torch.Tensor, target: torch.Tensor,
-                        reduction: str = "mean") -> torch.Tensor:
-    return F.cross_entropy(logits.float(), target.long(), reduction=reduction)
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
+                        weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy, optionally with per-class weights (``(n_classes,)``)."""
+    per_sample = F.cross_entropy(logits.float(), target.long(), reduction="none",
+                                 weight=None if weight is None else weight.to(logits.device))
+    if reduction != "mean":
+        return per_sample
+    if weight is None:
+        return per_sample.mean()
+    return per_sample.sum() / weight.to(logits.device)[target.long()].sum()

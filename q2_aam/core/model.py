@@ -17,6 +17,7 @@ from .data import N_ABUNDANCE_FEATURES
 from .tokenizer import NUCLEOTIDE_CLASSES, PAD, VOCAB_SIZE
 
 TASKS = ("encoder", "regression", "classification")
+OUTPUT_CONSTRAINTS = ("none", "bounded", "nonnegative", "nonnegative-learnable")
 
 
 @dataclass
@@ -36,10 +37,23 @@ class ModelConfig:
     dropout: float = 0.1
     task: str = "encoder"
     n_outputs: int = 0
+    output_constraint: str = "none"
+    output_bounds: list | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
+        if self.output_constraint not in OUTPUT_CONSTRAINTS:
+            raise ValueError(f"output_constraint must be one of {OUTPUT_CONSTRAINTS}, got "
+                             f"{self.output_constraint!r}.")
+        if self.output_constraint != "none" and self.task != "regression":
+            raise ValueError("An output constraint applies to regression only.")
+        if self.output_constraint == "bounded":
+            if not (self.output_bounds and len(self.output_bounds) == 2
+                    and self.output_bounds[0] < self.output_bounds[1]):
+                raise ValueError(f"'bounded' needs output_bounds [low, high] with low < high, "
+                                 f"got {self.output_bounds!r}.")
+            self.output_bounds = [float(b) for b in self.output_bounds]
         if self.embedding_dim % self.attention_heads:
             raise ValueError(
                 f"embedding_dim ({self.embedding_dim}) must be divisible by attention_heads "
@@ -165,6 +179,34 @@ class SampleEncoder(nn.Module):
         return x, self.pool(x, asv_mask)
 
 
+class OutputConstraint(nn.Module):
+    """Keeps a regression output in range (on the transformed target scale).
+
+    ``none``: as is. ``bounded``: ``low + (high - low) * sigmoid(x)``, with
+    the range of the transformed training targets. ``nonnegative``:
+    ``softplus(x)``. ``nonnegative-learnable``: ``s * softplus(x) + b`` with a
+    learnable scale ``s > 0`` and offset ``b >= 0`` (both start near 1 and 0).
+    """
+
+    def __init__(self, kind: str, bounds: list | None = None):
+        super().__init__()
+        self.kind = kind
+        self.bounds = bounds
+        if kind == "nonnegative-learnable":
+            self.log_scale = nn.Parameter(torch.zeros(1))
+            self.raw_offset = nn.Parameter(torch.full((1,), -4.0))  # softplus(-4) ~ 0.018
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "bounded":
+            low, high = self.bounds
+            return low + (high - low) * torch.sigmoid(x)
+        if self.kind == "nonnegative":
+            return F.softplus(x)
+        if self.kind == "nonnegative-learnable":
+            return self.log_scale.exp() * F.softplus(x) + F.softplus(self.raw_offset)
+        return x
+
+
 class AAMModel(nn.Module):
     """Nucleotide encoder, sample encoder, UniFrac head and (for train) a target branch.
 
@@ -187,6 +229,8 @@ class AAMModel(nn.Module):
             self.target_head = nn.Sequential(nn.Linear(d, d), nn.GELU(),
                                              nn.Dropout(config.dropout),
                                              nn.Linear(d, config.n_outputs))
+            self.output_constraint = OutputConstraint(config.output_constraint,
+                                                      config.output_bounds)
 
     def encode_asvs(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(U, D)`` embeddings of ASVs given as tokens ``(U, L)``."""
@@ -225,5 +269,6 @@ class AAMModel(nn.Module):
             x = tokens_out
             if self.target_encoder is not None:
                 x = self.target_encoder(x, src_key_padding_mask=~mask)
-            out["prediction"] = self.target_head(self.target_pool(x, mask))
+            out["prediction"] = self.output_constraint(
+                self.target_head(self.target_pool(x, mask)))  # (B, n_outputs)
         return out

@@ -1,24 +1,51 @@
-"""What the model predicts: target transforms for regression, class encodings."""
+"""What the model predicts: target transforms for regression, class encodings.
+
+A transform maps a numeric target to the scale the model learns on, and
+back. Its statistics are fitted on the training samples only and saved with
+the model, so ``predict`` returns values in the original units.
+
+======================  =====================================================
+``none``                the raw target
+``minmax``              ``(y - min) / (max - min)``: training targets in [0, 1]
+``zscore``              ``(y - mean) / sd``
+``zscore-category``     ``(y - mean_g) / sd_g`` within each group ``g`` of the
+                        ``normalize_by`` column(s); a group not seen in
+                        training uses the global mean and sd
+``log-minmax``          ``minmax`` of ``log(y + 1)``; needs ``y > -1``
+``log-zscore``          ``zscore`` of ``log(y + 1)``; needs ``y > -1``
+======================  =====================================================
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 
-TARGET_TRANSFORMS = ("none", "zscore")
+TARGET_TRANSFORMS = ("none", "minmax", "zscore", "zscore-category", "log-minmax",
+                     "log-zscore")
+#: Transforms whose output is negative for part of the training targets by construction.
+CENTRED_TRANSFORMS = ("zscore", "zscore-category", "log-zscore")
+
+
+def _as_groups(groups, n: int) -> np.ndarray:
+    if groups is None:
+        raise ValueError("The 'zscore-category' transform needs each sample's group "
+                         "(the normalize-by column values).")
+    groups = np.asarray([str(g) for g in groups], dtype=object)
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group labels for {n} target values.")
+    return groups
 
 
 @dataclass
 class TargetTransform:
-    """Maps a numeric target to the scale the model learns on, and back.
-
-    Statistics are fitted on the training samples only and saved with the
-    model, so ``predict`` returns values in the original units.
+    """A fitted target transform (see the module docstring for the kinds).
 
     Examples:
-        >>> t = TargetTransform("zscore").fit(np.array([1.0, 2.0, 3.0]))
-        >>> t.inverse(t.transform(np.array([5.0])))
-        array([5.])
+        >>> t = TargetTransform("log-zscore").fit(np.array([0.0, 9.0, 99.0]))
+        >>> np.round(t.inverse(t.transform(np.array([49.0]))), 6)
+        array([49.])
     """
 
     kind: str = "zscore"
@@ -29,33 +56,95 @@ class TargetTransform:
             raise ValueError(f"target transform must be one of {TARGET_TRANSFORMS}, "
                              f"got {self.kind!r}.")
 
-    def fit(self, y: np.ndarray) -> "TargetTransform":
+    @property
+    def uses_groups(self) -> bool:
+        return self.kind == "zscore-category"
+
+    @property
+    def is_log(self) -> bool:
+        return self.kind.startswith("log-")
+
+    def _log(self, y: np.ndarray, what: str = "target") -> np.ndarray:
+        if not self.is_log:
+            return y
+        if (y <= -1).any():
+            raise ValueError(
+                f"The {what} has values <= -1 (smallest {y.min():g}); the '{self.kind}' "
+                "transform takes log(y + 1), which needs y > -1. Use 'zscore' or 'minmax'.")
+        return np.log1p(y)
+
+    def fit(self, y, groups=None) -> "TargetTransform":
         y = np.asarray(y, dtype=np.float64)
         if y.size == 0 or not np.isfinite(y).all():
             raise ValueError("Cannot fit a target transform on an empty or non-finite target.")
-        if self.kind == "zscore":
-            std = float(y.std())
-            self.stats = {"mean": float(y.mean()), "std": std if std > 0 else 1.0}
+        v = self._log(y)
+        stats: dict = {}
+        if self.kind in ("minmax", "log-minmax"):
+            lo, hi = float(v.min()), float(v.max())
+            stats = {"min": lo, "range": hi - lo if hi > lo else 1.0}
+        elif self.kind in ("zscore", "log-zscore", "zscore-category"):
+            stats = {"mean": float(v.mean()), "std": _sd(v, 1.0)}
+        if self.uses_groups:
+            g = _as_groups(groups, len(v))
+            stats["groups"] = {
+                str(k): {"mean": float(v[g == k].mean()), "std": _sd(v[g == k], stats["std"])}
+                for k in sorted(set(g))}
+        self.stats = stats
         return self
 
-    def transform(self, y: np.ndarray) -> np.ndarray:
-        y = np.asarray(y, dtype=np.float64)
-        if self.kind == "zscore":
-            return (y - self.stats["mean"]) / self.stats["std"]
-        return y
+    def _params(self, n: int, groups, warn: Callable[[str], None] | None):
+        """Per-sample (shift, scale) arrays."""
+        if self.kind == "none":
+            return np.zeros(n), np.ones(n)
+        if self.kind in ("minmax", "log-minmax"):
+            return np.full(n, self.stats["min"]), np.full(n, self.stats["range"])
+        shift, scale = np.full(n, self.stats["mean"]), np.full(n, self.stats["std"])
+        if self.uses_groups:
+            g = _as_groups(groups, n)
+            known = self.stats["groups"]
+            unseen = sorted({k for k in g if k not in known})
+            if unseen and warn is not None:
+                warn(f"Group(s) {unseen} of {self.stats.get('columns', 'the normalize-by')} "
+                     "column(s) were not seen in training; their samples use the global "
+                     "mean and sd of the target.")
+            for k, s in known.items():
+                rows = g == k
+                shift[rows], scale[rows] = s["mean"], s["std"]
+        return shift, scale
 
-    def inverse(self, z: np.ndarray) -> np.ndarray:
+    def transform(self, y, groups=None, warn=None) -> np.ndarray:
+        y = self._log(np.asarray(y, dtype=np.float64))
+        shift, scale = self._params(len(y), groups, warn)
+        return (y - shift) / scale
+
+    def inverse(self, z, groups=None, warn=None) -> np.ndarray:
         z = np.asarray(z, dtype=np.float64)
-        if self.kind == "zscore":
-            return z * self.stats["std"] + self.stats["mean"]
-        return z
+        shift, scale = self._params(len(z), groups, warn)
+        v = z * scale + shift
+        return np.expm1(v) if self.is_log else v
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "stats": dict(self.stats)}
+        return {"kind": self.kind, "stats": self.stats}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TargetTransform":
         return cls(kind=values["kind"], stats=dict(values.get("stats", {})))
+
+
+def _sd(v: np.ndarray, fallback: float) -> float:
+    sd = float(v.std())
+    return sd if sd > 0 else fallback
+
+
+def group_labels(columns: Sequence[Sequence], missing: str = "") -> np.ndarray:
+    """One label per sample from one or more categorical columns ("FIN|vaginal")."""
+    rows = zip(*columns)
+    return np.asarray(["|".join(missing if _missing(v) else str(v) for v in row)
+                       for row in rows], dtype=object)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def encode_classes(labels) -> tuple[list[str], np.ndarray]:
@@ -64,3 +153,12 @@ def encode_classes(labels) -> tuple[list[str], np.ndarray]:
     classes = sorted(set(labels))
     lookup = {c: i for i, c in enumerate(classes)}
     return classes, np.fromiter((lookup[x] for x in labels), dtype=np.int64, count=len(labels))
+
+
+def balanced_class_weights(encoded: np.ndarray, n_classes: int) -> np.ndarray:
+    """``n / (k * count_c)`` per class (scikit-learn's 'balanced'); absent classes get 0."""
+    counts = np.bincount(encoded, minlength=n_classes).astype(np.float64)
+    weights = np.zeros(n_classes)
+    present = counts > 0
+    weights[present] = len(encoded) / (present.sum() * counts[present])
+    return weights
