@@ -286,3 +286,72 @@ def test_architecture_differing_from_the_pretrained_encoder_is_refused(aam, ecam
         aam.actions.train(table=a["table"], sequences=a["sequences"], pretrained=encoder,
                           metadata=ecam_subset["metadata"].get_column("age_days"),
                           embedding_dim=32, epochs=1)
+
+
+# --- targets and outputs (issue 3) -----------------------------------------------------
+
+def test_nonnegative_with_zscore_is_refused_before_training(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="centres the target at 0"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"),
+                          target_transform="zscore", output_constraint="nonnegative",
+                          epochs=1, **SMALL)
+
+
+def test_regression_settings_with_a_classifier_are_refused(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="--p-loss, --p-quantiles apply to numeric targets"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"], task="classification",
+                          metadata=ecam_subset["metadata"].get_column("delivery"),
+                          loss="quantile", quantiles=[0.2, 0.8], epochs=1, **SMALL)
+
+
+def test_unused_sample_metadata_is_refused(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="nothing uses it"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"),
+                          sample_metadata=ecam_subset["metadata"], epochs=1, **SMALL)
+
+
+def test_zscore_category_end_to_end(aam, ecam_subset, capfd):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"]
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"],
+                               metadata=md.get_column("age_days"), sample_metadata=md,
+                               target_transform="zscore-category", normalize_by=["delivery"],
+                               output_constraint="bounded", epochs=1, **SMALL)
+    stats = model.view(ModelBundle).target["transform"]["stats"]
+    assert set(stats["groups"]) <= {"Vaginal", "Cesarean"} and stats["columns"] == ["delivery"]
+    with pytest.raises(ValueError, match="--m-sample-metadata-file"):
+        aam.actions.predict(model=model, table=a["new_table"], sequences=a["sequences"])
+    # A delivery mode never seen in training falls back to the global statistics, with a warning.
+    frame = md.to_dataframe()
+    frame.loc[ecam_subset["new_ids"][:2], "delivery"] = "Unplanned"
+    capfd.readouterr()
+    preds, = aam.actions.predict(model=model, table=a["new_table"], sequences=a["sequences"],
+                                 sample_metadata=qiime2.Metadata(frame))
+    assert np.isfinite(preds.view(pd.Series)).all()
+    assert "['Unplanned']" in capfd.readouterr().err
+
+
+def test_normalize_by_without_zscore_category_is_refused(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"]
+    with pytest.raises(ValueError, match="only by the 'zscore-category'"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=md.get_column("age_days"), sample_metadata=md,
+                          normalize_by=["delivery"], epochs=1, **SMALL)
+
+
+def test_balanced_class_weights(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"], task="classification",
+                               metadata=ecam_subset["metadata"].get_column("delivery"),
+                               class_weights="balanced", epochs=1, **SMALL)
+    assert model.view(ModelBundle).target["class_weights"] == "balanced"
+    with pytest.raises(ValueError, match="classification only"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"),
+                          class_weights="balanced", epochs=1, **SMALL)

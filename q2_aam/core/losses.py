@@ -137,10 +137,11 @@ class RegressionLoss:
 def classification_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean",
                         weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy, optionally with per-class weights (``(n_classes,)``)."""
-    per_sample = F.cross_entropy(logits.float(), target.long(), reduction="none",
-                                 weight=None if weight is None else weight.to(logits.device))
+    if weight is not None:
+        weight = weight.to(device=logits.device, dtype=torch.float32)
+    per_sample = F.cross_entropy(logits.float(), target.long(), reduction="none", weight=weight)
     if reduction != "mean":
         return per_sample
     if weight is None:
         return per_sample.mean()
-    return per_sample.sum() / weight.to(logits.device)[target.long()].sum()
+    return per_sample.sum() / weight[target.long()].sum()
