@@ -301,3 +301,14 @@ def test_validation_split_by_group_keeps_groups_whole():
     train, val = api.validation_split(len(groups), 0.2, 0, groups)
     assert not set(groups[train]) & set(groups[val])
     assert len(val) == 10
+
+
+def test_frozen_encoder_cache_equals_running_the_encoder(samples):
+    from q2_aam.core.engine import FrozenEncoderCache
+    model = small_model()
+    collator = BatchCollator(samples, tokenize(samples.sequences).tokens)
+    cache = FrozenEncoderCache(model, collator, "cpu", batch_size=5)
+    batch = collator([3, 7, 1])
+    direct = model(batch)["prediction"]
+    cached = model(batch, encoded=cache(batch))["prediction"]
+    torch.testing.assert_close(direct, cached, atol=1e-5, rtol=1e-5)

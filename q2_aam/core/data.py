@@ -172,6 +172,7 @@ class BatchCollator:
             start += n
         max_len = int(self.lengths[unique].max())
         batch = {
+            "row": torch.as_tensor(rows, dtype=torch.int64),  # rows of this collator's samples
             "sample_index": torch.as_tensor(self.global_index[rows]),
             "asv_tokens": torch.as_tensor(self.tokens[unique, :max_len].astype(np.int64)),
             "asv_feature": torch.as_tensor(unique.astype(np.int64)),

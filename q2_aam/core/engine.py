@@ -82,14 +82,18 @@ class Objective:
     def monitors_target(self) -> bool:
         return self.task != "encoder" and self.target_weight > 0
 
-    def losses(self, model, batch, *, asv_embeddings=None, generator=None,
+    def losses(self, model, batch, *, encoded=None, generator=None,
                reduction="mean") -> tuple[dict, dict]:
-        """Return (loss components, model outputs) for one batch."""
+        """Return (loss components, model outputs) for one batch.
+
+        ``encoded``: the frozen encoder's outputs for the batch (see
+        :class:`FrozenEncoderCache`).
+        """
         mlm_tokens = labels = None
-        if self.mlm_weight > 0 and asv_embeddings is None:
+        if self.mlm_weight > 0 and encoded is None:
             mlm_tokens, labels = mask_nucleotides(batch["asv_tokens"], self.mask_rate,
                                                   generator)
-        out = model(batch, asv_embeddings=asv_embeddings, mlm_tokens=mlm_tokens)
+        out = model(batch, mlm_tokens=mlm_tokens, encoded=encoded)
         parts = {}
         if self.monitors_target:
             if self.task == "regression":
@@ -145,6 +149,39 @@ def make_accelerator(device: str):
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; "
                          "use device 'auto' or 'cpu'.")
     return Accelerator(cpu=cpu)
+
+
+class FrozenEncoderCache:
+    """The frozen encoder's outputs for every sample of a collator, computed once.
+
+    With ``freeze_encoder`` both encoders are fixed (and in eval mode), so each
+    ASV's embedding and each sample's encoder outputs are the same in every
+    epoch: only the target branch runs per step.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model: AAMModel, collator: BatchCollator, device, batch_size: int = 64):
+        asv = embed_features(model, collator.tokens, np.unique(collator.samples.indices), device)
+        n = len(collator.samples)
+        width = int(np.diff(collator.samples.indptr).max())
+        d = model.config.embedding_dim
+        self.tokens = torch.zeros(n, width, d, device=device)  # (N, S_max, D)
+        self.pooled = torch.zeros(n, d, device=device)  # (N, D)
+        was_training = model.training
+        model.eval()
+        for start in range(0, n, batch_size):
+            batch = collator(range(start, min(start + batch_size, n)))
+            batch = {k: v.to(device) for k, v in batch.items()}
+            tokens_out, pooled = model.sample_encoder(asv[batch["asv_feature"]],
+                                                      batch["asv_index"], batch["asv_mask"],
+                                                      batch["abundance"])
+            self.tokens[batch["row"], : tokens_out.shape[1]] = tokens_out
+            self.pooled[batch["row"]] = pooled
+        model.train(was_training)
+
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, width = batch["row"], batch["asv_mask"].shape[1]
+        return self.tokens[rows, :width], self.pooled[rows]
 
 
 @torch.no_grad()
@@ -207,11 +244,9 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
 
     cache_train = cache_val = None
     if freeze_encoder:
-        cache_train = embed_features(core, train_collator.tokens,
-                                     np.unique(train_collator.samples.indices), accelerator.device)
-        if val_collator is not None:
-            cache_val = embed_features(core, val_collator.tokens,
-                                       np.unique(val_collator.samples.indices), accelerator.device)
+        cache_train = FrozenEncoderCache(core, train_collator, accelerator.device)
+        if val_collator is not None and len(val_collator.samples):
+            cache_val = FrozenEncoderCache(core, val_collator, accelerator.device)
 
     history, best, best_state, stale = [], math.inf, None, 0
     for epoch in range(1, config.epochs + 1):
@@ -222,8 +257,8 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
         started, sums, seen = time.perf_counter(), {}, 0
         for batch in train_loader:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            cached = cache_train[batch["asv_feature"]] if cache_train is not None else None
-            parts, _ = objective.losses(model, batch, asv_embeddings=cached, generator=mask_rng)
+            encoded = cache_train(batch) if cache_train is not None else None
+            parts, _ = objective.losses(model, batch, encoded=encoded, generator=mask_rng)
             loss = objective.total(parts)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
@@ -282,8 +317,8 @@ def evaluate(model: AAMModel, collator: BatchCollator, objective: Objective,
     per_batch = dataclasses.replace(objective, unifrac_weight=0.0, distances=None)
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        cached = cache[batch["asv_feature"]] if cache is not None else None
-        parts, out = per_batch.losses(model, batch, asv_embeddings=cached, generator=rng,
+        encoded = cache(batch) if cache is not None else None
+        parts, out = per_batch.losses(model, batch, encoded=encoded, generator=rng,
                                   reduction="none")
         if "target" in parts:
             target_losses.append(parts["target"])

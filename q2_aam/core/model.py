@@ -237,7 +237,8 @@ class AAMModel(nn.Module):
         return self.nucleotide_encoder(tokens)[0]
 
     def forward(self, batch: dict, *, asv_embeddings: torch.Tensor | None = None,
-                mlm_tokens: torch.Tensor | None = None) -> dict:
+                mlm_tokens: torch.Tensor | None = None,
+                encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
         """Run the model on a collated batch.
 
         Args:
@@ -247,6 +248,8 @@ class AAMModel(nn.Module):
                 nucleotide encoder.
             mlm_tokens: ``(U, L)`` tokens with some nucleotides masked; when
                 given, the encoder reads these and returns ``mlm_logits``.
+            encoded: precomputed sample-encoder outputs ``((B, S, D), (B, D))``
+                of a frozen encoder; skips both encoders.
 
         Returns:
             dict with ``sample_embedding`` ``(B, D)``, ``unifrac_embedding``
@@ -254,15 +257,18 @@ class AAMModel(nn.Module):
             ``mlm_logits`` ``(U, L, 5)`` when ``mlm_tokens`` was given.
         """
         out = {}
-        if asv_embeddings is None:
-            tokens = batch["asv_tokens"] if mlm_tokens is None else mlm_tokens
-            asv_embeddings, mlm_logits = self.nucleotide_encoder(
-                tokens, with_mlm=mlm_tokens is not None)
-            if mlm_logits is not None:
-                out["mlm_logits"] = mlm_logits
         mask = batch["asv_mask"]
-        tokens_out, pooled = self.sample_encoder(asv_embeddings, batch["asv_index"], mask,
-                                                 batch["abundance"])
+        if encoded is not None:
+            tokens_out, pooled = encoded
+        else:
+            if asv_embeddings is None:
+                tokens = batch["asv_tokens"] if mlm_tokens is None else mlm_tokens
+                asv_embeddings, mlm_logits = self.nucleotide_encoder(
+                    tokens, with_mlm=mlm_tokens is not None)
+                if mlm_logits is not None:
+                    out["mlm_logits"] = mlm_logits
+            tokens_out, pooled = self.sample_encoder(asv_embeddings, batch["asv_index"], mask,
+                                                     batch["abundance"])
         out["sample_embedding"] = pooled
         out["unifrac_embedding"] = self.unifrac_head(pooled)
         if self.config.task != "encoder":
