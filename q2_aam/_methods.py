@@ -194,6 +194,63 @@ def _category_groups(sample_metadata, columns, sample_ids, required=True):
     return group_labels([frame[c].tolist() for c in columns])
 
 
+FUSION_GUIDANCE = (
+    "Which conditioning to use: 'concat' for a few simple columns (the default); "
+    "'add' + --p-conditional-output-scaling for a per-category shift of the target; "
+    "'gmu' to let the model weigh sequences against metadata per sample; "
+    "'cross-attention' when different taxa should respond to different conditions; "
+    "'perceiver' for many ASVs or many, often missing, columns; --p-film-conditioning "
+    "(with fusion 'none') to modulate the prediction head's features.")
+
+
+def _check_conditioning(columns, fusion, film, scaling, normalize_by, transform) -> str:
+    """The fusion mode to use; warn about redundant combinations, refuse unused columns."""
+    if not columns:
+        if fusion not in (None, "none") or film or scaling:
+            _log("No --p-categorical-columns were given, so categorical conditioning "
+                 f"({fusion or ''}{' film' if film else ''}{' scaling' if scaling else ''}) "
+                 "is a no-op.")
+        return fusion or "none"
+    fusion = fusion or "concat"
+    if fusion == "none" and not film and not scaling:
+        raise ValueError(f"--p-categorical-columns {' '.join(columns)} would not be used: "
+                         "--p-categorical-fusion is 'none' and neither FiLM nor conditional "
+                         f"output scaling is on. {FUSION_GUIDANCE}")
+    if film and fusion in ("concat", "add", "gmu"):
+        _log(f"Warning: --p-film-conditioning and --p-categorical-fusion {fusion} both inject "
+             "the same categorical vector; FiLM alone (--p-categorical-fusion none) or the "
+             "fusion alone is usually enough.")
+    if scaling and transform == "zscore-category" and set(normalize_by or ()) & set(columns):
+        _log("Warning: --p-conditional-output-scaling learns a scale and shift per category, "
+             f"but the target is already z-scored within {sorted(set(normalize_by) & set(columns))};"
+             " use one of the two.")
+    return fusion
+
+
+def _categorical(sample_metadata, columns, sample_ids, required=True):
+    """``{column: per-sample values}`` of the categorical conditioning columns."""
+    if not columns:
+        return None
+    if sample_metadata is None:
+        raise ValueError(f"--p-categorical-columns {' '.join(columns)} needs the metadata "
+                         "that holds them: pass --m-sample-metadata-file.")
+    frame = sample_metadata.to_dataframe()
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise ValueError(f"The sample metadata has no column(s) {absent} (it has "
+                         f"{list(frame.columns)}).")
+    numeric = [c for c in columns if sample_metadata.columns[c].type == "numeric"]
+    if numeric:
+        raise ValueError(f"Conditioning columns must be categorical; {numeric} are numeric "
+                         "(declare them with '#q2:types categorical').")
+    missing = [i for i in sample_ids if i not in frame.index]
+    if missing and required:
+        raise ValueError(f"{len(missing)} sample(s) are not in the sample metadata "
+                         f"({_examples(missing)}).")
+    frame = frame.reindex(list(sample_ids))
+    return {c: [None if pd.isna(v) else str(v) for v in frame[c]] for c in columns}
+
+
 def _target_samples(table: biom.Table, metadata: qiime2.MetadataColumn,
                     missing_samples: str) -> pd.Series:
     """The target of each table sample that has one, in table order."""
@@ -229,7 +286,10 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           freeze_encoder: bool = False, target_transform: str = None,
           normalize_by: list = None, output_constraint: str = None, loss: str = None,
           quantiles: list = None, over_penalty: float = None, under_penalty: float = None,
-          class_weights: str = None,
+          class_weights: str = None, categorical_columns: list = None,
+          categorical_fusion: str = None, cross_attn_heads: int = 8,
+          perceiver_num_latents: int = 16, perceiver_num_layers: int = 2,
+          film_conditioning: bool = False, conditional_output_scaling: bool = False,
           unifrac_metric: str = "unweighted", unifrac_weight: float = 0.0,
           mlm_weight: float = 0.0, mask_rate: float = 0.15, token_limit: int = None,
           embedding_dim: int = None, attention_heads: int = None,
@@ -256,9 +316,11 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
                              "with cross-entropy (see --p-class-weights). Leave them out.")
     elif class_weights is not None:
         raise ValueError("--p-class-weights applies to --p-task classification only.")
-    if sample_metadata is not None and not normalize_by:
+    if sample_metadata is not None and not normalize_by and not categorical_columns:
         raise ValueError("--m-sample-metadata-file was given but nothing uses it; it is read "
-                         "for --p-normalize-by.")
+                         "for --p-categorical-columns and --p-normalize-by.")
+    fusion = _check_conditioning(categorical_columns, categorical_fusion, film_conditioning,
+                                 conditional_output_scaling, normalize_by, target_transform)
     values = _target_samples(table, metadata, missing_samples)
     if token_limit is None:
         token_limit = pretrained.training.get("token_limit", 256) if pretrained else 256
@@ -266,6 +328,11 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
                                    unifrac_weight)
     config, architecture = _settings(locals())
+    architecture.update(categorical_fusion=fusion, cross_attn_heads=cross_attn_heads,
+                        perceiver_num_latents=perceiver_num_latents,
+                        perceiver_num_layers=perceiver_num_layers,
+                        film_conditioning=film_conditioning,
+                        conditional_output_scaling=conditional_output_scaling)
     if classification and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
         # Numeric class codes: name the classes "1", not "1.0".
         values = values.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
@@ -287,6 +354,7 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
         normalize_by=normalize_by,
         normalize_groups=_category_groups(sample_metadata, normalize_by, samples.sample_ids),
         class_weights=class_weights or "none", distances=distances,
+        categorical=_categorical(sample_metadata, categorical_columns, samples.sample_ids),
         unifrac_weight=unifrac_weight, mlm_weight=mlm_weight, mask_rate=mask_rate,
         validation_fraction=validation_fraction,
         groups=_groups(subjects, samples.sample_ids), log=_log)
@@ -302,8 +370,13 @@ def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
         raise ValueError(f"This model z-scores its target within groups of {columns}; pass "
                          "--m-sample-metadata-file with these columns.")
     groups = _category_groups(sample_metadata, columns, samples.sample_ids, required=False)
+    conditioned = model.target.get("categorical", {}).get("columns")
+    if conditioned and sample_metadata is None:
+        raise ValueError(f"This model is conditioned on the metadata column(s) {conditioned}; "
+                         "pass --m-sample-metadata-file with them.")
+    categorical = _categorical(sample_metadata, conditioned, samples.sample_ids, required=False)
     values = api.predict(model, samples, normalize_groups=groups, batch_size=batch_size,
-                         device=device, log=_log)
+                         device=device, categorical=categorical, log=_log)
     series = pd.Series(values, index=pd.Index(samples.sample_ids, name="SampleID"),
                        name="prediction")
     return series.astype(float) if model.kind == "regressor" else series.astype(str)

@@ -119,8 +119,9 @@ PARAMETERS = {
     "normalize_by": "Categorical column(s) of --m-sample-metadata-file whose groups get their "
                     "own z-score; only with --p-target-transform zscore-category, which "
                     "requires it. Several columns form combined groups.",
-    "sample_metadata": "Sample metadata holding the --p-normalize-by column(s). In 'predict', "
-                       "needed for a model trained with zscore-category.",
+    "sample_metadata": "Sample metadata holding the --p-categorical-columns and "
+                       "--p-normalize-by column(s). In 'predict', needed for a model trained "
+                       "with either.",
     "output_constraint": "Range of the model's output, on the transformed scale: 'none'; "
                          "'bounded' (sigmoid into the range of the transformed training "
                          "targets: predictions never leave it); 'nonnegative' (softplus); "
@@ -137,6 +138,27 @@ PARAMETERS = {
                     "high. Default 1.",
     "under_penalty": "For --p-loss asymmetric: weight of errors where the prediction is too "
                      "low. Default 1.",
+    "categorical_columns": "Categorical column(s) of --m-sample-metadata-file to condition "
+                           "the prediction on (e.g. country, delivery mode). Missing values "
+                           "and values not seen in training use an 'unknown' embedding. "
+                           "'predict' then needs the same columns.",
+    "categorical_fusion": "How the categorical columns enter the model: 'concat' (default "
+                          "when columns are given) or 'add' put one categorical vector on "
+                          "every ASV before the target encoder; 'gmu' gates sequence vs "
+                          "metadata after pooling (canonical Arevalo formulation); "
+                          "'cross-attention' lets each ASV attend to one token per column "
+                          "(plus a null token), so taxa can respond to different conditions; "
+                          "'perceiver' has learned latents attend to the ASVs and metadata "
+                          "tokens instead of the target encoder; 'none' leaves it to FiLM "
+                          "or output scaling.",
+    "cross_attn_heads": "Attention heads of cross-attention fusion; must divide the "
+                        "embedding dim.",
+    "perceiver_num_latents": "Learned latents of perceiver fusion.",
+    "perceiver_num_layers": "Self-attention layers over the latents in perceiver fusion.",
+    "film_conditioning": "FiLM: scale and shift the prediction head's hidden features by "
+                         "the categorical vector (identity at the start).",
+    "conditional_output_scaling": "Learn a scale and shift of the output per category "
+                                  "value (identity at the start).",
     "class_weights": "For --p-task classification: 'balanced' weights each class by "
                      "n / (k * count) in the cross-entropy, so rare classes count as much as "
                      "common ones; 'none' (default) weights every sample equally.",
@@ -210,6 +232,12 @@ train_params = {
     "over_penalty": Float % Range(0, None, inclusive_start=False),
     "under_penalty": Float % Range(0, None, inclusive_start=False),
     "class_weights": Str % Choices("none", "balanced"),
+    "categorical_columns": List[Str],
+    "categorical_fusion": Str % Choices("none", "concat", "add", "gmu", "cross-attention",
+                                        "perceiver"),
+    "cross_attn_heads": POSITIVE, "perceiver_num_latents": POSITIVE,
+    "perceiver_num_layers": Int % Range(0, None),
+    "film_conditioning": Bool, "conditional_output_scaling": Bool,
     **ARCHITECTURE_PARAMS, "target_layers": Int % Range(0, None), **TRAINING_PARAMS,
 }
 plugin.methods.register_function(

@@ -11,12 +11,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .bundle import ModelBundle, library_versions
-from .data import AmpliconSamples, BatchCollator
+from .data import AmpliconSamples, BatchCollator, encode_categories, fit_vocabularies
 from .engine import Objective, TrainConfig, embed_features, fit, make_accelerator
-from .model import AAMModel, ModelConfig
 from .losses import RegressionLoss
+from .model import AAMModel, ModelConfig
 from .targets import CENTRED_TRANSFORMS, TargetTransform, balanced_class_weights, encode_classes
 from .tokenizer import tokenize
 
@@ -61,13 +62,20 @@ def validation_split(n: int, fraction: float, seed: int,
     return rows[~val], rows[val]
 
 
+#: Settings of the pretrained encoder that a model started from it must share.
+ENCODER_SETTINGS = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample_layers",
+                    "patch_size", "max_sequence_length")
+
+
 def _architecture(overrides: dict | None, pretrained: ModelBundle | None, *, task: str,
                   n_outputs: int, max_length: int, **head) -> ModelConfig:
+    """The model's config: the pretrained encoder's (or defaults), target-branch overrides."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if pretrained is not None:
-        base = dict(pretrained.model_config)
+        base = {k: v for k, v in pretrained.model_config.items() if k in ENCODER_SETTINGS}
+        base["dropout"] = pretrained.model_config["dropout"]
         conflicts = {k: (v, base[k]) for k, v in overrides.items()
-                     if k in base and base[k] != v and k not in ("dropout", "target_layers")}
+                     if k in ENCODER_SETTINGS and base[k] != v}
         if conflicts:
             detail = ", ".join(f"{k}={v!r} (pretrained: {b!r})" for k, (v, b) in conflicts.items())
             raise ValueError(f"The pretrained encoder's architecture differs from the given "
@@ -77,7 +85,7 @@ def _architecture(overrides: dict | None, pretrained: ModelBundle | None, *, tas
                 f"The longest sequence is {max_length} nt, but the pretrained encoder reads at "
                 f"most {base['max_sequence_length']} nt. Trim the sequences to the amplicon "
                 "used in pretraining.")
-        base.update({k: v for k, v in overrides.items() if k in ("dropout", "target_layers")})
+        base.update({k: v for k, v in overrides.items() if k not in ENCODER_SETTINGS})
     else:
         base = dict(overrides)
         patch = base.get("patch_size", ModelConfig.patch_size)
@@ -198,6 +206,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
           target_transform: str = "zscore", loss: RegressionLoss | str = "huber",
           output_constraint: str = "none", normalize_groups: Sequence | None = None,
           normalize_by: Sequence[str] | None = None, class_weights: str = "none",
+          categorical: dict | None = None,
           distances: np.ndarray | None = None, unifrac_weight: float = 0.0,
           mlm_weight: float = 0.0, mask_rate: float = 0.15,
           validation_fraction: float = 0.1, groups: Sequence | None = None,
@@ -217,6 +226,10 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         normalize_groups: each sample's group label (``zscore-category``),
             from the columns named ``normalize_by``.
         class_weights: ``none`` or ``balanced`` (classification).
+        categorical: ``{column: per-sample values}`` to condition on, with
+            the fusion settings (``categorical_fusion``, ...) in
+            ``architecture``. Missing values and values not seen in the
+            training rows map to the 'unknown' embedding.
     """
     if task not in ("regression", "classification"):
         raise ValueError(f"task must be 'regression' or 'classification', got {task!r}.")
@@ -275,9 +288,26 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
                                       dtype=torch.float32)
         n_outputs, metrics = len(classes), classification_metrics
         target_info.update(classes=classes, class_weights=class_weights)
+    cats, cardinalities = None, []
+    if categorical:
+        vocabularies = fit_vocabularies(categorical, train_rows)
+        empty = [c for c, v in vocabularies.items() if not v]
+        if empty:
+            raise ValueError(f"The categorical column(s) {empty} have no values in the "
+                             "training samples.")
+        cats = encode_categories(categorical, vocabularies, warn=log)
+        cardinalities = [len(v) + 1 for v in vocabularies.values()]
+        target_info["categorical"] = {"columns": list(vocabularies),
+                                      "vocabularies": vocabularies}
+    else:
+        wanted = {k: (architecture or {}).get(k) for k in
+                  ("categorical_fusion", "film_conditioning", "conditional_output_scaling")}
+        if wanted["categorical_fusion"] not in (None, "none") or wanted["film_conditioning"] \
+                or wanted["conditional_output_scaling"]:
+            log("No categorical columns were given, so categorical conditioning is a no-op.")
     model_config = _architecture(architecture, pretrained, task=task, n_outputs=n_outputs,
                                  max_length=tokens.shape[1], output_constraint=output_constraint,
-                                 output_bounds=bounds)
+                                 output_bounds=bounds, categorical_cardinalities=cardinalities)
     torch.manual_seed(config.seed)
     model = AAMModel(model_config)
     if pretrained is not None:
@@ -301,10 +331,13 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         f"token limit {samples.token_limit}"
         + (", from a pretrained encoder" + (" (frozen)" if freeze_encoder else "")
            if pretrained else "") + ".")
+    def rows_of(array, rows):
+        return None if array is None else array[rows]
     train_c = BatchCollator(samples.subset(train_rows), tokens, encoded[train_rows],
-                            global_index=train_rows)
+                            global_index=train_rows, categories=rows_of(cats, train_rows))
     val_c = (BatchCollator(samples.subset(val_rows), tokens, encoded[val_rows],
-                           global_index=val_rows) if len(val_rows) else None)
+                           global_index=val_rows, categories=rows_of(cats, val_rows))
+             if len(val_rows) else None)
     history = fit(model, train_c, val_c, objective, config, freeze_encoder=freeze_encoder,
                   metrics=metrics, log=log)
     return ModelBundle(
@@ -324,11 +357,26 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
 
 @torch.no_grad()
 def predict_raw(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: int = 64,
-                device: str = "auto", log: Callable[[str], None] = _stderr) -> np.ndarray:
+                device: str = "auto", categorical: dict | None = None,
+                log: Callable[[str], None] = _stderr) -> np.ndarray:
     """The model's raw outputs ``(n, n_outputs)`` (transformed scale / logits).
 
-    Each distinct ASV is encoded once for the whole table.
+    Each distinct ASV is encoded once for the whole table. ``categorical``:
+    ``{column: per-sample values}`` for a model conditioned on metadata.
     """
+    outputs = model_outputs(bundle, samples, batch_size=batch_size, device=device,
+                            categorical=categorical, log=log)
+    return outputs["prediction"]
+
+
+@torch.no_grad()
+def model_outputs(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: int = 64,
+                  device: str = "auto", categorical: dict | None = None,
+                  log: Callable[[str], None] = _stderr) -> dict:
+    """Every per-sample output of the model: ``prediction``, ``sample_embedding``, and,
+    by fusion mode, ``gmu_gate`` ``(n, D)``, ``cross_attention`` ``(n, heads, S, K)`` or
+    ``perceiver_attention`` ``(n, heads, latents, S + K)`` (ASV slots padded to the
+    token limit; slot ``j`` of sample ``i`` is its ``j``-th most abundant ASV)."""
     if bundle.kind == "encoder":
         raise ValueError("This model is a pretrained encoder; it predicts nothing. Train a "
                          "regressor or classifier from it with 'train'.")
@@ -336,18 +384,38 @@ def predict_raw(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: in
     model = bundle.build_model().to(accelerator.device)
     tokens = _tokens(samples, max_length=model.config.max_sequence_length, log=log)
     table = embed_features(model, tokens, np.unique(samples.indices), accelerator.device)
-    collator = BatchCollator(samples, tokens)
-    outputs = []
+    cats = None
+    vocabularies = bundle.target.get("categorical", {}).get("vocabularies")
+    if vocabularies:
+        if categorical is None:
+            raise ValueError(f"This model is conditioned on the metadata column(s) "
+                             f"{list(vocabularies)}; pass the sample metadata holding them.")
+        cats = encode_categories(categorical, vocabularies, warn=log)
+    collator = BatchCollator(samples, tokens, categories=cats)
+    per_batch: dict = {}
+    width = samples.token_limit
     for start in range(0, len(samples), batch_size):
         batch = collator(range(start, min(start + batch_size, len(samples))))
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         out = model(batch, asv_embeddings=table[batch["asv_feature"]])
-        outputs.append(out["prediction"].float().cpu())
-    return torch.cat(outputs).numpy()
+        for key in ("prediction", "sample_embedding", "gmu_gate", "cross_attention",
+                    "perceiver_attention"):
+            if key not in out:
+                continue
+            value = out[key].float().cpu()
+            if key == "cross_attention":  # pad the ASV axis to the token limit
+                value = F.pad(value, (0, 0, 0, width - value.shape[2]))
+            elif key == "perceiver_attention":  # keys: S slots then K metadata tokens
+                s_slots = batch["asv_mask"].shape[1]
+                value = torch.cat([F.pad(value[..., :s_slots], (0, width - s_slots)),
+                                   value[..., s_slots:]], dim=-1)
+            per_batch.setdefault(key, []).append(value)
+    return {k: torch.cat(v).numpy() for k, v in per_batch.items()}
 
 
 def predict(bundle: ModelBundle, samples: AmpliconSamples, *,
             normalize_groups: Sequence | None = None, **kwargs) -> np.ndarray:
+    # kwargs: batch_size, device, categorical, log (see predict_raw)
     """Predictions in the target's original units (regression) or class names.
 
     ``normalize_groups``: each sample's group label, for a model trained with

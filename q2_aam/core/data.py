@@ -142,12 +142,16 @@ class BatchCollator:
             index for classification), indexed like ``samples``.
         global_index: optional per-sample global index (into a distance
             matrix), indexed like ``samples``; defaults to ``arange``.
+        categories: optional ``(n_samples, C)`` category indices (see
+            :func:`encode_categories`).
     """
 
     def __init__(self, samples: AmpliconSamples, tokens: np.ndarray,
                  targets: np.ndarray | None = None,
-                 global_index: np.ndarray | None = None):
+                 global_index: np.ndarray | None = None,
+                 categories: np.ndarray | None = None):
         self.samples = samples
+        self.categories = categories
         self.tokens = tokens
         self.lengths = (tokens != 0).sum(axis=1)
         self.targets = targets
@@ -182,9 +186,51 @@ class BatchCollator:
         }
         if self.targets is not None:
             batch["target"] = torch.as_tensor(self.targets[rows])
+        if self.categories is not None:
+            batch["categories"] = torch.as_tensor(self.categories[rows])  # (B, C)
         return batch
 
 
 def tokenize_features(samples: AmpliconSamples, max_length: int | None = None):
     """Token matrix of every feature of ``samples`` (see :func:`tokenize`)."""
     return tokenize(samples.sequences, names=samples.feature_ids, max_length=max_length)
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value == ""
+
+
+def fit_vocabularies(columns: dict, rows: Sequence[int]) -> dict:
+    """Each column's sorted values among the training ``rows`` (missing values left out)."""
+    return {name: sorted({str(values[r]) for r in rows if not _is_missing(values[r])})
+            for name, values in columns.items()}
+
+
+def encode_categories(columns: dict, vocabularies: dict, warn=None) -> np.ndarray:
+    """``(n, C)`` indices: value ``i`` of a vocabulary -> ``i + 1``; missing/unseen -> 0.
+
+    ``warn`` is called once per column that has values not seen in training,
+    naming them.
+    """
+    names = list(vocabularies)
+    missing = [c for c in names if c not in columns]
+    if missing:
+        raise ValueError(f"The model is conditioned on the metadata column(s) {missing}, which "
+                         "the given metadata lacks.")
+    n = len(next(iter(columns.values()))) if columns else 0
+    out = np.zeros((n, len(names)), dtype=np.int64)
+    for c, name in enumerate(names):
+        lookup = {v: i + 1 for i, v in enumerate(vocabularies[name])}
+        unseen = set()
+        for r, value in enumerate(columns[name]):
+            if _is_missing(value):
+                continue
+            index = lookup.get(str(value))
+            if index is None:
+                unseen.add(str(value))
+            else:
+                out[r, c] = index
+        if unseen and warn is not None:
+            warn(f"Column {name!r} has value(s) {sorted(unseen)} not seen in training; they "
+                 "use the 'unknown' embedding.")
+    return out

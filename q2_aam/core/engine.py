@@ -131,12 +131,17 @@ def lr_factor(step: int, total_steps: int, warmup_fraction: float) -> float:
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on biases, norms and embeddings."""
     decay, no_decay = [], []
+    # Modules that declare no_weight_decay (FiLM, output scaling) are exempt as a whole.
+    exempt_prefixes = tuple(f"{name}." for name, module in model.named_modules()
+                            if getattr(module, "no_weight_decay", False))
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            exempt = (name.endswith("bias") or isinstance(module, (torch.nn.LayerNorm,
-                                                                   torch.nn.Embedding)))
+            full = f"{module_name}.{name}" if module_name else name
+            exempt = (name.endswith("bias") or full.startswith(exempt_prefixes)
+                      or isinstance(module, (torch.nn.LayerNorm, torch.nn.Embedding))
+                      or name in ("null", "columns", "latents"))
             (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]

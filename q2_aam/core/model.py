@@ -7,13 +7,16 @@ of ``patch_size`` nucleotides, ``B`` samples, ``S`` ASV slots per sample and
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from .data import N_ABUNDANCE_FEATURES
+from .fusion import (FUSION_MODES, AddFusion, CategoricalEmbedding, ConcatFusion,
+                     ConditionalOutputScaling, CrossAttentionFusion, FiLM, GatedMultimodalUnit,
+                     PerceiverFusion)
 from .tokenizer import NUCLEOTIDE_CLASSES, PAD, VOCAB_SIZE
 
 TASKS = ("encoder", "regression", "classification")
@@ -39,6 +42,14 @@ class ModelConfig:
     n_outputs: int = 0
     output_constraint: str = "none"
     output_bounds: list | None = None
+    categorical_cardinalities: list = field(default_factory=list)  # per column, incl. unknown
+    categorical_fusion: str = "none"
+    cross_attn_heads: int = 8
+    perceiver_num_latents: int = 16
+    perceiver_num_layers: int = 2
+    gmu_variant: str = "canonical"
+    film_conditioning: bool = False
+    conditional_output_scaling: bool = False
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -46,6 +57,24 @@ class ModelConfig:
         if self.output_constraint not in OUTPUT_CONSTRAINTS:
             raise ValueError(f"output_constraint must be one of {OUTPUT_CONSTRAINTS}, got "
                              f"{self.output_constraint!r}.")
+        if self.categorical_fusion not in FUSION_MODES:
+            raise ValueError(f"categorical_fusion must be one of {FUSION_MODES}, got "
+                             f"{self.categorical_fusion!r}.")
+        if any(n < 2 for n in self.categorical_cardinalities):
+            raise ValueError("Each categorical column needs its unknown index and at least "
+                             f"one value, got cardinalities {self.categorical_cardinalities}.")
+        conditioned = (self.categorical_fusion != "none" or self.film_conditioning
+                       or self.conditional_output_scaling)
+        if conditioned and self.task == "encoder":
+            raise ValueError("Categorical conditioning applies to regressors and classifiers.")
+        if self.categorical_fusion == "cross-attention" and \
+                self.embedding_dim % self.cross_attn_heads:
+            raise ValueError(
+                f"cross_attn_heads ({self.cross_attn_heads}) must divide embedding_dim "
+                f"({self.embedding_dim}); choose one of "
+                f"{[h for h in range(1, 17) if self.embedding_dim % h == 0]}.")
+        if self.perceiver_num_latents < 1 or self.perceiver_num_layers < 0:
+            raise ValueError("perceiver_num_latents must be >= 1 and perceiver_num_layers >= 0.")
         if self.output_constraint != "none" and self.task != "regression":
             raise ValueError("An output constraint applies to regression only.")
         if self.output_constraint == "bounded":
@@ -207,6 +236,23 @@ class OutputConstraint(nn.Module):
         return x
 
 
+class PredictionHead(nn.Module):
+    """``Linear -> GELU -> [FiLM] -> Dropout -> Linear``, the output of the target branch."""
+
+    def __init__(self, dim: int, n_outputs: int, dropout: float, film: bool):
+        super().__init__()
+        self.hidden = nn.Linear(dim, dim)
+        self.film = FiLM(dim) if film else None
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, n_outputs)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        h = F.gelu(self.hidden(x))
+        if self.film is not None and c is not None:
+            h = self.film(h, c)
+        return self.out(self.dropout(h))
+
+
 class AAMModel(nn.Module):
     """Nucleotide encoder, sample encoder, UniFrac head and (for train) a target branch.
 
@@ -222,15 +268,35 @@ class AAMModel(nn.Module):
         self.sample_encoder = SampleEncoder(config)
         self.unifrac_head = nn.Linear(d, d)
         if config.task != "encoder":
+            self._build_target_branch(config)
+
+    def _build_target_branch(self, config: ModelConfig) -> None:
+        d, cards = config.embedding_dim, config.categorical_cardinalities
+        fusion = config.categorical_fusion if cards else "none"
+        if fusion == "perceiver" or (config.categorical_fusion == "perceiver" and not cards):
+            self.perceiver = PerceiverFusion(d, config.attention_heads,
+                                             config.perceiver_num_latents,
+                                             config.perceiver_num_layers, config.dropout)
+        else:
             self.target_encoder = (transformer(d, config.attention_heads, config.target_layers,
                                                config.dropout)
                                    if config.target_layers else None)
             self.target_pool = AttentionPooling(d)
-            self.target_head = nn.Sequential(nn.Linear(d, d), nn.GELU(),
-                                             nn.Dropout(config.dropout),
-                                             nn.Linear(d, config.n_outputs))
-            self.output_constraint = OutputConstraint(config.output_constraint,
-                                                      config.output_bounds)
+        film = config.film_conditioning and bool(cards)
+        needs_tokens = fusion in ("cross-attention", "perceiver")
+        needs_vector = fusion in ("concat", "add", "gmu") or film
+        self.categories = (CategoricalEmbedding(cards, d, tokens=needs_tokens,
+                                                vector=needs_vector)
+                           if needs_tokens or needs_vector else None)
+        self.fusion = {"concat": ConcatFusion, "add": AddFusion}.get(fusion, lambda d: None)(d)
+        self.cross_attention = (CrossAttentionFusion(d, config.cross_attn_heads, config.dropout)
+                                if fusion == "cross-attention" else None)
+        self.gmu = GatedMultimodalUnit(d, config.gmu_variant) if fusion == "gmu" else None
+        self.target_head = PredictionHead(d, config.n_outputs, config.dropout, film=film)
+        self.output_scaling = (ConditionalOutputScaling(cards, config.n_outputs)
+                               if config.conditional_output_scaling and cards else None)
+        self.output_constraint = OutputConstraint(config.output_constraint,
+                                                  config.output_bounds)
 
     def encode_asvs(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(U, D)`` embeddings of ASVs given as tokens ``(U, L)``."""
@@ -272,9 +338,38 @@ class AAMModel(nn.Module):
         out["sample_embedding"] = pooled
         out["unifrac_embedding"] = self.unifrac_head(pooled)
         if self.config.task != "encoder":
-            x = tokens_out
+            out.update(self._target_branch(tokens_out, mask, batch.get("categories")))
+        return out
+
+    def _target_branch(self, x: torch.Tensor, mask: torch.Tensor,
+                       categories: torch.Tensor | None) -> dict:
+        """Fusion, target encoder, pooling and head on the sample encoder's ``(B, S, D)``."""
+        out = {}
+        c_vec = c_tokens = None
+        n_columns = len(self.config.categorical_cardinalities)
+        if (self.categories is not None or self.output_scaling is not None) and (
+                categories is None or categories.shape[1] != n_columns):
+            raise ValueError(f"This model is conditioned on {n_columns} categorical "
+                             "column(s); the batch has none or another number.")
+        if self.categories is not None:
+            if self.categories.has_vector:
+                c_vec = self.categories.vector(categories)  # (B, D)
+            if self.categories.has_tokens:
+                c_tokens = self.categories.tokens(categories)  # (B, K, D)
+        if self.fusion is not None:
+            x = self.fusion(x, c_vec)
+        if self.cross_attention is not None:
+            x, out["cross_attention"] = self.cross_attention(x, c_tokens)  # (B, h, S, K)
+        if hasattr(self, "perceiver"):
+            pooled, out["perceiver_attention"] = self.perceiver(x, mask, c_tokens)
+        else:
             if self.target_encoder is not None:
                 x = self.target_encoder(x, src_key_padding_mask=~mask)
-            out["prediction"] = self.output_constraint(
-                self.target_head(self.target_pool(x, mask)))  # (B, n_outputs)
+            pooled = self.target_pool(x, mask)  # (B, D)
+        if self.gmu is not None:
+            pooled, out["gmu_gate"] = self.gmu(pooled, c_vec)  # (B, D), (B, D)
+        y = self.target_head(pooled, c_vec)  # (B, n_outputs)
+        if self.output_scaling is not None:
+            y = self.output_scaling(y, categories)
+        out["prediction"] = self.output_constraint(y)
         return out
