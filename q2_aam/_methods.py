@@ -204,13 +204,19 @@ FUSION_GUIDANCE = (
 
 
 def _check_conditioning(columns, fusion, film, scaling, normalize_by, transform) -> str:
-    """The fusion mode to use; warn about redundant combinations, refuse unused columns."""
+    """The fusion mode to use; warn about redundant combinations, refuse unused columns.
+
+    Without columns, conditioning is a no-op: said once here, and the model
+    records no conditioning.
+    """
     if not columns:
         if fusion not in (None, "none") or film or scaling:
+            asked = [x for x in (fusion if fusion != "none" else None,
+                                 "FiLM" if film else None, "output scaling" if scaling else None)
+                     if x]
             _log("No --p-categorical-columns were given, so categorical conditioning "
-                 f"({fusion or ''}{' film' if film else ''}{' scaling' if scaling else ''}) "
-                 "is a no-op.")
-        return fusion or "none"
+                 f"({', '.join(asked)}) is a no-op.")
+        return "none"
     fusion = fusion or "concat"
     if fusion == "none" and not film and not scaling:
         raise ValueError(f"--p-categorical-columns {' '.join(columns)} would not be used: "
@@ -328,11 +334,12 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
                                    unifrac_weight)
     config, architecture = _settings(locals())
+    conditioned = bool(categorical_columns)
     architecture.update(categorical_fusion=fusion, cross_attn_heads=cross_attn_heads,
                         perceiver_num_latents=perceiver_num_latents,
                         perceiver_num_layers=perceiver_num_layers,
-                        film_conditioning=film_conditioning,
-                        conditional_output_scaling=conditional_output_scaling)
+                        film_conditioning=film_conditioning and conditioned,
+                        conditional_output_scaling=conditional_output_scaling and conditioned)
     if classification and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
         # Numeric class codes: name the classes "1", not "1.0".
         values = values.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))

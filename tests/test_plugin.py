@@ -355,3 +355,65 @@ def test_balanced_class_weights(aam, ecam_subset):
         aam.actions.train(table=a["table"], sequences=a["sequences"],
                           metadata=ecam_subset["metadata"].get_column("age_days"),
                           class_weights="balanced", epochs=1, **SMALL)
+
+
+# --- categorical conditioning (issue 4) ------------------------------------------------
+
+@pytest.mark.parametrize("fusion", ["cross-attention", "gmu", "perceiver"])
+def test_conditioned_model_end_to_end(aam, ecam_subset, fusion, capfd, tmp_path):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"]
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"],
+                               metadata=md.get_column("age_days"), sample_metadata=md,
+                               categorical_columns=["delivery", "diet"],
+                               categorical_fusion=fusion, cross_attn_heads=4, epochs=1,
+                               **SMALL)
+    bundle = model.view(ModelBundle)
+    assert bundle.model_config["categorical_fusion"] == fusion
+    assert bundle.target["categorical"]["columns"] == ["delivery", "diet"]
+    with pytest.raises(ValueError, match="conditioned on the metadata column"):
+        aam.actions.predict(model=model, table=a["new_table"], sequences=a["sequences"])
+    frame = md.to_dataframe()
+    frame.loc[ecam_subset["new_ids"][:1], "diet"] = "chocolate"
+    frame.loc[ecam_subset["new_ids"][1:3], "delivery"] = np.nan
+    capfd.readouterr()
+    preds, = aam.actions.predict(model=model, table=a["new_table"], sequences=a["sequences"],
+                                 sample_metadata=qiime2.Metadata(frame))
+    assert np.isfinite(preds.view(pd.Series)).all()
+    err = capfd.readouterr().err
+    assert "'diet'" in err and "chocolate" in err
+    # Saved and loaded, the conditioned model predicts the same.
+    loaded = qiime2.Artifact.load(str(model.save(str(tmp_path / "m"))))
+    again, = aam.actions.predict(model=loaded, table=a["new_table"], sequences=a["sequences"],
+                                 sample_metadata=qiime2.Metadata(frame))
+    pd.testing.assert_series_equal(preds.view(pd.Series), again.view(pd.Series))
+
+
+def test_categorical_columns_that_would_not_be_used_are_refused(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"]
+    with pytest.raises(ValueError, match="would not be used"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=md.get_column("age_days"), sample_metadata=md,
+                          categorical_columns=["delivery"], categorical_fusion="none",
+                          epochs=1, **SMALL)
+
+
+def test_fusion_without_columns_is_a_noop_said_once(aam, ecam_subset, capfd):
+    a = ecam_subset["artifacts"]
+    capfd.readouterr()
+    aam.actions.train(table=a["table"], sequences=a["sequences"],
+                      metadata=ecam_subset["metadata"].get_column("age_days"),
+                      categorical_fusion="gmu", epochs=1, **SMALL)
+    assert capfd.readouterr().err.count("is a no-op") == 1
+
+
+def test_film_with_concat_warns(aam, ecam_subset, capfd):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"]
+    capfd.readouterr()
+    aam.actions.train(table=a["table"], sequences=a["sequences"],
+                      metadata=md.get_column("age_days"), sample_metadata=md,
+                      categorical_columns=["delivery"], categorical_fusion="concat",
+                      film_conditioning=True, epochs=1, **SMALL)
+    assert "both inject the same categorical vector" in capfd.readouterr().err
