@@ -327,10 +327,28 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
                          "for --p-categorical-columns and --p-normalize-by.")
     fusion = _check_conditioning(categorical_columns, categorical_fusion, film_conditioning,
                                  conditional_output_scaling, normalize_by, target_transform)
+    from .core.losses import DEFAULT_QUANTILES, RegressionLoss
+    loss = loss or DEFAULT_LOSS
+    regression_loss = RegressionLoss(
+        kind=loss, quantiles=tuple(quantiles or (DEFAULT_QUANTILES if loss == "quantile" else ())),
+        over_penalty=1.0 if over_penalty is None else over_penalty,
+        under_penalty=1.0 if under_penalty is None else under_penalty)
+    if loss == "asymmetric" and over_penalty is None and under_penalty is None:
+        raise ValueError("The asymmetric loss needs --p-over-penalty and/or "
+                         "--p-under-penalty (otherwise it is the 'mae' loss).")
     values = _target_samples(table, metadata, missing_samples)
     if token_limit is None:
         token_limit = pretrained.training.get("token_limit", 256) if pretrained else 256
     samples = amplicon_samples(table, sequences, token_limit, sample_ids=values.index)
+    # Every input is checked before the (slow) UniFrac computation and training.
+    if not classification:
+        from .core.targets import TargetTransform
+        api.check_regression_settings(values.to_numpy(dtype=float),
+                                      TargetTransform(target_transform or
+                                                      DEFAULT_TARGET_TRANSFORM),
+                                      output_constraint or "none", normalize_by)
+    normalize_groups = _category_groups(sample_metadata, normalize_by, samples.sample_ids)
+    categorical = _categorical(sample_metadata, categorical_columns, samples.sample_ids)
     distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
                                    unifrac_weight)
     config, architecture = _settings(locals())
@@ -343,15 +361,6 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     if classification and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
         # Numeric class codes: name the classes "1", not "1.0".
         values = values.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
-    from .core.losses import DEFAULT_QUANTILES, RegressionLoss
-    loss = loss or DEFAULT_LOSS
-    regression_loss = RegressionLoss(
-        kind=loss, quantiles=tuple(quantiles or (DEFAULT_QUANTILES if loss == "quantile" else ())),
-        over_penalty=1.0 if over_penalty is None else over_penalty,
-        under_penalty=1.0 if under_penalty is None else under_penalty)
-    if loss == "asymmetric" and over_penalty is None and under_penalty is None:
-        raise ValueError("The asymmetric loss needs --p-over-penalty and/or "
-                         "--p-under-penalty (otherwise it is the 'mae' loss).")
     return api.train(
         samples, values.to_numpy(), task="classification" if classification else "regression",
         target_name=str(metadata.name), architecture=architecture, config=config,
@@ -359,9 +368,9 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
         target_transform=target_transform or DEFAULT_TARGET_TRANSFORM,
         loss=regression_loss, output_constraint=output_constraint or "none",
         normalize_by=normalize_by,
-        normalize_groups=_category_groups(sample_metadata, normalize_by, samples.sample_ids),
+        normalize_groups=normalize_groups,
         class_weights=class_weights or "none", distances=distances,
-        categorical=_categorical(sample_metadata, categorical_columns, samples.sample_ids),
+        categorical=categorical,
         unifrac_weight=unifrac_weight, mlm_weight=mlm_weight, mask_rate=mask_rate,
         validation_fraction=validation_fraction,
         groups=_groups(subjects, samples.sample_ids), log=_log)
