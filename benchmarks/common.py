@@ -91,3 +91,61 @@ def summary(rows: list, group: str, metrics=("mae", "r2")) -> str:
             cells.append(f"{x.mean():.3g} ± {x.std(ddof=1) if len(x) > 1 else 0:.2g}")
         lines.append(f"| {dataset} | {key} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run_grid(dataset: str, splits, variants: dict, *, results: str, mode: str, epochs: int,
+             variant_column: str, categorical_columns=None):
+    """Train every variant on every split's training subjects; score on its test subjects.
+
+    ``variants``: ``{name: keyword arguments of q2_aam.core.api.train}``. The
+    encoder is pretrained once per dataset (all samples, no labels); ``mode``
+    ``frozen`` keeps it fixed (its outputs cached), ``finetune`` trains it too.
+    Each finished row is appended to ``results/<results>.tsv`` at once, and
+    rows already there are skipped, so a stopped run resumes.
+    """
+    from q2_aam.core import api
+    from q2_aam.core.engine import TrainConfig
+    from q2_aam.example_data import split_samples
+
+    data, samples, metadata = load(dataset)
+    encoder = pretrained_encoder(dataset, data, samples)
+    columns = ["dataset", "split", variant_column, "mode", "epochs", "mae", "r2",
+               "best_epoch", "seconds"]
+    table = ResultTable(RESULTS / f"{results}.tsv", columns)
+    y_all = metadata["age_days"].astype(float).to_numpy()
+    position = {s: i for i, s in enumerate(samples.sample_ids)}
+    frozen = mode == "frozen"
+    for k in splits:
+        train_ids, test_ids = split_samples(metadata, k)
+        train_rows = np.array([position[s] for s in train_ids])
+        test_rows = np.array([position[s] for s in test_ids])
+        for name, kwargs in variants.items():
+            key = {"dataset": dataset, "split": k, variant_column: name, "mode": mode,
+                   "epochs": epochs}
+            if table.has(**key):
+                continue
+            started = time.perf_counter()
+            cats = None
+            if categorical_columns:
+                cats = {c: [None if v != v else str(v) for v in metadata[c]]
+                        for c in categorical_columns}
+            bundle = api.train(
+                samples.subset(train_rows), y_all[train_rows], task="regression",
+                target_name="age_days", pretrained=encoder, freeze_encoder=frozen,
+                categorical=None if cats is None else
+                {c: [v[i] for i in train_rows] for c, v in cats.items()},
+                config=TrainConfig(epochs=epochs, learning_rate=1e-3 if frozen else 5e-4,
+                                   patience=15, seed=0),
+                groups=metadata["subject"].to_numpy()[train_rows], log=lambda m: None,
+                **kwargs)
+            predicted = api.predict(
+                bundle, samples.subset(test_rows), log=lambda m: None,
+                categorical=None if cats is None else
+                {c: [v[i] for i in test_rows] for c, v in cats.items()})
+            scores = regression_scores(predicted, y_all[test_rows])
+            best = max((r["epoch"] for r in bundle.training["history"] if r.get("best")),
+                       default=len(bundle.training["history"]))
+            table.add({**key, "mae": round(scores["mae"], 2), "r2": round(scores["r2"], 4),
+                       "best_epoch": best, "seconds": round(time.perf_counter() - started)})
+            log(f"{dataset} split {k} {name}: MAE {scores['mae']:.1f} R2 {scores['r2']:.3f}")
+    return [r for r in table.rows if r["mode"] == mode and r["epochs"] == str(epochs)]
