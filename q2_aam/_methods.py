@@ -168,29 +168,37 @@ DEFAULT_TARGET_TRANSFORM = "zscore"
 DEFAULT_LOSS = "huber"
 
 
-def _category_groups(sample_metadata, columns, sample_ids, required=True):
-    """Each sample's group label from the categorical ``columns`` ("FIN|vaginal")."""
-    if not columns:
-        return None
+def _categorical_frame(sample_metadata, columns, sample_ids, parameter, required=True):
+    """The categorical ``columns`` of the sample metadata, one row per sample (in order).
+
+    ``parameter`` names the option that asked for them, for error messages.
+    """
     if sample_metadata is None:
-        raise ValueError(f"--p-normalize-by {' '.join(columns)} needs the metadata that holds "
+        raise ValueError(f"{parameter} {' '.join(columns)} needs the metadata that holds "
                          "these columns: pass --m-sample-metadata-file.")
-    from .core.targets import group_labels
     frame = sample_metadata.to_dataframe()
     absent = [c for c in columns if c not in frame.columns]
     if absent:
-        raise ValueError(f"--p-normalize-by names {absent}, which the sample metadata does not "
+        raise ValueError(f"{parameter} names {absent}, which the sample metadata does not "
                          f"have (it has {list(frame.columns)}).")
-    numeric = [c for c in columns
-               if sample_metadata.columns[c].type == "numeric"]
+    numeric = [c for c in columns if sample_metadata.columns[c].type == "numeric"]
     if numeric:
-        raise ValueError(f"--p-normalize-by columns must be categorical; {numeric} are numeric "
+        raise ValueError(f"{parameter} columns must be categorical; {numeric} are numeric "
                          "(declare them with '#q2:types categorical').")
     missing = [i for i in sample_ids if i not in frame.index]
     if missing and required:
         raise ValueError(f"{len(missing)} sample(s) are not in the sample metadata "
-                         f"({_examples(missing)}); the normalize-by groups need every sample.")
-    frame = frame.reindex(list(sample_ids))
+                         f"({_examples(missing)}); {parameter} needs every sample.")
+    return frame.reindex(list(sample_ids))[list(columns)]
+
+
+def _category_groups(sample_metadata, columns, sample_ids, required=True):
+    """Each sample's group label from the categorical ``columns`` ("FIN|vaginal")."""
+    if not columns:
+        return None
+    from .core.targets import group_labels
+    frame = _categorical_frame(sample_metadata, columns, sample_ids, "--p-normalize-by",
+                               required)
     return group_labels([frame[c].tolist() for c in columns])
 
 
@@ -237,23 +245,8 @@ def _categorical(sample_metadata, columns, sample_ids, required=True):
     """``{column: per-sample values}`` of the categorical conditioning columns."""
     if not columns:
         return None
-    if sample_metadata is None:
-        raise ValueError(f"--p-categorical-columns {' '.join(columns)} needs the metadata "
-                         "that holds them: pass --m-sample-metadata-file.")
-    frame = sample_metadata.to_dataframe()
-    absent = [c for c in columns if c not in frame.columns]
-    if absent:
-        raise ValueError(f"The sample metadata has no column(s) {absent} (it has "
-                         f"{list(frame.columns)}).")
-    numeric = [c for c in columns if sample_metadata.columns[c].type == "numeric"]
-    if numeric:
-        raise ValueError(f"Conditioning columns must be categorical; {numeric} are numeric "
-                         "(declare them with '#q2:types categorical').")
-    missing = [i for i in sample_ids if i not in frame.index]
-    if missing and required:
-        raise ValueError(f"{len(missing)} sample(s) are not in the sample metadata "
-                         f"({_examples(missing)}).")
-    frame = frame.reindex(list(sample_ids))
+    frame = _categorical_frame(sample_metadata, columns, sample_ids,
+                               "--p-categorical-columns", required)
     return {c: [None if pd.isna(v) else str(v) for v in frame[c]] for c in columns}
 
 
