@@ -225,6 +225,9 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
             or objective.mlm_weight > 0):
         raise ValueError("Every loss weight is 0: nothing to train.")
     set_seed(config.seed)
+    # Same seed, same model: e.g. the backward of gathering ASV embeddings into sample slots
+    # (index_put with accumulation) is otherwise thread-order dependent on the CPU.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     accelerator = make_accelerator(config.device)
     if freeze_encoder:
         if objective.mlm_weight > 0:
