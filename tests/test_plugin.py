@@ -336,15 +336,6 @@ def test_zscore_category_end_to_end(aam, ecam_subset, capfd):
     assert "['Unplanned']" in capfd.readouterr().err
 
 
-def test_normalize_by_without_zscore_category_is_refused(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
-    md = ecam_subset["metadata"]
-    with pytest.raises(ValueError, match="only by the 'zscore-category'"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"],
-                          metadata=md.get_column("age_days"), sample_metadata=md,
-                          normalize_by=["delivery"], epochs=1, **SMALL)
-
-
 def test_balanced_class_weights(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     model, = aam.actions.train(table=a["table"], sequences=a["sequences"], task="classification",
@@ -389,14 +380,17 @@ def test_conditioned_model_end_to_end(aam, ecam_subset, fusion, capfd, tmp_path)
     pd.testing.assert_series_equal(preds.view(pd.Series), again.view(pd.Series))
 
 
-def test_categorical_columns_that_would_not_be_used_are_refused(aam, ecam_subset):
+@pytest.mark.parametrize("settings,message", [
+    ({"normalize_by": ["delivery"]}, "only by the 'zscore-category'"),
+    ({"categorical_columns": ["delivery"], "categorical_fusion": "none"}, "would not be used"),
+])
+def test_metadata_settings_that_do_not_fit_are_refused(aam, ecam_subset, settings, message):
     a = ecam_subset["artifacts"]
     md = ecam_subset["metadata"]
-    with pytest.raises(ValueError, match="would not be used"):
+    with pytest.raises(ValueError, match=message):
         aam.actions.train(table=a["table"], sequences=a["sequences"],
                           metadata=md.get_column("age_days"), sample_metadata=md,
-                          categorical_columns=["delivery"], categorical_fusion="none",
-                          epochs=1, **SMALL)
+                          epochs=1, **settings, **SMALL)
 
 
 def test_fusion_without_columns_is_a_noop_said_once(aam, ecam_subset, capfd):

@@ -54,6 +54,29 @@ def _column(values, ids, numeric):
     return qiime2.CategoricalMetadataColumn(series.astype(str))
 
 
+def _fit_predict(data, train_ids, test_ids, target, metadata, numeric, **forest):
+    """q2-sample-classifier's forest fitted on the train side, predicting the test side.
+
+    Returns ``(predictions by test sample ID, truth array, n_train, n_test)``.
+    """
+    from qiime2.plugins import sample_classifier
+
+    train, test, values, train_ids, test_ids = _prepare(
+        data, train_ids, test_ids, target, metadata)
+    train_art, test_art = _artifacts(train, test)
+    actions = sample_classifier.actions
+    fit, predict = ((actions.fit_regressor, actions.predict_regression) if numeric
+                    else (actions.fit_classifier, actions.predict_classification))
+    fitted = fit(table=train_art, metadata=_column(values, train_ids, numeric=numeric),
+                 **forest)
+    predicted = predict(table=test_art, sample_estimator=fitted.sample_estimator,
+                        n_jobs=forest["n_jobs"])
+    kind = float if numeric else str
+    predictions = predicted.predictions.view(pd.Series).astype(kind).reindex(test_ids)
+    truth = values.loc[test_ids].astype(kind).to_numpy()
+    return predictions, truth, len(train_ids), len(test_ids)
+
+
 def random_forest(data, train_ids, test_ids, target="age_days", *,
                   metadata=None, n_estimators=100, random_state=0, n_jobs=1):
     """Fit a random-forest regressor on the train samples, score the test.
@@ -63,27 +86,14 @@ def random_forest(data, train_ids, test_ids, target="age_days", *,
     ``{"mae", "r2", "predictions" (pd.Series by test sample ID), "n_train",
     "n_test", "target"}``.
     """
-    from qiime2.plugins import sample_classifier
-
-    train, test, values, train_ids, test_ids = _prepare(
-        data, train_ids, test_ids, target, metadata)
-    train_art, test_art = _artifacts(train, test)
-    fitted = sample_classifier.actions.fit_regressor(
-        table=train_art, metadata=_column(values, train_ids, numeric=True),
+    predictions, truth, n_train, n_test = _fit_predict(
+        data, train_ids, test_ids, target, metadata, True,
         n_estimators=n_estimators, random_state=random_state, n_jobs=n_jobs)
-    predicted = sample_classifier.actions.predict_regression(
-        table=test_art, sample_estimator=fitted.sample_estimator,
-        n_jobs=n_jobs)
-    predictions = predicted.predictions.view(pd.Series).astype(float)
-    predictions = predictions.reindex(test_ids)
-    truth = values.loc[test_ids].astype(float).to_numpy()
     return {
         "target": target,
         "mae": float(metrics.mean_absolute_error(truth, predictions)),
         "r2": float(metrics.r2_score(truth, predictions)),
-        "predictions": predictions,
-        "n_train": len(train_ids),
-        "n_test": len(test_ids),
+        "predictions": predictions, "n_train": n_train, "n_test": n_test,
     }
 
 
@@ -94,28 +104,15 @@ def classify(data, train_ids, test_ids, target, *, metadata=None,
     Returns ``{"accuracy", "balanced_accuracy", "predictions", "n_train",
     "n_test", "target"}``.
     """
-    from qiime2.plugins import sample_classifier
-
-    train, test, values, train_ids, test_ids = _prepare(
-        data, train_ids, test_ids, target, metadata)
-    train_art, test_art = _artifacts(train, test)
-    fitted = sample_classifier.actions.fit_classifier(
-        table=train_art, metadata=_column(values, train_ids, numeric=False),
+    predictions, truth, n_train, n_test = _fit_predict(
+        data, train_ids, test_ids, target, metadata, False,
         n_estimators=n_estimators, random_state=random_state, n_jobs=n_jobs)
-    predicted = sample_classifier.actions.predict_classification(
-        table=test_art, sample_estimator=fitted.sample_estimator,
-        n_jobs=n_jobs)
-    predictions = predicted.predictions.view(pd.Series).astype(str)
-    predictions = predictions.reindex(test_ids)
-    truth = values.loc[test_ids].astype(str).to_numpy()
     return {
         "target": target,
         "accuracy": float(metrics.accuracy_score(truth, predictions)),
         "balanced_accuracy": float(
             metrics.balanced_accuracy_score(truth, predictions)),
-        "predictions": predictions,
-        "n_train": len(train_ids),
-        "n_test": len(test_ids),
+        "predictions": predictions, "n_train": n_train, "n_test": n_test,
     }
 
 
