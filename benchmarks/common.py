@@ -94,12 +94,14 @@ def summary(rows: list, group: str, metrics=("mae", "r2")) -> str:
 
 
 def run_grid(dataset: str, splits, variants: dict, *, results: str, mode: str, epochs: int,
-             variant_column: str, categorical_columns=None):
+             variant_column: str, categorical_columns=None, common: dict | None = None):
     """Train every variant on every split's training subjects; score on its test subjects.
 
     ``variants``: ``{name: keyword arguments of q2_aam.core.api.train}``. The
     encoder is pretrained once per dataset (all samples, no labels); ``mode``
     ``frozen`` keeps it fixed (its outputs cached), ``finetune`` trains it too.
+    ``common``: keyword arguments of ``train`` shared by every variant; each
+    becomes a column of the results (so rows made with other values are kept apart).
     Each finished row is appended to ``results/<results>.tsv`` at once, and
     rows already there are skipped, so a stopped run resumes.
     """
@@ -109,7 +111,8 @@ def run_grid(dataset: str, splits, variants: dict, *, results: str, mode: str, e
 
     data, samples, metadata = load(dataset)
     encoder = pretrained_encoder(dataset, data, samples)
-    columns = ["dataset", "split", variant_column, "mode", "epochs", "mae", "r2",
+    common = common or {}
+    columns = ["dataset", "split", variant_column, *common, "mode", "epochs", "mae", "r2",
                "best_epoch", "seconds"]
     table = ResultTable(RESULTS / f"{results}.tsv", columns)
     y_all = metadata["age_days"].astype(float).to_numpy()
@@ -120,8 +123,8 @@ def run_grid(dataset: str, splits, variants: dict, *, results: str, mode: str, e
         train_rows = np.array([position[s] for s in train_ids])
         test_rows = np.array([position[s] for s in test_ids])
         for name, kwargs in variants.items():
-            key = {"dataset": dataset, "split": k, variant_column: name, "mode": mode,
-                   "epochs": epochs}
+            key = {"dataset": dataset, "split": k, variant_column: name, **common,
+                   "mode": mode, "epochs": epochs}
             if table.has(**key):
                 continue
             started = time.perf_counter()
@@ -137,7 +140,7 @@ def run_grid(dataset: str, splits, variants: dict, *, results: str, mode: str, e
                 config=TrainConfig(epochs=epochs, learning_rate=1e-3 if frozen else 5e-4,
                                    patience=15, seed=0),
                 groups=metadata["subject"].to_numpy()[train_rows], log=lambda m: None,
-                **kwargs)
+                **common, **kwargs)
             predicted = api.predict(
                 bundle, samples.subset(test_rows), log=lambda m: None,
                 categorical=None if cats is None else

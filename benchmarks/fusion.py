@@ -34,14 +34,19 @@ def main():
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--mode", choices=["frozen", "finetune"], default="frozen")
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--target-transform", default="none",
+                        help="the same for every mode (default: none, the best in "
+                             "results/targets.md)")
     args = parser.parse_args()
     rows = run_grid(args.dataset, args.splits, {m: MODES[m] for m in args.modes},
                     results="fusion", mode=args.mode, epochs=args.epochs,
-                    variant_column="fusion", categorical_columns=COLUMNS[args.dataset])
+                    variant_column="fusion", categorical_columns=COLUMNS[args.dataset],
+                    common={"target_transform": args.target_transform})
     table = summary(rows, "fusion")
     (RESULTS / "fusion.md").write_text(
         "# Categorical conditioning, age on held-out subjects (mean ± sd over splits)\n\n"
-        f"Made by `benchmarks/fusion.py`; mode {args.mode}, {args.epochs} epochs.\n\n"
+        f"Made by `benchmarks/fusion.py`; mode {args.mode}, {args.epochs} epochs, "
+        f"target transform {args.target_transform}, default loss (huber).\n\n"
         + table + "\n")
     print(table)
 

@@ -1,0 +1,102 @@
+"""Cross-attention conditions each ASV on its own metadata; concat cannot (issue 4, proof 2).
+
+The data (``synthetic.position_specific``): 8 planted ASVs, each counting
+towards the target only under one value of one of four binary columns. Both
+models share everything but the fusion, and have no target encoder after it
+(``target_layers=0``), so the comparison is of the fusion itself: ``concat``
+puts the same categorical vector on every ASV, ``cross-attention`` gives each
+ASV its own mix of the metadata tokens. (With a target encoder after the
+fusion, its feed-forward layers can learn the ASV x category interaction from
+concat too; on this data the two were then within seed-to-seed noise, e.g.
+held-out R2 0.54/0.64/0.79 for concat and 0.74/0.55/0.82 for cross-attention
+over seeds 0-2.)
+
+Observed when written (400 training, 200 held-out samples, 60 epochs, dim 32):
+held-out R2 concat 0.452 / 0.578 and cross-attention 0.743 / 0.699 for seeds
+0 / 1 (seed 2: 0.577 / 0.785), a margin of +0.29 / +0.12 (mean +0.21).
+"""
+import numpy as np
+import pytest
+
+from q2_aam.core import api
+from q2_aam.core.engine import TrainConfig
+
+from synthetic import COLUMNS, position_specific
+
+SEEDS = (0, 1)
+N_TRAIN = 400
+
+
+def r2(predicted, truth):
+    return 1 - ((truth - predicted) ** 2).sum() / ((truth - truth.mean()) ** 2).sum()
+
+
+def rows_of(categorical, rows):
+    return {c: [v[i] for i in rows] for c, v in categorical.items()}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """``{(fusion, seed): (held-out R2, bundle, test samples, test categories)}``."""
+    results = {}
+    for seed in SEEDS:
+        samples, y, categorical, _ = position_specific(seed=seed)
+        train = np.arange(N_TRAIN)
+        test = np.arange(N_TRAIN, len(samples))
+        for fusion in ("concat", "cross-attention"):
+            bundle = api.train(
+                samples.subset(train), y[train], task="regression",
+                architecture=dict(embedding_dim=32, attention_heads=4, nucleotide_layers=1,
+                                  sample_layers=1, target_layers=0, dropout=0.0,
+                                  cross_attn_heads=4, categorical_fusion=fusion),
+                config=TrainConfig(epochs=60, seed=seed, patience=60),
+                categorical=rows_of(categorical, train), log=lambda m: None)
+            predicted = api.predict(bundle, samples.subset(test),
+                                    categorical=rows_of(categorical, test), log=lambda m: None)
+            results[fusion, seed] = (r2(predicted, y[test]), bundle, samples.subset(test),
+                                     rows_of(categorical, test))
+    return results
+
+
+def test_cross_attention_beats_concat_on_position_specific_target(fitted):
+    margins = [fitted["cross-attention", s][0] - fitted["concat", s][0] for s in SEEDS]
+    assert min(margins) > 0.05, margins
+    assert np.mean(margins) >= 0.1, margins
+    assert all(fitted["cross-attention", s][0] > 0.6 for s in SEEDS)
+
+
+def attention_shift(bundle, samples, categorical):
+    """Per ASV and column: L1 distance between its mean attention (heads averaged) over
+    the samples with value 'a' and those with 'b' in that column. ``(n_features, C)``."""
+    weights = api.model_outputs(bundle, samples, categorical=categorical,
+                                log=lambda m: None)["cross_attention"].mean(axis=1)  # (n,S,K)
+    shift = np.zeros((len(samples.feature_ids), len(COLUMNS)))
+    for feature in range(len(samples.feature_ids)):
+        rows, slots = [], []
+        for i in range(len(samples)):
+            held = np.flatnonzero(samples.indices[samples.indptr[i]:samples.indptr[i + 1]]
+                                  == feature)
+            if len(held):
+                rows.append(i)
+                slots.append(held[0])
+        attention = weights[rows, slots]  # (m, K)
+        for c, column in enumerate(COLUMNS):
+            value = np.asarray(categorical[column])[rows]
+            shift[feature, c] = np.abs(attention[value == "a"].mean(0)
+                                       - attention[value == "b"].mean(0)).sum()
+    return shift
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Not achieved yet: the trained cross-attention weights of the planted ASVs do not "
+    "change with their column's value more than other ASVs' weights do (seed 0: mean shift "
+    "0.41 for planted ASVs on their own column vs 0.34 for the others' largest; pre-norm and "
+    "single-head variants were no better). The post-LayerNorm residual lets the model use "
+    "the metadata values without routing the rule through the attention weights."))
+def test_attention_of_planted_asvs_differs_between_categories(fitted):
+    _, bundle, samples, categorical = fitted["cross-attention", SEEDS[0]]
+    _, _, _, rules = position_specific(seed=SEEDS[0])
+    shift = attention_shift(bundle, samples, categorical)
+    planted = np.array([shift[j, COLUMNS.index(rules[j][0])] for j in rules])
+    others = shift[len(rules) + 1:].max(axis=1)  # neither planted nor background
+    assert planted.mean() > 2 * others.mean(), (planted.mean(), others.mean())
