@@ -117,7 +117,7 @@ def _distances_if_used(samples, phylogeny, distance_matrix, metric, weight):
 
 
 OPTIMISATION = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction",
-                "patience")
+                "patience", "num_processes", "mixed_precision", "gradient_accumulation_steps")
 ARCHITECTURE = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample_layers",
                 "patch_size", "target_layers", "dropout")
 
@@ -151,7 +151,9 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
              weight_decay: float = 0.01, warmup_fraction: float = 0.05, patience: int = 10,
              validation_fraction: float = 0.1, unifrac_weight: float = 1.0,
              mlm_weight: float = 1.0, mask_rate: float = 0.15, random_seed: int = 0,
-             device: str = "auto") -> ModelBundle:
+             device: str = "auto", num_processes: int = 1, mixed_precision: str = "no",
+             gradient_accumulation_steps: int = 1, checkpoint_dir: str = None,
+             tensorboard_dir: str = None) -> ModelBundle:
     from .core import api
     samples = amplicon_samples(table, sequences, token_limit)
     distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
@@ -160,7 +162,9 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
     return api.pretrain(samples, distances, architecture=architecture, config=config,
                         unifrac_weight=unifrac_weight, mlm_weight=mlm_weight,
                         mask_rate=mask_rate, validation_fraction=validation_fraction,
-                        groups=_groups(subjects, samples.sample_ids), log=_log)
+                        groups=_groups(subjects, samples.sample_ids),
+                        checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir,
+                        log=_log)
 
 
 #: Defaults of train's regression settings (chosen by the benchmark in benchmarks/).
@@ -296,7 +300,9 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           target_layers: int = 1, dropout: float = None, epochs: int = 30, batch_size: int = 16,
           learning_rate: float = 5e-4, weight_decay: float = 0.01,
           warmup_fraction: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,
-          random_seed: int = 0, device: str = "auto") -> ModelBundle:
+          random_seed: int = 0, device: str = "auto", num_processes: int = 1,
+          mixed_precision: str = "no", gradient_accumulation_steps: int = 1,
+          checkpoint_dir: str = None, tensorboard_dir: str = None) -> ModelBundle:
     from .core import api
     classification = task == "classification"
     if not classification and isinstance(metadata, qiime2.CategoricalMetadataColumn):
@@ -366,7 +372,8 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
         categorical=categorical,
         unifrac_weight=unifrac_weight, mlm_weight=mlm_weight, mask_rate=mask_rate,
         validation_fraction=validation_fraction,
-        groups=_groups(subjects, samples.sample_ids), log=_log)
+        groups=_groups(subjects, samples.sample_ids), checkpoint_dir=checkpoint_dir,
+        tensorboard_dir=tensorboard_dir, log=_log)
 
 
 def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,

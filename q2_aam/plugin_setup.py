@@ -165,6 +165,25 @@ PARAMETERS = {
     "random_seed": "Seed for initialisation, shuffling, masking and the validation split: "
                    "the same seed gives the same model on the CPU.",
     "device": "'auto' uses a GPU when torch sees one, else the CPU.",
+    "num_processes": "Worker processes to train in (data parallel, DDP): the GPUs to use on "
+                     "a GPU machine, CPU processes otherwise. Each reads its share of every "
+                     "batch; the UniFrac loss still covers all pairs of the whole batch. "
+                     "--p-batch-size must be a multiple of --p-num-processes x "
+                     "--p-gradient-accumulation-steps. For several machines, see the "
+                     "README (torchrun / accelerate launch). Default 1.",
+    "mixed_precision": "'bf16' or 'fp16' (GPU only) runs the forward pass in half "
+                       "precision: faster and lighter on recent GPUs. Default 'no'.",
+    "gradient_accumulation_steps": "Split each batch into this many passes per process "
+                                   "before one optimizer step: the same training with less "
+                                   "memory. Default 1.",
+    "checkpoint_dir": "Folder for a checkpoint after every epoch. If the run is stopped, "
+                      "run the same command again: it continues from the last checkpoint "
+                      "and ends with the model an uninterrupted run would give. Other "
+                      "settings than the checkpoint's are refused.",
+    "tensorboard_dir": "Folder for TensorBoard logs: each loss, validation metrics in the "
+                       "target's units, learning rate, gradient norm, samples per second, "
+                       "and GMU gates or attention maps when those fusions are used. View "
+                       "with 'tensorboard --logdir DIR'.",
 }
 
 TRAINING_PARAMS = {
@@ -174,6 +193,8 @@ TRAINING_PARAMS = {
     "patience": Int % Range(0, None), "validation_fraction": FRACTION,
     "mask_rate": Float % Range(0, 1, inclusive_start=False, inclusive_end=False),
     "random_seed": Int % Range(0, None), "device": DEVICE,
+    "num_processes": POSITIVE, "mixed_precision": Str % Choices("no", "bf16", "fp16"),
+    "gradient_accumulation_steps": POSITIVE, "checkpoint_dir": Str, "tensorboard_dir": Str,
     "dropout": FRACTION, "unifrac_metric": UNIFRAC,
     "unifrac_weight": WEIGHT, "mlm_weight": WEIGHT,
 }

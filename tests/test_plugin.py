@@ -140,6 +140,28 @@ def test_auxiliary_unifrac_loss_in_train(aam, ecam_subset):
     assert {"train_unifrac", "train_mlm", "train_target"} <= set(history[0])
 
 
+def test_train_in_two_processes_with_tensorboard_and_checkpoints(aam, ecam_subset, tmp_path):
+    """Real ECAM subset, UniFrac over the global batch, 2 CPU worker processes."""
+    a = ecam_subset["artifacts"]
+    kwargs = dict(table=a["table"], sequences=a["sequences"], phylogeny=a["tree"],
+                  metadata=ecam_subset["metadata"].get_column("age_days"), unifrac_weight=0.5,
+                  epochs=2, checkpoint_dir=str(tmp_path / "ck"), **SMALL)
+    model, = aam.actions.train(num_processes=2, tensorboard_dir=str(tmp_path / "tb"), **kwargs)
+    bundle = model.view(ModelBundle)
+    assert bundle.training["config"]["num_processes"] == 2
+    assert len(bundle.training["history"]) == 2
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert (tmp_path / "ck" / "latest").read_text() == "epoch-2"
+    # The same command again finds the finished run and returns its model.
+    again, = aam.actions.train(num_processes=2, **kwargs)
+    for key, value in bundle.state_dict.items():
+        np.testing.assert_array_equal(again.view(ModelBundle).state_dict[key].numpy(),
+                                      value.numpy())
+    # Other settings on the same checkpoints are refused, naming the difference.
+    with pytest.raises(ValueError, match="config.num_processes: checkpoint 2, now 1"):
+        aam.actions.train(num_processes=1, **kwargs)
+
+
 # --- bad input -------------------------------------------------------------------------
 
 def test_feature_ids_that_are_not_dna_need_sequences(aam, ecam_subset):

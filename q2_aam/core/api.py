@@ -6,6 +6,7 @@ These are what the plugin actions call, and what a script launched with
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from .bundle import ModelBundle, library_versions
 from .data import AmpliconSamples, BatchCollator, encode_categories, fit_vocabularies
 from .engine import Objective, TrainConfig, embed_features, fit, make_accelerator
+from .launch import in_distributed_run, run_workers
 from .losses import RegressionLoss
 from .model import AAMModel, ModelConfig
 from .targets import CENTRED_TRANSFORMS, TargetTransform, balanced_class_weights, encode_classes
@@ -62,6 +64,34 @@ def validation_split(n: int, fraction: float, seed: int,
     return rows[~val], rows[val]
 
 
+def _keywords(arguments: dict, positional: tuple) -> dict:
+    """An action's keyword arguments from its ``locals()``, less those passed positionally."""
+    return {k: v for k, v in arguments.items() if k not in positional}
+
+
+def run_in_workers(action: str, args: tuple, keywords: dict,
+                   config: TrainConfig) -> ModelBundle:
+    """Run ``pretrain`` or ``train`` in ``config.num_processes`` processes; return the model.
+
+    Each worker runs the same action on the same inputs inside one process
+    group; the training loop shards every batch over them (DDP). Rank 0
+    writes the trained model to a temporary folder, which is read back here
+    and removed. A worker's error is raised here (``launch.WorkerFailed``).
+    Messages go to standard error (a function given as ``log`` stays here).
+    """
+    import tempfile
+    keywords = {**keywords, "log": _stderr}
+    with tempfile.TemporaryDirectory(prefix="q2-aam-model-") as folder:
+        run_workers(_worker, (action, args, keywords, folder), config.num_processes)
+        return ModelBundle.load(os.path.join(folder, "model"))
+
+
+def _worker(action: str, args: tuple, keywords: dict, folder: str) -> None:
+    bundle = {"pretrain": pretrain, "train": train}[action](*args, **keywords)
+    if int(os.environ.get("RANK", "0")) == 0:
+        bundle.save(os.path.join(folder, "model"))
+
+
 #: Settings of the pretrained encoder that a model started from it must share.
 ENCODER_SETTINGS = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample_layers",
                     "patch_size", "max_sequence_length")
@@ -106,6 +136,8 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
              architecture: dict | None = None, config: TrainConfig = TrainConfig(),
              unifrac_weight: float = 1.0, mlm_weight: float = 1.0, mask_rate: float = 0.15,
              validation_fraction: float = 0.1, groups: Sequence | None = None,
+             checkpoint_dir: str | None = None, tensorboard_dir: str | None = None,
+             progress: bool | None = None,
              log: Callable[[str], None] = _stderr) -> ModelBundle:
     """Self-supervised pretraining: pairwise UniFrac and masked nucleotides.
 
@@ -113,7 +145,13 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
         samples: the samples (all are used; no labels needed).
         distances: ``(n, n)`` UniFrac distances between ``samples``, same order
             (``None`` only with ``unifrac_weight=0``).
+        config: how to train; ``config.num_processes > 1`` runs the training
+            in that many worker processes (see :func:`run_in_workers`).
+        checkpoint_dir, tensorboard_dir, progress: see ``engine.fit``.
     """
+    if config.num_processes > 1 and not in_distributed_run():
+        return run_in_workers("pretrain", (samples, distances),
+                              _keywords(locals(), ("samples", "distances")), config)
     if unifrac_weight > 0 and distances is None:
         raise ValueError("unifrac_weight > 0 needs UniFrac distances (a phylogeny or a "
                          "distance matrix).")
@@ -134,7 +172,9 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
         f"{len(samples.feature_ids)} ASVs, token limit {samples.token_limit}.")
     history = fit(model, BatchCollator(samples.subset(train_rows), tokens, global_index=train_rows),
                   BatchCollator(samples.subset(val_rows), tokens, global_index=val_rows)
-                  if len(val_rows) else None, objective, config, log=log)
+                  if len(val_rows) else None, objective, config, log=log,
+                  checkpoint_dir=checkpoint_dir, tensorboard_dir=tensorboard_dir,
+                  progress=progress)
     return ModelBundle(
         kind="encoder", model_config=model_config.to_dict(),
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -210,6 +250,8 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
           distances: np.ndarray | None = None, unifrac_weight: float = 0.0,
           mlm_weight: float = 0.0, mask_rate: float = 0.15,
           validation_fraction: float = 0.1, groups: Sequence | None = None,
+          checkpoint_dir: str | None = None, tensorboard_dir: str | None = None,
+          progress: bool | None = None,
           log: Callable[[str], None] = _stderr) -> ModelBundle:
     """Train a regressor (numeric ``targets``) or classifier (labels).
 
@@ -230,7 +272,13 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
             the fusion settings (``categorical_fusion``, ...) in
             ``architecture``. Missing values and values not seen in the
             training rows map to the 'unknown' embedding.
+        config: how to train; ``config.num_processes > 1`` runs the training
+            in that many worker processes (see :func:`run_in_workers`).
+        checkpoint_dir, tensorboard_dir, progress: see ``engine.fit``.
     """
+    if config.num_processes > 1 and not in_distributed_run():
+        return run_in_workers("train", (samples, targets),
+                              _keywords(locals(), ("samples", "targets")), config)
     if task not in ("regression", "classification"):
         raise ValueError(f"task must be 'regression' or 'classification', got {task!r}.")
     if len(targets) != len(samples):
@@ -339,7 +387,8 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
                            global_index=val_rows, categories=rows_of(cats, val_rows))
              if len(val_rows) else None)
     history = fit(model, train_c, val_c, objective, config, freeze_encoder=freeze_encoder,
-                  metrics=metrics, log=log)
+                  metrics=metrics, log=log, checkpoint_dir=checkpoint_dir,
+                  tensorboard_dir=tensorboard_dir, progress=progress)
     return ModelBundle(
         kind="regressor" if task == "regression" else "classifier",
         model_config=model_config.to_dict(),

@@ -1,12 +1,14 @@
 """The one training loop, shared by pretraining and training.
 
-Plain PyTorch with a few Accelerate calls: ``prepare``, ``backward``,
-``clip_grad_norm_`` and ``gather_for_metrics``.  Everything a task does
-differently lives in :class:`Objective`.
+Plain PyTorch with a few Accelerate calls: ``prepare``, ``accumulate``,
+``backward``, ``clip_grad_norm_``, ``gather_for_metrics``, ``save_state`` /
+``load_state`` and the TensorBoard tracker. It runs the same in one process
+and in each process of a distributed run (``launch.run_workers``,
+``torchrun`` or ``accelerate launch``). Everything a task does differently
+lives in :class:`Objective`.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -15,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .data import BatchCollator
@@ -25,9 +28,20 @@ from .model import AAMModel
 DEVICES = ("auto", "cpu", "cuda")
 
 
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DISTRIBUTED = ("ddp", "fsdp")
+
+
 @dataclass
 class TrainConfig:
-    """How to train (not what the model is: see ``ModelConfig``)."""
+    """How to train (not what the model is: see ``ModelConfig``).
+
+    ``batch_size`` is the *global* batch: the samples behind one optimizer
+    step, over all processes and accumulation steps. Each process reads
+    ``batch_size / (num_processes * gradient_accumulation_steps)`` samples per
+    forward pass, so the same settings give the same schedule (and, on the
+    CPU, the same model up to float rounding) with 1 or many processes.
+    """
 
     epochs: int = 20
     batch_size: int = 16
@@ -38,17 +52,36 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     device: str = "auto"
+    num_processes: int = 1
+    distributed: str = "ddp"
+    mixed_precision: str = "no"
+    gradient_accumulation_steps: int = 1
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "num_processes", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}.")
+        for name, allowed in (("device", DEVICES), ("mixed_precision", MIXED_PRECISION),
+                              ("distributed", DISTRIBUTED)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got "
+                                 f"{getattr(self, name)!r}.")
+        shards = self.num_processes * self.gradient_accumulation_steps
+        if self.batch_size % shards:
+            raise ValueError(
+                f"The batch size ({self.batch_size}) is the number of samples per optimizer "
+                f"step, split over {self.num_processes} process(es) x "
+                f"{self.gradient_accumulation_steps} accumulation step(s); it must be a "
+                f"multiple of {shards}, e.g. {shards * max(1, round(self.batch_size / shards))}.")
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Samples per forward pass in each process."""
+        return self.batch_size // (self.num_processes * self.gradient_accumulation_steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,9 +136,11 @@ class Objective:
                 parts["target"] = classification_loss(out["prediction"], batch["target"],
                                                       reduction, self.class_weights)
         if self.unifrac_weight > 0:
-            idx = batch["sample_index"].to(self.distances.device)
-            dist = self.distances[idx][:, idx].to(out["unifrac_embedding"].device)
-            parts["unifrac"] = pairwise_unifrac_loss(out["unifrac_embedding"], dist)
+            # Over all pairs of the global batch: every process's embeddings, with gradient.
+            embedding, idx = global_batch(out["unifrac_embedding"], batch["sample_index"])
+            idx = idx.to(self.distances.device)
+            dist = self.distances[idx][:, idx].to(embedding.device)
+            parts["unifrac"] = pairwise_unifrac_loss(embedding, dist)
         if labels is not None:
             parts["mlm"] = masked_nucleotide_loss(out["mlm_logits"], labels)
         return parts, out
@@ -147,13 +182,56 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_accelerator(device: str):
+def global_batch(embedding: torch.Tensor, index: torch.Tensor):
+    """Every process's ``(b, D)`` embeddings (with gradient) and sample indices, in rank order.
+
+    A plain ``gather`` carries no gradient; ``torch.distributed.nn``'s
+    ``all_gather`` sums each slice's gradient over the processes in backward,
+    which DDP's averaging then turns into the gradient of the loss over the
+    global batch. The identity in a single process.
+    """
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return embedding, index
+    from torch.distributed.nn.functional import all_gather
+    indices = [torch.empty_like(index) for _ in range(dist.get_world_size())]
+    dist.all_gather(indices, index.contiguous())
+    return torch.cat(all_gather(embedding.contiguous())), torch.cat(indices)
+
+
+def make_accelerator(device: str, mixed_precision: str = "no",
+                     gradient_accumulation_steps: int = 1, tensorboard_dir: str | None = None):
     from accelerate import Accelerator
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; "
                          "use device 'auto' or 'cpu'.")
-    return Accelerator(cpu=cpu)
+    if mixed_precision == "fp16" and cpu:
+        raise ValueError("mixed precision 'fp16' needs a GPU; on the CPU use 'bf16' or 'no'.")
+    from accelerate.state import AcceleratorState, GradientState
+    # Each run sets its own precision and accumulation; the process (and its process
+    # group, PartialState) stays, but the previous run's settings must not carry over.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision,
+                       gradient_accumulation_steps=gradient_accumulation_steps,
+                       log_with="tensorboard" if tensorboard_dir else None,
+                       project_dir=tensorboard_dir)
+
+
+def _freeze_unused(model: AAMModel, objective: Objective, freeze_encoder: bool) -> None:
+    """No gradient for what no loss reaches: DDP requires every trainable parameter to
+    get one in every step."""
+    if freeze_encoder:
+        model.nucleotide_encoder.requires_grad_(False)
+        model.sample_encoder.requires_grad_(False)
+    if objective.mlm_weight == 0 or freeze_encoder:
+        model.nucleotide_encoder.mlm_head.requires_grad_(False)
+    if objective.unifrac_weight == 0:  # the pooled sample embedding feeds only UniFrac
+        model.unifrac_head.requires_grad_(False)
+        model.sample_encoder.pool.requires_grad_(False)
+        if not objective.monitors_target:  # masked nucleotides only
+            model.sample_encoder.requires_grad_(False)
 
 
 class FrozenEncoderCache:
@@ -210,154 +288,417 @@ def embed_features(model: AAMModel, tokens: np.ndarray, features: np.ndarray,
 def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchCollator | None,
         objective: Objective, config: TrainConfig, *, freeze_encoder: bool = False,
         metrics: Callable[[np.ndarray, np.ndarray, np.ndarray], dict] | None = None,
-        log: Callable[[str], None] = print) -> list[dict]:
+        log: Callable[[str], None] = print, checkpoint_dir: str | None = None,
+        tensorboard_dir: str | None = None, progress: bool | None = None) -> list[dict]:
     """Train ``model`` in place; return the per-epoch history.
 
+    The one loop behind pretraining and training, in one process or in each
+    process of a distributed run (DDP; see ``launch``): batches are sharded
+    over the processes, gradients accumulated over
+    ``config.gradient_accumulation_steps``, the scheduler steps once per
+    optimizer step, and validation gathers every sample once
+    (``gather_for_metrics``), so every process takes the same early-stopping
+    decision.
+
     ``metrics(prediction, target, sample_index)`` adds validation metrics
-    (e.g. in original units). With a validation set, the weights of the epoch with the lowest
-    validation loss (the target loss when there is a target) are restored at
-    the end, and training stops after ``patience`` epochs without improvement
-    (``patience=0``: never stop early).
+    (e.g. in original units). With a validation set, the weights of the epoch
+    with the lowest validation loss (the target loss when there is a target)
+    are restored at the end, and training stops after ``patience`` epochs
+    without improvement (``patience=0``: never stop early).
+
+    ``checkpoint_dir``: state written after every epoch; a run started again
+    with the same arguments continues from it (other arguments are refused).
+    ``tensorboard_dir``: TensorBoard event files. ``progress``: a progress
+    bar on the main process (``None``: only when stderr is a terminal).
     """
     from accelerate.utils import set_seed
 
     if not (objective.monitors_target or objective.unifrac_weight > 0
             or objective.mlm_weight > 0):
         raise ValueError("Every loss weight is 0: nothing to train.")
+    if freeze_encoder and objective.mlm_weight > 0:
+        raise ValueError("The masked-nucleotide loss trains the nucleotide encoder, which "
+                         "is frozen; set its weight to 0 or do not freeze the encoder.")
     set_seed(config.seed)
     # Same seed, same model: e.g. the backward of gathering ASV embeddings into sample slots
     # (index_put with accumulation) is otherwise thread-order dependent on the CPU.
     torch.use_deterministic_algorithms(True, warn_only=True)
-    accelerator = make_accelerator(config.device)
-    if freeze_encoder:
-        if objective.mlm_weight > 0:
-            raise ValueError("The masked-nucleotide loss trains the nucleotide encoder, which "
-                             "is frozen; set its weight to 0 or do not freeze the encoder.")
-        for module in (model.nucleotide_encoder, model.sample_encoder):
-            module.requires_grad_(False)
+    accelerator = make_accelerator(config.device, config.mixed_precision,
+                                   config.gradient_accumulation_steps, tensorboard_dir)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % (world * config.gradient_accumulation_steps):
+        raise ValueError(f"The batch size ({config.batch_size}) must be a multiple of the "
+                         f"{world} process(es) x {config.gradient_accumulation_steps} "
+                         "accumulation step(s).")
+    micro = config.batch_size // (world * config.gradient_accumulation_steps)
+    say = log if accelerator.is_main_process else (lambda message: None)
+    _freeze_unused(model, objective, freeze_encoder)
     loader_rng = torch.Generator().manual_seed(config.seed)
-    mask_rng = torch.Generator().manual_seed(config.seed + 1)
-    n_train = len(train_collator.samples)
-    train_loader = DataLoader(range(n_train), batch_size=config.batch_size, shuffle=True,
-                              generator=loader_rng, collate_fn=train_collator)
+    mask_rng = torch.Generator().manual_seed(config.seed + 1 + 7919 * rank)
+    train_loader = DataLoader(range(len(train_collator.samples)), batch_size=micro,
+                              shuffle=True, generator=loader_rng, collate_fn=train_collator)
+    has_val = val_collator is not None and len(val_collator.samples) > 0
+    val_loader = (DataLoader(range(len(val_collator.samples)), batch_size=micro,
+                             collate_fn=val_collator) if has_val else None)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay),
                                   lr=config.learning_rate)
-    total_steps = config.epochs * len(train_loader)
+    core = model
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+    total_steps = config.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, config.warmup_fraction))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    core = accelerator.unwrap_model(model)
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        lambda step: lr_factor(step, total_steps, config.warmup_fraction))
     if objective.distances is not None:
         objective.distances = objective.distances.to(accelerator.device)
 
     cache_train = cache_val = None
     if freeze_encoder:
         cache_train = FrozenEncoderCache(core, train_collator, accelerator.device)
-        if val_collator is not None and len(val_collator.samples):
+        if has_val:
             cache_val = FrozenEncoderCache(core, val_collator, accelerator.device)
 
-    history, best, best_state, stale = [], math.inf, None, 0
-    for epoch in range(1, config.epochs + 1):
+    state = _LoopState(loader_rng, mask_rng)
+    checkpoints = None
+    if checkpoint_dir:
+        signature = {"config": {k: v for k, v in config.to_dict().items() if k != "device"},
+                     "objective": {"target_weight": objective.target_weight,
+                                   "unifrac_weight": objective.unifrac_weight,
+                                   "mlm_weight": objective.mlm_weight,
+                                   "mask_rate": objective.mask_rate},
+                     "model": core.config.to_dict(), "freeze_encoder": freeze_encoder,
+                     "n_train": len(train_collator.samples),
+                     "n_validation": len(val_collator.samples) if has_val else 0,
+                     "processes": world}
+        checkpoints = _Checkpoints(checkpoint_dir, accelerator, scheduler, state, signature)
+        if checkpoints.resume(say):
+            model.train()
+    tracker = _Tracker(accelerator, config, tensorboard_dir)
+    bar = _progress_bar(accelerator, total_steps, progress, initial=state.epoch * steps_per_epoch)
+
+    for epoch in range(state.epoch + 1, 0 if state.stopped else config.epochs + 1):
         model.train()
         if freeze_encoder:
             core.nucleotide_encoder.eval()
             core.sample_encoder.eval()
-        started, sums, seen = time.perf_counter(), {}, 0
+        started = time.perf_counter()
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, target, unifrac, mlm (x samples)
+        seen, norms, gates = 0, [], []
         for batch in train_loader:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            encoded = cache_train(batch) if cache_train is not None else None
-            parts, _ = objective.losses(model, batch, encoded=encoded, generator=mask_rng)
-            loss = objective.total(parts)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            if config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            with accelerator.accumulate(model):
+                encoded = cache_train(batch) if cache_train is not None else None
+                parts, out = objective.losses(model, batch, encoded=encoded, generator=mask_rng)
+                loss = objective.total(parts)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    norms.append(float(accelerator.clip_grad_norm_(model.parameters(),
+                                                                   config.max_grad_norm)))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             n = len(batch["sample_index"])
             seen += n
-            for k, v in {"loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-        row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0],
-               "seconds": round(time.perf_counter() - started, 2)}
-        row.update({f"train_{k}": v / seen for k, v in sums.items()})
+            for i, key in enumerate(("loss", "target", "unifrac", "mlm")):
+                value = loss if key == "loss" else parts.get(key)
+                if value is not None:
+                    sums[i] += float(value.detach().mean()) * n
+            if "gmu_gate" in out:
+                gates.append(float(out["gmu_gate"].detach().float().mean()))
+            if accelerator.sync_gradients:
+                scheduler.step()
+                state.step += 1
+                tracker.step(state.step, loss, scheduler, norms, gates)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=f"{epoch}/{config.epochs}",
+                                    loss=f"{float(loss.detach()):.4g}")
+        totals = accelerator.reduce(torch.cat([sums, torch.tensor([float(seen)],
+                                                                  dtype=torch.float64)])
+                                    .to(accelerator.device), reduction="sum").cpu()
+        seconds = time.perf_counter() - started
+        row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 2),
+               "samples_per_second": round(float(totals[4]) / seconds, 1)}
+        if norms:
+            row["grad_norm"] = float(np.mean(norms))
+        row.update({f"train_{k}": float(totals[i] / totals[4])
+                    for i, k in enumerate(("loss", "target", "unifrac", "mlm"))
+                    if k == "loss" or k in parts})
         monitor = None
-        if val_collator is not None and len(val_collator.samples):
-            val = evaluate(core, val_collator, objective, config, accelerator.device,
-                           cache=cache_val, metrics=metrics)
+        if has_val:
+            val, attention = evaluate(model, val_loader, objective, config, accelerator,
+                                      cache=cache_val, metrics=metrics)
             row.update({f"val_{k}": v for k, v in val.items()})
             monitor = val["target"] if objective.monitors_target else val["loss"]
-        history.append(row)
-        log(_describe(row, config.epochs))
+            tracker.attention(attention, epoch)
+        state.history.append(row)
+        tracker.epoch(row, epoch)
+        say(_describe(row, config.epochs))
+        stop = False
         if monitor is not None:
-            if monitor < best - 1e-6:
-                best, stale = monitor, 0
-                best_state = copy.deepcopy(core.state_dict())
+            if monitor < state.best - 1e-6:
+                state.best, state.stale = monitor, 0
+                state.best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
                 row["best"] = True
             else:
-                stale += 1
-                if config.patience and stale >= config.patience:
-                    log(f"Stopping early: validation loss did not improve for {stale} epochs.")
-                    break
-    if best_state is not None:
-        core.load_state_dict(best_state)
-        log(f"Restored the weights of the best epoch (validation loss {best:.4f}).")
+                state.stale += 1
+                stop = bool(config.patience and state.stale >= config.patience)
+        state.epoch, state.stopped = epoch, stop
+        if checkpoints is not None:
+            checkpoints.save()
+        if stop:
+            say(f"Stopping early: validation loss did not improve for {state.stale} epochs.")
+            break
+    if bar is not None:
+        bar.close()
+    tracker.close()
+    if state.best_state is not None:
+        core.load_state_dict(state.best_state)
+        say(f"Restored the weights of the best epoch (validation loss {state.best:.4f}).")
     core.requires_grad_(True)
     core.eval()
-    return history
+    return state.history
+
+
+class _LoopState:
+    """What the loop carries from epoch to epoch; saved in checkpoints."""
+
+    def __init__(self, loader_rng: torch.Generator, mask_rng: torch.Generator):
+        self.loader_rng, self.mask_rng = loader_rng, mask_rng
+        self.epoch, self.step, self.best, self.stale = 0, 0, math.inf, 0
+        self.stopped = False  # stopped early: a resumed run has nothing left to do
+        self.history: list[dict] = []
+        self.best_state: dict | None = None
+
+    # The global torch RNG (dropout) is saved here too: Accelerate 1.15's load_state fails
+    # to read its own random-state file under torch >= 2.6 (weights_only) and says so only
+    # at INFO level, so a resumed run would otherwise draw other dropout masks.
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "best": self.best,
+                "stale": self.stale, "stopped": self.stopped, "history": self.history,
+                "loader_rng": self.loader_rng.get_state(), "mask_rng": self.mask_rng.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def load_state_dict(self, values: dict) -> None:
+        self.epoch, self.step = values["epoch"], values["step"]
+        self.best, self.stale, self.history = values["best"], values["stale"], values["history"]
+        self.stopped = values["stopped"]
+        self.loader_rng.set_state(values["loader_rng"])
+        self.mask_rng.set_state(values["mask_rng"])
+        self._rng = values["torch_rng"], values["cuda_rng"]
+
+    def restore_global_rng(self) -> None:
+        """After ``load_state``: the dropout RNG as it was when the checkpoint was written."""
+        torch_rng, cuda_rng = self._rng
+        torch.set_rng_state(torch_rng)
+        if cuda_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+class _Checkpoints:
+    """``DIR/epoch-K`` after every epoch (model, optimizer, scheduler, every process's RNGs,
+    the loop state) and ``DIR/latest`` naming the newest complete one."""
+
+    def __init__(self, directory: str, accelerator, scheduler, state: _LoopState,
+                 signature: dict):
+        import json
+        from pathlib import Path
+        self.dir, self.accelerator, self.state = Path(directory), accelerator, state
+        self.signature = json.loads(json.dumps(signature))  # as it reads back from disk
+        accelerator.register_for_checkpointing(scheduler)
+        accelerator.register_for_checkpointing(state)
+
+    def resume(self, log) -> bool:
+        import json
+        latest = self.dir / "latest"
+        if not latest.exists():
+            return False
+        path = self.dir / latest.read_text().strip()
+        saved = json.loads((path / "run.json").read_text())
+        differences = _differences(saved["signature"], self.signature)
+        if differences:
+            raise ValueError(
+                f"The checkpoint in {self.dir} was written by a run with other settings: "
+                + "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in differences)
+                + ". Run again with the checkpoint's settings to continue it, or give "
+                "another checkpoint directory to start afresh.")
+        self.accelerator.load_state(str(path))
+        self.state.restore_global_rng()
+        best = path / "best.safetensors"
+        if best.exists():
+            from safetensors.torch import load_file
+            self.state.best_state = load_file(str(best))
+        log(f"Resuming from {path} (epoch {self.state.epoch} of the run, step "
+            f"{self.state.step}).")
+        return True
+
+    def save(self) -> None:
+        import json
+        import shutil
+        name = f"epoch-{self.state.epoch}"
+        path = self.dir / name
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            if self.state.best_state is not None:
+                from safetensors.torch import save_file
+                save_file({k: v.contiguous() for k, v in self.state.best_state.items()},
+                          str(path / "best.safetensors"))
+            (path / "run.json").write_text(json.dumps({"signature": self.signature}))
+            tmp = self.dir / "latest.tmp"
+            tmp.write_text(name)
+            tmp.replace(self.dir / "latest")  # atomic: a kill leaves the old or the new one
+            for old in self.dir.glob("epoch-*"):
+                if old.name != name:
+                    shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+
+def _differences(saved, current, prefix=""):
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+class _Tracker:
+    """TensorBoard scalars and images on the main process (nothing without a directory)."""
+
+    def __init__(self, accelerator, config: TrainConfig, directory: str | None):
+        self.accelerator, self.writer = accelerator, None
+        if directory and accelerator.is_main_process:
+            flat = {k: v for k, v in config.to_dict().items()
+                    if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers("aam", config=flat)
+            self.writer = accelerator.get_tracker("tensorboard", unwrap=True)
+
+    def step(self, step, loss, scheduler, norms, gates):
+        if self.writer is None:
+            return
+        self.writer.add_scalar("train/step_loss", float(loss.detach()), step)
+        self.writer.add_scalar("train/lr", float(scheduler.get_last_lr()[0]), step)
+        if norms:
+            self.writer.add_scalar("train/grad_norm", norms[-1], step)
+        if gates:
+            self.writer.add_scalar("gmu/gate_mean", gates[-1], step)
+
+    def epoch(self, row: dict, epoch: int):
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key.startswith(("train_", "val_")) and isinstance(value, (int, float)):
+                split, name = key.split("_", 1)
+                self.writer.add_scalar(f"{split}/{name}", float(value), epoch)
+        self.writer.add_scalar("train/samples_per_second", row["samples_per_second"], epoch)
+
+    def attention(self, attention: dict, epoch: int):
+        if self.writer is None:
+            return
+        for name, matrix in attention.items():  # (rows, cols), weights in [0, 1]
+            image = matrix / max(float(matrix.max()), 1e-12)
+            self.writer.add_image(f"attention/{name}", image[None], epoch, dataformats="CHW")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.flush()
+        self.accelerator.end_training()
+
+
+def _progress_bar(accelerator, total: int, progress: bool | None, initial: int = 0):
+    import sys
+    if not accelerator.is_main_process or progress is False:
+        return None
+    if progress is None and not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, unit="step", desc="training", leave=False)
 
 
 @torch.no_grad()
-def evaluate(model: AAMModel, collator: BatchCollator, objective: Objective,
-             config: TrainConfig, device, *, cache=None, metrics=None) -> dict:
-    """Validation losses over every sample (no sample dropped or repeated).
+def evaluate(model, loader, objective: Objective, config: TrainConfig, accelerator, *,
+             cache=None, metrics=None) -> tuple[dict, dict]:
+    """Validation losses over every sample once, whatever the number of processes.
 
-    The UniFrac loss is taken over all pairs of the validation set at once, so
-    it does not depend on the batch size; nucleotide masks use a fixed seed.
+    Per-sample values are gathered from every process (``gather_for_metrics``
+    drops the duplicates that pad the last batch), so each process computes
+    the same numbers. The UniFrac loss is taken over all pairs of the
+    validation set at once, so it does not depend on the batch size; nucleotide
+    masks use a fixed seed. Also returns the mean attention maps (cross-attention:
+    ASV slot x metadata token; Perceiver: latent x input) for TensorBoard.
     """
     model.eval()
-    rng = torch.Generator().manual_seed(config.seed + 2)
-    loader = DataLoader(range(len(collator.samples)), batch_size=config.batch_size,
-                        collate_fn=collator)
-    target_losses, predictions, targets, embeddings, indices, mlm = [], [], [], [], [], []
-    indices_t = []
+    rng = torch.Generator().manual_seed(config.seed + 2 + 7919 * accelerator.process_index)
     # UniFrac is taken once over all validation pairs below, not per batch.
     per_batch = dataclasses.replace(objective, unifrac_weight=0.0, distances=None)
+    gathered: dict[str, list] = {}
+    attention: dict[str, list] = {}
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
         encoded = cache(batch) if cache is not None else None
         parts, out = per_batch.losses(model, batch, encoded=encoded, generator=rng,
-                                  reduction="none")
+                                      reduction="none")
+        n = len(batch["sample_index"])
+        values = {"index": batch["sample_index"], "embedding": out["unifrac_embedding"].float()}
         if "target" in parts:
-            target_losses.append(parts["target"])
-            predictions.append(out["prediction"])
-            targets.append(batch["target"])
-            indices_t.append(batch["sample_index"])
+            values.update(target_loss=parts["target"].float(),
+                          prediction=out["prediction"].float(), target=batch["target"])
         if "mlm" in parts:
-            mlm.append(parts["mlm"] * len(batch["sample_index"]))
-        embeddings.append(out["unifrac_embedding"])
-        indices.append(batch["sample_index"])
+            values["mlm"] = parts["mlm"].float().expand(n)
+        for key, value in accelerator.gather_for_metrics(values).items():
+            gathered.setdefault(key, []).append(value)
+        mask = batch["asv_mask"].float()  # (b, S)
+        if "cross_attention" in out:  # (b, h, S, K) -> sum over samples of valid slots
+            weights = out["cross_attention"].float().mean(1) * mask[..., None]
+            attention.setdefault("cross_attention", []).append(
+                (weights.sum(0).cpu(), mask.sum(0).cpu()))
+        if "perceiver_attention" in out:  # (b, h, L, S + K): slots, then metadata tokens
+            weights = out["perceiver_attention"].float().mean(1).sum(0).cpu()  # (L, S + K)
+            slots = mask.shape[1]
+            attention.setdefault("perceiver", []).append(
+                (weights[:, :slots], weights[:, slots:], n))
+    values = {k: torch.cat(v) for k, v in gathered.items()}
     result = {}
-    n = len(collator.samples)
-    if target_losses:
-        result["target"] = float(torch.cat(target_losses).mean())
+    if "target_loss" in values:
+        result["target"] = float(values["target_loss"].mean())
     if objective.unifrac_weight > 0:
-        idx = torch.cat(indices).to(objective.distances.device)
+        idx = values["index"].to(objective.distances.device)
         dist = objective.distances[idx][:, idx]
-        result["unifrac"] = float(pairwise_unifrac_loss(torch.cat(embeddings), dist.to(device)))
-    if mlm:
-        result["mlm"] = float(sum(mlm)) / n
+        result["unifrac"] = float(pairwise_unifrac_loss(values["embedding"],
+                                                        dist.to(values["embedding"].device)))
+    if "mlm" in values:
+        result["mlm"] = float(values["mlm"].mean())
     weights = {"target": objective.target_weight, "unifrac": objective.unifrac_weight,
                "mlm": objective.mlm_weight}
     result["loss"] = sum(weights[k] * v for k, v in result.items())
-    if metrics is not None and predictions:
-        result.update(metrics(torch.cat(predictions).float().cpu().numpy(),
-                              torch.cat(targets).cpu().numpy(),
-                              torch.cat(indices_t).cpu().numpy()))
-    return result
+    if metrics is not None and "prediction" in values:
+        result.update(metrics(values["prediction"].cpu().numpy(),
+                              values["target"].cpu().numpy(), values["index"].cpu().numpy()))
+    return result, _mean_attention(attention)
+
+
+def _mean_attention(attention: dict) -> dict:
+    """Average the per-batch attention sums into one matrix per kind."""
+    out = {}
+    if "cross_attention" in attention:  # slots differ in width between batches
+        width = max(w.shape[0] for w, _ in attention["cross_attention"])
+        total = torch.zeros(width, attention["cross_attention"][0][0].shape[1])
+        count = torch.zeros(width)
+        for w, c in attention["cross_attention"]:
+            total[: w.shape[0]] += w
+            count[: c.shape[0]] += c
+        out["cross_attention"] = (total / count.clamp(min=1)[:, None]).numpy()
+    if "perceiver" in attention:  # latents x [ASV slots (padded to the widest) ; tokens]
+        width = max(s.shape[1] for s, _, _ in attention["perceiver"])
+        total = sum(torch.cat([F.pad(s, (0, width - s.shape[1])), m], dim=1)
+                    for s, m, _ in attention["perceiver"])
+        out["perceiver"] = (total / sum(n for _, _, n in attention["perceiver"])).numpy()
+    return out
 
 
 def _describe(row: dict, epochs: int) -> str:
-    keys = [k for k in row if k.startswith(("train_", "val_"))]
+    keys = [k for k in row if k.startswith(("train_", "val_")) and isinstance(row[k], float)]
     parts = " ".join(f"{k}={row[k]:.4g}" for k in keys)
     return f"epoch {row['epoch']}/{epochs} ({row['seconds']:.1f}s) {parts}"

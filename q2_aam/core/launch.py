@@ -1,0 +1,86 @@
+"""Running a training function in several worker processes (torch.distributed).
+
+``run_workers(function, args, num_processes)`` starts ``num_processes`` workers
+on this machine through torch's elastic launcher (what ``torchrun`` uses):
+each gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``, so ``accelerate.Accelerator`` inside it joins one process
+group (gloo on the CPU, NCCL on GPUs). It returns rank 0's return value. A
+worker that raises makes the whole run raise, with that worker's error, and
+the other workers are stopped: no hang.
+
+Outside QIIME 2, launch the same code with ``torchrun`` or ``accelerate
+launch`` instead (see the README); ``in_distributed_run()`` is then true and
+the actions train in the processes they are given.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import uuid
+
+
+def in_distributed_run() -> bool:
+    """True inside a worker of a multi-process run (ours, torchrun's or accelerate's)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process of a multi-process run failed; the message holds its error."""
+
+
+def run_workers(function, args: tuple, num_processes: int):
+    """Run ``function(*args)`` in ``num_processes`` processes; return rank 0's result."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if num_processes < 2:
+        raise ValueError(f"run_workers needs at least 2 processes, got {num_processes}.")
+    with tempfile.TemporaryDirectory(prefix="q2-aam-workers-") as logs:
+        config = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=num_processes,
+            run_id=f"q2-aam-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+            rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
+            monitor_interval=0.2, start_method="spawn", logs_specs=None)
+        # gloo picks a network interface from the host name, which may not resolve; the
+        # workers all run here, so the loopback interface is the right one.
+        previous = os.environ.get("GLOO_SOCKET_IFNAME")
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        try:
+            results = elastic_launch(config, _worker)(function, logs, *args)
+        except ChildFailedError as error:
+            raise WorkerFailed(_failure_message(error, logs)) from None
+        finally:
+            if previous is None:
+                os.environ.pop("GLOO_SOCKET_IFNAME", None)
+    return results[0]
+
+
+def _worker(function, logs: str, *args):
+    """Call ``function(*args)``; if it raises, write the error where the parent reads it."""
+    try:
+        return function(*args)
+    except BaseException as error:
+        rank = os.environ.get("RANK", "?")
+        with open(os.path.join(logs, f"error-{rank}.txt"), "w") as fh:
+            fh.write(f"{type(error).__name__}: {error}")
+        raise
+
+
+def _failure_message(error, logs: str) -> str:
+    messages = []
+    for name in sorted(os.listdir(logs)):
+        if name.startswith("error-"):
+            with open(os.path.join(logs, name)) as fh:
+                messages.append(f"worker {name[6:-4]}: {fh.read()}")
+    if not messages:  # killed, not raised: say how it ended
+        failures = getattr(error, "failures", {}) or {}
+        messages = [f"worker {rank}: exited with code {f.exitcode}"
+                    for rank, f in sorted(failures.items())]
+    return "A training worker failed. " + " | ".join(messages or [str(error)])

@@ -1,0 +1,145 @@
+"""A training run's side outputs: checkpoints and resume, TensorBoard, accumulation, precision."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from q2_aam.core import api
+from q2_aam.core.engine import TrainConfig
+
+from conftest import random_samples
+
+SMALL = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
+             max_sequence_length=40, dropout=0.1)
+CONFIG = dict(epochs=5, batch_size=4, seed=3, device="cpu")
+STEPS_PER_EPOCH = 4  # 16 training samples (20, of which 4 validate), batches of 4
+
+# Trains in a child process; SIGKILLs itself in the optimizer step after KILL_AFTER steps.
+CHILD = """
+import os, signal, sys
+import numpy as np, torch
+sys.path.insert(0, {tests!r})
+from conftest import random_samples
+from q2_aam.core import api
+from q2_aam.core.engine import TrainConfig
+kill_after, steps = int(os.environ.get("KILL_AFTER", "0")), [0]
+original = torch.optim.AdamW.step
+def step(self, *args, **kwargs):
+    steps[0] += 1
+    if kill_after and steps[0] > kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, *args, **kwargs)
+torch.optim.AdamW.step = step
+samples = random_samples(n_samples=20, token_limit=8)
+api.train(samples, np.linspace(0, 10, 20), task="regression", architecture={small!r},
+          config=TrainConfig(**{config!r}), validation_fraction=0.2,
+          checkpoint_dir=sys.argv[1], log=lambda m: None).save(sys.argv[2])
+"""
+
+
+def run_child(checkpoints, output, kill_after=0):
+    script = CHILD.format(tests=str(Path(__file__).parent), small=SMALL, config=CONFIG)
+    env = {**os.environ, "KILL_AFTER": str(kill_after), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", script, str(checkpoints), str(output)],
+                          env=env, capture_output=True, text=True)
+
+
+def test_killed_run_resumes_to_the_same_model(tmp_path):
+    from q2_aam.core.bundle import ModelBundle
+    whole = run_child(tmp_path / "ck-whole", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    killed = run_child(tmp_path / "ck", tmp_path / "resumed", kill_after=2 * STEPS_PER_EPOCH + 1)
+    assert killed.returncode == -9  # SIGKILL, in epoch 3
+    assert (tmp_path / "ck" / "latest").read_text() == "epoch-2"
+    assert not (tmp_path / "resumed").exists()
+    resumed = run_child(tmp_path / "ck", tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = ModelBundle.load(tmp_path / "whole"), ModelBundle.load(tmp_path / "resumed")
+    for key, value in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[key], value, rtol=0, atol=0, msg=key)
+    assert [r["val_target"] for r in a.training["history"]] == \
+        [r["val_target"] for r in b.training["history"]]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    samples = random_samples(n_samples=20, token_limit=8)
+    y = np.linspace(0, 10, 20)
+    kwargs = dict(task="regression", architecture=SMALL, validation_fraction=0.2,
+                  checkpoint_dir=str(tmp_path), log=lambda m: None)
+    api.train(samples, y, config=TrainConfig(**{**CONFIG, "epochs": 1}), **kwargs)
+    with pytest.raises(ValueError, match=r"config.learning_rate: checkpoint 0.001, now 0.01"):
+        api.train(samples, y, config=TrainConfig(**{**CONFIG, "epochs": 1,
+                                                     "learning_rate": 1e-2}), **kwargs)
+
+
+def tags(directory):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    runs = [p.parent for p in Path(directory).rglob("events.out.tfevents.*")]
+    assert runs, f"no event file under {directory}"
+    found = {"scalars": set(), "images": set()}
+    for run in runs:
+        events = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
+        events.Reload()
+        for kind in found:
+            found[kind] |= set(events.Tags()[kind])
+    return found
+
+
+@pytest.mark.parametrize("fusion, scalar, image", [
+    ("gmu", "gmu/gate_mean", None),
+    ("cross-attention", None, "attention/cross_attention"),
+    ("perceiver", None, "attention/perceiver")])
+def test_tensorboard_has_losses_metrics_lr_and_fusion_views(tmp_path, fusion, scalar, image):
+    samples = random_samples(n_samples=20, token_limit=8)
+    categorical = {"season": ["summer", "winter"] * 10}
+    api.train(samples, np.linspace(0, 10, 20), task="regression",
+              architecture={**SMALL, "categorical_fusion": fusion, "cross_attn_heads": 2},
+              config=TrainConfig(**{**CONFIG, "epochs": 2}), validation_fraction=0.2,
+              categorical=categorical, unifrac_weight=0.5,
+              distances=np.abs(np.subtract.outer(np.arange(20.), np.arange(20.))) / 20,
+              tensorboard_dir=str(tmp_path), log=lambda m: None)
+    found = tags(tmp_path)
+    for tag in ("train/loss", "train/target", "train/unifrac", "val/target", "val/mae",
+                "val/r2", "train/lr", "train/grad_norm", "train/samples_per_second",
+                "train/step_loss"):
+        assert tag in found["scalars"], (tag, sorted(found["scalars"]))
+    if scalar:
+        assert scalar in found["scalars"]
+    if image:
+        assert image in found["images"]
+
+
+def test_gradient_accumulation_is_the_same_global_batch():
+    """4 samples per step as 1 x 4 or 2 x 2 accumulated: the same run up to float rounding."""
+    samples = random_samples(n_samples=20, token_limit=8)
+    y = np.linspace(0, 10, 20)
+    runs = [api.train(samples, y, task="regression", architecture={**SMALL, "dropout": 0.0},
+                      config=TrainConfig(**{**CONFIG, "epochs": 2,
+                                            "gradient_accumulation_steps": k}),
+                      validation_fraction=0.2, log=lambda m: None) for k in (1, 2)]
+    for a, b in zip(*(r.training["history"] for r in runs)):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert b["val_target"] == pytest.approx(a["val_target"], rel=1e-3)
+        assert b["lr"] == pytest.approx(a["lr"])
+
+
+def test_bf16_on_the_cpu_trains_and_predicts_finite_values():
+    samples = random_samples(n_samples=20, token_limit=8)
+    bundle = api.train(samples, np.linspace(0, 10, 20), task="regression", architecture=SMALL,
+                       config=TrainConfig(**{**CONFIG, "epochs": 1, "mixed_precision": "bf16"}),
+                       validation_fraction=0.2, log=lambda m: None)
+    assert bundle.training["config"]["mixed_precision"] == "bf16"
+    assert np.isfinite(api.predict(bundle, samples, log=lambda m: None)).all()
+
+
+def test_fp16_on_the_cpu_is_refused_before_training():
+    samples = random_samples(n_samples=20, token_limit=8)
+    with pytest.raises(ValueError, match="'fp16' needs a GPU"):
+        api.train(samples, np.linspace(0, 10, 20), task="regression", architecture=SMALL,
+                  config=TrainConfig(**{**CONFIG, "mixed_precision": "fp16"}),
+                  log=lambda m: None)
