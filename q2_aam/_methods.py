@@ -117,7 +117,8 @@ def _distances_if_used(samples, phylogeny, distance_matrix, metric, weight):
 
 
 OPTIMISATION = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction",
-                "patience", "num_processes", "mixed_precision", "gradient_accumulation_steps")
+                "patience", "num_processes", "distributed", "mixed_precision",
+                "gradient_accumulation_steps")
 ARCHITECTURE = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample_layers",
                 "patch_size", "target_layers", "dropout")
 
@@ -151,7 +152,8 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
              weight_decay: float = 0.01, warmup_fraction: float = 0.05, patience: int = 10,
              validation_fraction: float = 0.1, unifrac_weight: float = 1.0,
              mlm_weight: float = 1.0, mask_rate: float = 0.15, random_seed: int = 0,
-             device: str = "auto", num_processes: int = 1, mixed_precision: str = "no",
+             device: str = "auto", num_processes: int = 1, distributed: str = "ddp",
+             mixed_precision: str = "no",
              gradient_accumulation_steps: int = 1, checkpoint_dir: str = None,
              tensorboard_dir: str = None) -> ModelBundle:
     from .core import api
@@ -301,8 +303,9 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           learning_rate: float = 5e-4, weight_decay: float = 0.01,
           warmup_fraction: float = 0.05, patience: int = 10, validation_fraction: float = 0.1,
           random_seed: int = 0, device: str = "auto", num_processes: int = 1,
-          mixed_precision: str = "no", gradient_accumulation_steps: int = 1,
-          checkpoint_dir: str = None, tensorboard_dir: str = None) -> ModelBundle:
+          distributed: str = "ddp", mixed_precision: str = "no",
+          gradient_accumulation_steps: int = 1, checkpoint_dir: str = None,
+          tensorboard_dir: str = None) -> ModelBundle:
     from .core import api
     classification = task == "classification"
     if not classification and isinstance(metadata, qiime2.CategoricalMetadataColumn):

@@ -171,6 +171,10 @@ PARAMETERS = {
                      "--p-batch-size must be a multiple of --p-num-processes x "
                      "--p-gradient-accumulation-steps. For several machines, see the "
                      "README (torchrun / accelerate launch). Default 1.",
+    "distributed": "With --p-num-processes > 1: 'ddp' (default) keeps a whole copy of the "
+                   "model in each process; 'fsdp' shards every weight over the processes "
+                   "(each holds 1/N), for models too large for one device. 'fsdp' does not "
+                   "yet combine with --p-checkpoint-dir or gradient accumulation.",
     "mixed_precision": "'bf16' or 'fp16' (GPU only) runs the forward pass in half "
                        "precision: faster and lighter on recent GPUs. Default 'no'.",
     "gradient_accumulation_steps": "Split each batch into this many passes per process "
@@ -193,7 +197,8 @@ TRAINING_PARAMS = {
     "patience": Int % Range(0, None), "validation_fraction": FRACTION,
     "mask_rate": Float % Range(0, 1, inclusive_start=False, inclusive_end=False),
     "random_seed": Int % Range(0, None), "device": DEVICE,
-    "num_processes": POSITIVE, "mixed_precision": Str % Choices("no", "bf16", "fp16"),
+    "num_processes": POSITIVE, "distributed": Str % Choices("ddp", "fsdp"),
+    "mixed_precision": Str % Choices("no", "bf16", "fp16"),
     "gradient_accumulation_steps": POSITIVE, "checkpoint_dir": Str, "tensorboard_dir": Str,
     "dropout": FRACTION, "unifrac_metric": UNIFRAC,
     "unifrac_weight": WEIGHT, "mlm_weight": WEIGHT,

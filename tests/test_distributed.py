@@ -102,6 +102,48 @@ def test_train_in_two_processes_predicts_like_one():
     np.testing.assert_allclose(p2, p1, rtol=1e-3, atol=1e-2)
 
 
+def shard_sizes():
+    """Each process's share of the parameters after sharding, and the total."""
+    from q2_aam.core.engine import shard
+    accelerator = make_accelerator("cpu")
+    torch.manual_seed(0)
+    model = AAMModel(ModelConfig(task="regression", n_outputs=1, **SMALL))
+    total = sum(p.numel() for p in model.parameters())
+    shard(model)
+    local = sum(p.to_local().numel() for p in model.parameters())
+    return total, accelerator.gather(torch.tensor([local])).tolist()
+
+
+def test_fsdp_each_process_holds_only_its_shard():
+    total, local = run_workers(shard_sizes, (), 2)
+    assert len(local) == 2
+    assert all(n <= 0.55 * total for n in local), (total, local)
+    assert total <= sum(local) <= total + 2 * 1000  # every weight kept once (+ padding)
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["whole", "frozen-encoder"])
+def test_train_with_fsdp_predicts_like_ddp(frozen, capfd):
+    """No validation split: both models are the last epoch's, trained in sharded / whole form."""
+    samples = random_samples(n_samples=24, token_limit=8)
+    encoder = api.pretrain(samples, distances_for(24), architecture=SMALL, mlm_weight=0.0,
+                           config=TrainConfig(epochs=1, batch_size=8, device="cpu"),
+                           log=lambda m: None) if frozen else None
+    y = np.linspace(0, 100, 24)
+    predictions = {}
+    for mode in ("ddp", "fsdp"):
+        bundle = api.train(samples, y, task="regression",
+                           architecture=None if frozen else SMALL, pretrained=encoder,
+                           freeze_encoder=frozen,
+                           config=TrainConfig(epochs=2, batch_size=8, device="cpu",
+                                              num_processes=2, distributed=mode),
+                           validation_fraction=0.0, log=lambda m: None)
+        assert bundle.training["config"]["distributed"] == mode
+        predictions[mode] = api.predict(bundle, samples, log=lambda m: None)
+        assert ("FSDP: each of the 2 processes holds 1/2" in capfd.readouterr().err) == \
+            (mode == "fsdp")
+    np.testing.assert_allclose(predictions["fsdp"], predictions["ddp"], rtol=1e-3, atol=1e-2)
+
+
 def _fails_on_rank_one():
     import os
     if os.environ["RANK"] == "1":

@@ -9,6 +9,7 @@ lives in :class:`Objective`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -219,6 +220,37 @@ def make_accelerator(device: str, mixed_precision: str = "no",
                        project_dir=tensorboard_dir)
 
 
+def shard(model: AAMModel) -> AAMModel:
+    """FSDP (FSDP2 ``fully_shard``) over all processes: each keeps 1/N of every parameter.
+
+    The encoders, the target branch's parts and the whole model are sharding
+    units, so calling an encoder alone (prediction, frozen-encoder caching)
+    gathers just its parameters.
+    """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for name in ("nucleotide_encoder", "sample_encoder", "target_encoder", "perceiver"):
+        module = getattr(model, name, None)
+        if module is not None:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """A copy of every weight, whole on every process (gathered when sharded; collective)."""
+    from torch.distributed.tensor import DTensor
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             get_model_state_dict)
+        return {k: v.detach().clone() for k, v in get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True)).items()}
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _freeze_unused(model: AAMModel, objective: Objective, freeze_encoder: bool) -> None:
     """No gradient for what no loss reaches: DDP requires every trainable parameter to
     get one in every step."""
@@ -332,6 +364,10 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
                          "accumulation step(s).")
     micro = config.batch_size // (world * config.gradient_accumulation_steps)
     say = log if accelerator.is_main_process else (lambda message: None)
+    fsdp = config.distributed == "fsdp" and world > 1
+    if fsdp and (checkpoint_dir or config.gradient_accumulation_steps > 1):
+        raise ValueError("With distributed 'fsdp', checkpoints and gradient accumulation are "
+                         "not available yet; use 'ddp' for them.")
     _freeze_unused(model, objective, freeze_encoder)
     loader_rng = torch.Generator().manual_seed(config.seed)
     mask_rng = torch.Generator().manual_seed(config.seed + 1 + 7919 * rank)
@@ -340,10 +376,20 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     has_val = val_collator is not None and len(val_collator.samples) > 0
     val_loader = (DataLoader(range(len(val_collator.samples)), batch_size=micro,
                              collate_fn=val_collator) if has_val else None)
+    core = model  # the caller's module: it receives the trained weights at the end
+    if fsdp:  # a sharded copy trains; accelerate's FSDP plugin does not shard on the CPU
+        core.to(accelerator.device)
+        model = shard(copy.deepcopy(core))
+        say(f"FSDP: each of the {world} processes holds 1/{world} of the weights "
+            f"({sum(p.to_local().numel() for p in model.parameters()):,} of "
+            f"{sum(p.numel() for p in core.parameters()):,} on the first).")
+    net = model  # the module itself, sharded or not (DDP wraps it below)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay),
                                   lr=config.learning_rate)
-    core = model
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if fsdp:
+        optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
+    else:
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
@@ -381,20 +427,23 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     for epoch in range(state.epoch + 1, 0 if state.stopped else config.epochs + 1):
         model.train()
         if freeze_encoder:
-            core.nucleotide_encoder.eval()
-            core.sample_encoder.eval()
+            net.nucleotide_encoder.eval()
+            net.sample_encoder.eval()
         started = time.perf_counter()
         sums = torch.zeros(4, dtype=torch.float64)  # loss, target, unifrac, mlm (x samples)
         seen, norms, gates = 0, [], []
         for batch in train_loader:
             with accelerator.accumulate(model):
                 encoded = cache_train(batch) if cache_train is not None else None
-                parts, out = objective.losses(model, batch, encoded=encoded, generator=mask_rng)
+                with accelerator.autocast():  # (a prepared model autocasts by itself)
+                    parts, out = objective.losses(model, batch, encoded=encoded,
+                                                  generator=mask_rng)
                 loss = objective.total(parts)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    norms.append(float(accelerator.clip_grad_norm_(model.parameters(),
-                                                                   config.max_grad_norm)))
+                    norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor")
+                                       else norm))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             n = len(batch["sample_index"])
@@ -438,7 +487,7 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
         if monitor is not None:
             if monitor < state.best - 1e-6:
                 state.best, state.stale = monitor, 0
-                state.best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+                state.best_state = full_state_dict(net)
                 row["best"] = True
             else:
                 state.stale += 1
@@ -452,6 +501,8 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     if bar is not None:
         bar.close()
     tracker.close()
+    if state.best_state is None and fsdp:
+        state.best_state = full_state_dict(net)  # the last epoch's, back into the caller's
     if state.best_state is not None:
         core.load_state_dict(state.best_state)
         say(f"Restored the weights of the best epoch (validation loss {state.best:.4f}).")
@@ -603,9 +654,10 @@ class _Tracker:
             self.writer.add_image(f"attention/{name}", image[None], epoch, dataformats="CHW")
 
     def close(self):
-        if self.writer is not None:
-            self.writer.flush()
-        self.accelerator.end_training()
+        # Not accelerator.end_training(): it also destroys the process group, which the
+        # end of fit (gathering sharded weights) and the caller's next run still need.
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
 
 
 def _progress_bar(accelerator, total: int, progress: bool | None, initial: int = 0):
@@ -638,8 +690,9 @@ def evaluate(model, loader, objective: Objective, config: TrainConfig, accelerat
     attention: dict[str, list] = {}
     for batch in loader:
         encoded = cache(batch) if cache is not None else None
-        parts, out = per_batch.losses(model, batch, encoded=encoded, generator=rng,
-                                      reduction="none")
+        with accelerator.autocast():
+            parts, out = per_batch.losses(model, batch, encoded=encoded, generator=rng,
+                                          reduction="none")
         n = len(batch["sample_index"])
         values = {"index": batch["sample_index"], "embedding": out["unifrac_embedding"].float()}
         if "target" in parts:
