@@ -86,6 +86,11 @@ def run_in_workers(action: str, args: tuple, keywords: dict,
         return ModelBundle.load(os.path.join(folder, "model"))
 
 
+def _main_process_only(log: Callable[[str], None]) -> Callable[[str], None]:
+    """In a multi-process run, only the first process speaks."""
+    return log if int(os.environ.get("RANK", "0")) == 0 else (lambda message: None)
+
+
 def _worker(action: str, args: tuple, keywords: dict, folder: str) -> None:
     bundle = {"pretrain": pretrain, "train": train}[action](*args, **keywords)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -152,6 +157,7 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
     if config.num_processes > 1 and not in_distributed_run():
         return run_in_workers("pretrain", (samples, distances),
                               _keywords(locals(), ("samples", "distances")), config)
+    log = _main_process_only(log)
     if unifrac_weight > 0 and distances is None:
         raise ValueError("unifrac_weight > 0 needs UniFrac distances (a phylogeny or a "
                          "distance matrix).")
@@ -279,6 +285,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
     if config.num_processes > 1 and not in_distributed_run():
         return run_in_workers("train", (samples, targets),
                               _keywords(locals(), ("samples", "targets")), config)
+    log = _main_process_only(log)
     if task not in ("regression", "classification"):
         raise ValueError(f"task must be 'regression' or 'classification', got {task!r}.")
     if len(targets) != len(samples):
