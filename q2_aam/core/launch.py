@@ -49,16 +49,20 @@ def run_workers(function, args: tuple, num_processes: int):
             rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
             monitor_interval=0.2, start_method="spawn", logs_specs=None)
         # gloo picks a network interface from the host name, which may not resolve; the
-        # workers all run here, so the loopback interface is the right one.
-        previous = os.environ.get("GLOO_SOCKET_IFNAME")
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        # workers all run here, so the loopback interface is the right one. Each worker
+        # gets its share of the cores (as torchrun does): N workers each running
+        # torch's default of one thread per core slow each other down many times over.
+        settings = {"GLOO_SOCKET_IFNAME": "lo",
+                    "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // num_processes))}
+        added = [k for k in settings if k not in os.environ]
+        os.environ.update({k: settings[k] for k in added})
         try:
             results = elastic_launch(config, _worker)(function, logs, *args)
         except ChildFailedError as error:
             raise WorkerFailed(_failure_message(error, logs)) from None
         finally:
-            if previous is None:
-                os.environ.pop("GLOO_SOCKET_IFNAME", None)
+            for key in added:
+                os.environ.pop(key, None)
     return results[0]
 
 
