@@ -69,7 +69,8 @@ def embeddings_of(bundle, samples):
         return model(batch)["unifrac_embedding"].numpy()
 
 
-def test_pretrain_in_two_processes_matches_one():
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_pretrain_in_two_processes_matches_one(distributed):
     """Same global batch (8), 16 training and 8 validation samples: the same run.
 
     Weights are compared through what they compute: parameters whose true
@@ -80,7 +81,7 @@ def test_pretrain_in_two_processes_matches_one():
     samples = random_samples(n_samples=24, token_limit=8)
     runs = {n: api.pretrain(samples, distances_for(24), architecture=SMALL, mlm_weight=0.0,
                             config=TrainConfig(epochs=2, batch_size=8, seed=0, device="cpu",
-                                               num_processes=n),
+                                               num_processes=n, distributed=distributed),
                             validation_fraction=1 / 3, log=lambda m: None)
             for n in (1, 2)}
     assert runs[2].training["config"]["num_processes"] == 2
