@@ -16,6 +16,7 @@ import qiime2
 import skbio
 
 from .core.bundle import ModelBundle
+from .core.targets import DEFAULT_TARGET_TRANSFORM
 
 UNIFRAC_METRICS = ("unweighted", "weighted-normalized")
 
@@ -169,8 +170,8 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
                         log=_log)
 
 
-#: Defaults of train's regression settings (chosen by the benchmark in benchmarks/).
-DEFAULT_TARGET_TRANSFORM = "zscore"
+#: Default of train's regression loss (the transform's is in core.targets, chosen by
+#: benchmarks/targets.py).
 DEFAULT_LOSS = "huber"
 
 

@@ -8,8 +8,9 @@ from q2_aam.core.bundle import ModelBundle
 from q2_aam.core.engine import TrainConfig
 from q2_aam.core.losses import RegressionLoss, classification_loss
 from q2_aam.core.model import ModelConfig, OutputConstraint
-from q2_aam.core.targets import (CENTRED_TRANSFORMS, TARGET_TRANSFORMS, TargetTransform,
-                                 balanced_class_weights, group_labels)
+from q2_aam.core.targets import (CENTRED_TRANSFORMS, DEFAULT_TARGET_TRANSFORM,
+                                 TARGET_TRANSFORMS, TargetTransform, balanced_class_weights,
+                                 group_labels, scale_warning)
 
 from conftest import random_samples
 
@@ -250,3 +251,26 @@ def test_quantile_model_predicts_the_median_output(tmp_path):
     t = TargetTransform.from_dict(bundle.target["transform"])
     np.testing.assert_allclose(api.predict(bundle, samples, log=lambda m: None),
                                t.inverse(raw[:, 1]))
+
+
+@pytest.mark.parametrize("y, warns", [
+    (np.array([27.0, 400.0, 1162.0]), False),       # age in days: fine as it is
+    (np.array([0.2, 0.5, 0.9]), False),
+    (np.array([1e5, 3e5, 9e5]), True),              # read depth: far too large
+    (np.array([0.001, 0.002, 0.0015]), True),       # tiny spread
+])
+def test_untransformed_targets_far_from_unit_scale_get_a_warning(y, warns):
+    assert (scale_warning(y, "none") is not None) == warns
+    assert scale_warning(y, "zscore") is None
+
+
+def test_default_transform_warns_in_train_and_records_itself():
+    samples = random_samples(n_samples=12, token_limit=8)
+    messages = []
+    bundle = api.train(samples, np.linspace(1e5, 9e5, 12), task="regression",
+                       architecture=SMALL, config=TrainConfig(epochs=1, batch_size=4,
+                                                              device="cpu"),
+                       log=messages.append)
+    assert DEFAULT_TARGET_TRANSFORM == "none"
+    assert bundle.target["transform"]["kind"] == "none"
+    assert any("Consider 'zscore'" in m for m in messages)

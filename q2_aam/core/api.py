@@ -20,7 +20,8 @@ from .engine import Objective, TrainConfig, embed_features, fit, make_accelerato
 from .launch import in_distributed_run, run_workers
 from .losses import RegressionLoss
 from .model import AAMModel, ModelConfig
-from .targets import CENTRED_TRANSFORMS, TargetTransform, balanced_class_weights, encode_classes
+from .targets import (CENTRED_TRANSFORMS, DEFAULT_TARGET_TRANSFORM, TargetTransform,
+                      balanced_class_weights, encode_classes, scale_warning)
 from .tokenizer import tokenize
 
 ENCODER_PREFIXES = ("nucleotide_encoder.", "sample_encoder.", "unifrac_head.")
@@ -249,7 +250,8 @@ def check_regression_settings(y_train: np.ndarray, transform: TargetTransform,
 def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name: str = "target",
           architecture: dict | None = None, config: TrainConfig = TrainConfig(),
           pretrained: ModelBundle | None = None, freeze_encoder: bool = False,
-          target_transform: str = "zscore", loss: RegressionLoss | str = "huber",
+          target_transform: str = DEFAULT_TARGET_TRANSFORM,
+          loss: RegressionLoss | str = "huber",
           output_constraint: str = "none", normalize_groups: Sequence | None = None,
           normalize_by: Sequence[str] | None = None, class_weights: str = "none",
           categorical: dict | None = None,
@@ -315,6 +317,9 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
             if normalize_groups is None or len(normalize_groups) != len(samples):
                 raise ValueError("zscore-category needs one group label per sample.")
             groups_all = np.asarray([str(g) for g in normalize_groups], dtype=object)
+        warning = scale_warning(y[train_rows], transform.kind)
+        if warning:
+            log(f"Warning: {warning}")
         transform.fit(y[train_rows], None if groups_all is None else groups_all[train_rows])
         if transform.uses_groups:
             transform.stats["columns"] = list(normalize_by)
@@ -327,7 +332,8 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
                            point_output=loss.point_output,
                            normalize_by=list(normalize_by or []))
     else:
-        if output_constraint != "none" or target_transform != "zscore" or loss.kind != "huber" \
+        if output_constraint != "none" or target_transform != DEFAULT_TARGET_TRANSFORM \
+                or loss.kind != "huber" \
                 or normalize_by:
             raise ValueError("Target transforms, output constraints, regression losses and "
                              "normalize-by apply to numeric targets only; a class is learned "
