@@ -264,13 +264,13 @@ def test_untransformed_targets_far_from_unit_scale_get_a_warning(y, warns):
     assert scale_warning(y, "zscore") is None
 
 
-def test_default_transform_warns_in_train_and_records_itself():
+def test_untransformed_large_targets_warn_in_train():
     samples = random_samples(n_samples=12, token_limit=8)
     messages = []
     bundle = api.train(samples, np.linspace(1e5, 9e5, 12), task="regression",
                        architecture=SMALL, config=TrainConfig(epochs=1, batch_size=4,
                                                               device="cpu"),
-                       log=messages.append)
-    assert DEFAULT_TARGET_TRANSFORM == "none"
+                       target_transform="none", log=messages.append)
+    assert DEFAULT_TARGET_TRANSFORM == "log-zscore"
     assert bundle.target["transform"]["kind"] == "none"
     assert any("Consider 'zscore'" in m for m in messages)
