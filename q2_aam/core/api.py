@@ -65,9 +65,29 @@ def validation_split(n: int, fraction: float, seed: int,
     return rows[~val], rows[val]
 
 
-def _keywords(arguments: dict, positional: tuple) -> dict:
-    """An action's keyword arguments from its ``locals()``, less those passed positionally."""
-    return {k: v for k, v in arguments.items() if k not in positional}
+def _distributable(action):
+    """Let ``action(samples, data, ..., config=..., log=...)`` run in several processes.
+
+    With ``config.num_processes > 1`` outside a distributed run, the call is
+    repeated in that many worker processes (:func:`run_in_workers`) and rank
+    0's model returned; inside a run (ours, torchrun's or accelerate's), only
+    the first process logs. ``checkpoint_dir``, ``tensorboard_dir`` and
+    ``progress`` go to ``engine.fit``.
+    """
+    import functools
+    import inspect
+    signature = inspect.signature(action)
+
+    @functools.wraps(action)
+    def run(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        config = bound.arguments["config"]
+        if config.num_processes > 1 and not in_distributed_run():
+            return run_in_workers(action.__name__, bound.args, bound.kwargs, config)
+        bound.arguments["log"] = _main_process_only(bound.arguments["log"])
+        return action(*bound.args, **bound.kwargs)
+    return run
 
 
 def run_in_workers(action: str, args: tuple, keywords: dict,
@@ -138,6 +158,7 @@ def _tokens(samples: AmpliconSamples, max_length: int | None = None, log=_stderr
     return tokenized.tokens
 
 
+@_distributable
 def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
              architecture: dict | None = None, config: TrainConfig = TrainConfig(),
              unifrac_weight: float = 1.0, mlm_weight: float = 1.0, mask_rate: float = 0.15,
@@ -151,14 +172,8 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
         samples: the samples (all are used; no labels needed).
         distances: ``(n, n)`` UniFrac distances between ``samples``, same order
             (``None`` only with ``unifrac_weight=0``).
-        config: how to train; ``config.num_processes > 1`` runs the training
-            in that many worker processes (see :func:`run_in_workers`).
-        checkpoint_dir, tensorboard_dir, progress: see ``engine.fit``.
+        config, checkpoint_dir, tensorboard_dir, progress: see :func:`_distributable`.
     """
-    if config.num_processes > 1 and not in_distributed_run():
-        return run_in_workers("pretrain", (samples, distances),
-                              _keywords(locals(), ("samples", "distances")), config)
-    log = _main_process_only(log)
     if unifrac_weight > 0 and distances is None:
         raise ValueError("unifrac_weight > 0 needs UniFrac distances (a phylogeny or a "
                          "distance matrix).")
@@ -247,6 +262,7 @@ def check_regression_settings(y_train: np.ndarray, transform: TargetTransform,
     return None
 
 
+@_distributable
 def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name: str = "target",
           architecture: dict | None = None, config: TrainConfig = TrainConfig(),
           pretrained: ModelBundle | None = None, freeze_encoder: bool = False,
@@ -280,14 +296,8 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
             the fusion settings (``categorical_fusion``, ...) in
             ``architecture``. Missing values and values not seen in the
             training rows map to the 'unknown' embedding.
-        config: how to train; ``config.num_processes > 1`` runs the training
-            in that many worker processes (see :func:`run_in_workers`).
-        checkpoint_dir, tensorboard_dir, progress: see ``engine.fit``.
+        config, checkpoint_dir, tensorboard_dir, progress: see :func:`_distributable`.
     """
-    if config.num_processes > 1 and not in_distributed_run():
-        return run_in_workers("train", (samples, targets),
-                              _keywords(locals(), ("samples", "targets")), config)
-    log = _main_process_only(log)
     if task not in ("regression", "classification"):
         raise ValueError(f"task must be 'regression' or 'classification', got {task!r}.")
     if len(targets) != len(samples):
