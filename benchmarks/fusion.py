@@ -19,7 +19,7 @@ MODES = {
     "concat": {"architecture": {"categorical_fusion": "concat"}},
     "add": {"architecture": {"categorical_fusion": "add"}},
     "film": {"architecture": {"categorical_fusion": "none", "film_conditioning": True}},
-    "gmu": {"architecture": {"categorical_fusion": "gmu"}},
+    "gmu": {"architecture": {"categorical_fusion": "gmu", "gmu_variant": "canonical"}},
     "gmu-residual": {"architecture": {"categorical_fusion": "gmu", "gmu_variant": "residual"}},
     "cross-attention": {"architecture": {"categorical_fusion": "cross-attention",
                                          "cross_attn_heads": 8}},
@@ -45,8 +45,12 @@ def main():
     table = summary(rows, "fusion")
     (RESULTS / "fusion.md").write_text(
         "# Categorical conditioning, age on held-out subjects (mean ± sd over splits)\n\n"
-        f"Made by `benchmarks/fusion.py`; mode {args.mode}, {args.epochs} epochs, "
-        f"target transform {args.target_transform}, default loss (huber).\n\n"
+        "Made by `benchmarks/fusion.py --dataset ecam` and `--dataset karelia` (rows in "
+        f"`fusion.tsv`); mode {args.mode}, {args.epochs} epochs, target transform "
+        f"{args.target_transform}, default loss (huber). Conditioning columns: ecam delivery, "
+        "diet, sex; karelia country, delivery, gender, abx_first_year. 'gmu' is the canonical "
+        "unit, 'gmu-residual' the residual one (the default). The 'splits' column says how "
+        "many splits each mean covers; rerun a command to resume an incomplete dataset.\n\n"
         + table + "\n")
     print(table)
 

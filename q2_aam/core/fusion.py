@@ -107,7 +107,8 @@ class GatedMultimodalUnit(nn.Module):
         if variant not in self.VARIANTS:
             raise ValueError(f"GMU variant must be one of {self.VARIANTS}, got {variant!r}.")
         self.variant = variant
-        self.sequence = nn.Linear(dim, dim)
+        # The residual form leaves h unchanged: no sequence branch, no parameter without a gradient.
+        self.sequence = nn.Linear(dim, dim) if variant == "canonical" else None
         self.metadata = nn.Linear(dim, dim)
         self.gate = nn.Linear(2 * dim, dim)
 

@@ -47,7 +47,9 @@ class ModelConfig:
     cross_attn_heads: int = 8
     perceiver_num_latents: int = 16
     perceiver_num_layers: int = 2
-    gmu_variant: str = "canonical"
+    # residual: h + z * tanh(W_c c); better than the canonical unit on every ECAM split
+    # measured (benchmarks/results/fusion.md). Saved models keep the variant they were built with.
+    gmu_variant: str = "residual"
     film_conditioning: bool = False
     conditional_output_scaling: bool = False
 
