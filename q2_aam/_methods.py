@@ -125,8 +125,14 @@ ARCHITECTURE = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample
 
 
 def _settings(params: dict):
-    """The core's ``TrainConfig`` and architecture overrides from an action's parameters."""
-    from .core.engine import TrainConfig
+    """The core's ``TrainConfig`` and architecture overrides from an action's parameters.
+
+    Also checks the output folders now, before the (slow) UniFrac computation.
+    """
+    from .core.engine import TrainConfig, writable_directory
+    for name, what in (("checkpoint_dir", "checkpoint"), ("tensorboard_dir", "TensorBoard")):
+        if params.get(name):
+            writable_directory(params[name], what)
     config = TrainConfig(**{k: params[k] for k in OPTIMISATION}, seed=params["random_seed"],
                          device=params["device"])
     return config, {k: params[k] for k in ARCHITECTURE if k in params}
@@ -158,10 +164,10 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
              gradient_accumulation_steps: int = 1, checkpoint_dir: str = None,
              tensorboard_dir: str = None) -> ModelBundle:
     from .core import api
+    config, architecture = _settings(locals())
     samples = amplicon_samples(table, sequences, token_limit)
     distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
                                    unifrac_weight)
-    config, architecture = _settings(locals())
     return api.pretrain(samples, distances, architecture=architecture, config=config,
                         unifrac_weight=unifrac_weight, mlm_weight=mlm_weight,
                         mask_rate=mask_rate, validation_fraction=validation_fraction,
@@ -352,9 +358,9 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
                                       output_constraint or "none", normalize_by)
     normalize_groups = _category_groups(sample_metadata, normalize_by, samples.sample_ids)
     categorical = _categorical(sample_metadata, categorical_columns, samples.sample_ids)
+    config, architecture = _settings(locals())
     distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
                                    unifrac_weight)
-    config, architecture = _settings(locals())
     conditioned = bool(categorical_columns)
     architecture.update(categorical_fusion=fusion, cross_attn_heads=cross_attn_heads,
                         perceiver_num_latents=perceiver_num_latents,

@@ -98,7 +98,7 @@ def test_train_in_two_processes_predicts_like_one():
     bundles = [api.train(samples, y, task="regression", architecture=SMALL,
                          config=TrainConfig(epochs=2, batch_size=8, device="cpu",
                                             num_processes=n),
-                         validation_fraction=1 / 3, log=lambda m: None) for n in (1, 2)]
+                         validation_fraction=0.0, log=lambda m: None) for n in (1, 2)]
     p1, p2 = (api.predict(b, samples, log=lambda m: None) for b in bundles)
     np.testing.assert_allclose(p2, p1, rtol=1e-3, atol=1e-2)
 
@@ -155,6 +155,18 @@ def _fails_on_rank_one():
 def test_a_failing_worker_fails_the_run_with_its_error():
     with pytest.raises(WorkerFailed, match="worker 1: ValueError: sample s3 has no reads"):
         run_workers(_fails_on_rank_one, (), 2)
+
+
+def _fails_on_every_rank():
+    make_accelerator("cpu")
+    raise ValueError("the target holds missing values")
+
+
+def test_the_same_error_in_every_worker_is_reported_once():
+    with pytest.raises(WorkerFailed) as raised:
+        run_workers(_fails_on_every_rank, (), 2)
+    assert str(raised.value) == ("A training worker failed. workers 0, 1: ValueError: the "
+                                 "target holds missing values")
 
 
 def test_batch_size_must_split_over_processes_and_accumulation():

@@ -164,6 +164,28 @@ def test_train_in_two_processes_with_tensorboard_and_checkpoints(aam, ecam_subse
 
 # --- bad input -------------------------------------------------------------------------
 
+def test_unwritable_checkpoint_folder_is_refused_before_unifrac(aam, ecam_subset, tmp_path,
+                                                                 capfd):
+    a = ecam_subset["artifacts"]
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(ValueError, match="checkpoint directory .* is a file"):
+        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                             phylogeny=a["tree"], checkpoint_dir=str(taken), **SMALL)
+    assert "UniFrac" not in capfd.readouterr().err
+
+
+def test_fp16_on_a_cpu_machine_is_refused_before_any_work(aam, ecam_subset, capfd):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="'fp16' needs a GPU"):
+        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                             phylogeny=a["tree"], mixed_precision="fp16", **SMALL)
+    assert "UniFrac" not in capfd.readouterr().err
+
+
 def test_feature_ids_that_are_not_dna_need_sequences(aam, ecam_subset):
     import biom
     table = biom.load_table("/usr/lib/python3/dist-packages/q2_diversity_lib/tests/data/"

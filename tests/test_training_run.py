@@ -143,3 +143,26 @@ def test_fp16_on_the_cpu_is_refused_before_training():
         api.train(samples, np.linspace(0, 10, 20), task="regression", architecture=SMALL,
                   config=TrainConfig(**{**CONFIG, "mixed_precision": "fp16"}),
                   log=lambda m: None)
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+    samples = random_samples(n_samples=20, token_limit=8)
+    kwargs = dict(task="regression", architecture=SMALL, validation_fraction=0.2,
+                  config=TrainConfig(**{**CONFIG, "epochs": 1}), checkpoint_dir=str(tmp_path),
+                  log=lambda m: None)
+    api.train(samples, np.linspace(0, 10, 20), **kwargs)
+    with pytest.raises(ValueError, match=r"training_data: checkpoint '16 samples, sha256 "):
+        api.train(samples, np.linspace(0, 20, 20), **kwargs)  # same samples, other target
+
+
+@pytest.mark.parametrize("option", ["checkpoint_dir", "tensorboard_dir"])
+def test_an_output_folder_that_is_a_file_is_refused_before_training(tmp_path, option):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    messages = []
+    with pytest.raises(ValueError, match=f"directory {taken} is a file; give a folder"):
+        api.train(random_samples(n_samples=20, token_limit=8), np.linspace(0, 10, 20),
+                  task="regression", architecture=SMALL, config=TrainConfig(**CONFIG),
+                  log=messages.append, **{option: str(taken)})
+    assert not any(m.startswith("epoch") for m in messages)
+    assert taken.read_text() == "not a folder"

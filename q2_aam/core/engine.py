@@ -71,6 +71,19 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got "
                                  f"{getattr(self, name)!r}.")
+        # Device settings are checked here, when the config is made: before any data work.
+        cuda = torch.cuda.is_available()
+        if self.device == "cuda" and not cuda:
+            raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; "
+                             "use device 'auto' or 'cpu'.")
+        on_gpu = self.device == "cuda" or (self.device == "auto" and cuda)
+        if self.mixed_precision == "fp16" and not on_gpu:
+            raise ValueError("mixed precision 'fp16' needs a GPU; on the CPU use 'bf16' or "
+                             "'no'.")
+        if on_gpu and self.num_processes > torch.cuda.device_count():
+            raise ValueError(f"{self.num_processes} processes were asked for, but torch sees "
+                             f"{torch.cuda.device_count()} GPU(s); on a GPU machine each "
+                             "process trains on its own GPU.")
         shards = self.num_processes * self.gradient_accumulation_steps
         if self.batch_size % shards:
             raise ValueError(
@@ -358,6 +371,8 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     accelerator = make_accelerator(config.device, config.mixed_precision,
                                    config.gradient_accumulation_steps, tensorboard_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
+    if tensorboard_dir:
+        writable_directory(tensorboard_dir, "TensorBoard", rank)
     if config.batch_size % (world * config.gradient_accumulation_steps):
         raise ValueError(f"The batch size ({config.batch_size}) must be a multiple of the "
                          f"{world} process(es) x {config.gradient_accumulation_steps} "
@@ -415,8 +430,8 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
                                    "mlm_weight": objective.mlm_weight,
                                    "mask_rate": objective.mask_rate},
                      "model": core.config.to_dict(), "freeze_encoder": freeze_encoder,
-                     "n_train": len(train_collator.samples),
-                     "n_validation": len(val_collator.samples) if has_val else 0,
+                     "training_data": _fingerprint(train_collator),
+                     "validation_data": _fingerprint(val_collator) if has_val else None,
                      "processes": world}
         checkpoints = _Checkpoints(checkpoint_dir, accelerator, scheduler, state, signature)
         if checkpoints.resume(say):
@@ -501,11 +516,11 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     if bar is not None:
         bar.close()
     tracker.close()
-    if state.best_state is None and fsdp:
-        state.best_state = full_state_dict(net)  # the last epoch's, back into the caller's
     if state.best_state is not None:
         core.load_state_dict(state.best_state)
         say(f"Restored the weights of the best epoch (validation loss {state.best:.4f}).")
+    elif fsdp:  # no validation: the last epoch's weights, gathered back into the caller's
+        core.load_state_dict(full_state_dict(net))
     core.requires_grad_(True)
     core.eval()
     return state.history
@@ -557,6 +572,7 @@ class _Checkpoints:
         from pathlib import Path
         self.dir, self.accelerator, self.state = Path(directory), accelerator, state
         self.signature = json.loads(json.dumps(signature))  # as it reads back from disk
+        writable_directory(directory, "checkpoint", accelerator.process_index)
         accelerator.register_for_checkpointing(scheduler)
         accelerator.register_for_checkpointing(state)
 
@@ -566,6 +582,9 @@ class _Checkpoints:
         if not latest.exists():
             return False
         path = self.dir / latest.read_text().strip()
+        if not (path / "run.json").exists():
+            raise ValueError(f"{latest} names {path.name}, which is missing or incomplete; "
+                             "delete the checkpoint directory to start afresh.")
         saved = json.loads((path / "run.json").read_text())
         differences = _differences(saved["signature"], self.signature)
         if differences:
@@ -603,6 +622,36 @@ class _Checkpoints:
                 if old.name != name:
                     shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
+
+
+def writable_directory(path: str, what: str, rank: int = 0) -> None:
+    """Create the folder ``path`` (for ``what``: checkpoints, TensorBoard) or say why not."""
+    from pathlib import Path
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"The {what} directory {folder} is a file; give a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".writable-{rank}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"The {what} directory {folder} cannot be written ({error.strerror}); "
+                         "give a folder you can write to.") from None
+
+
+def _fingerprint(collator: BatchCollator) -> str:
+    """Which samples, with which ASV counts, targets and categories: a resumed run must
+    continue on the same data, not just the same number of samples."""
+    import hashlib
+    digest = hashlib.sha256()
+    samples = collator.samples
+    digest.update("\n".join(samples.sample_ids).encode())
+    for array in (samples.indptr, samples.indices, samples.counts, collator.targets,
+                  collator.categories):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return f"{len(samples)} samples, sha256 {digest.hexdigest()[:16]}"
 
 
 def _differences(saved, current, prefix=""):

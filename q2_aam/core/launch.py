@@ -78,11 +78,14 @@ def _worker(function, logs: str, *args):
 
 
 def _failure_message(error, logs: str) -> str:
-    messages = []
+    """One line per distinct error, naming the workers that raised it."""
+    raised: dict[str, list[str]] = {}
     for name in sorted(os.listdir(logs)):
         if name.startswith("error-"):
             with open(os.path.join(logs, name)) as fh:
-                messages.append(f"worker {name[6:-4]}: {fh.read()}")
+                raised.setdefault(fh.read(), []).append(name[6:-4])
+    messages = [f"{'workers' if len(ranks) > 1 else 'worker'} {', '.join(ranks)}: {text}"
+                for text, ranks in raised.items()]
     if not messages:  # killed, not raised: say how it ended
         failures = getattr(error, "failures", {}) or {}
         messages = [f"worker {rank}: exited with code {f.exitcode}"
