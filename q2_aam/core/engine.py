@@ -220,8 +220,6 @@ def make_accelerator(device: str, mixed_precision: str = "no",
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; "
                          "use device 'auto' or 'cpu'.")
-    if mixed_precision == "fp16" and cpu:
-        raise ValueError("mixed precision 'fp16' needs a GPU; on the CPU use 'bf16' or 'no'.")
     from accelerate.state import AcceleratorState, GradientState
     # Each run sets its own precision and accumulation; the process (and its process
     # group, PartialState) stays, but the previous run's settings must not carry over.
@@ -445,8 +443,9 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
             net.nucleotide_encoder.eval()
             net.sample_encoder.eval()
         started = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, target, unifrac, mlm (x samples)
-        seen, norms, gates = 0, [], []
+        # Running sums stay on the device: no host synchronisation per batch.
+        sums = torch.zeros(5, device=accelerator.device)  # loss, target, unifrac, mlm, samples
+        norms, gates = [], []
         for batch in train_loader:
             with accelerator.accumulate(model):
                 encoded = cache_train(batch) if cache_train is not None else None
@@ -457,18 +456,17 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor")
-                                       else norm))
+                    norms.append((norm.full_tensor() if hasattr(norm, "full_tensor")
+                                  else norm).detach())
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             n = len(batch["sample_index"])
-            seen += n
-            for i, key in enumerate(("loss", "target", "unifrac", "mlm")):
-                value = loss if key == "loss" else parts.get(key)
-                if value is not None:
-                    sums[i] += float(value.detach().mean()) * n
+            zero = sums.new_zeros(())
+            sums += torch.stack([(loss if k == "loss" else parts.get(k, zero)).detach().float()
+                                 .mean() * n for k in ("loss", "target", "unifrac", "mlm")]
+                                + [sums.new_tensor(float(n))])
             if "gmu_gate" in out:
-                gates.append(float(out["gmu_gate"].detach().float().mean()))
+                gates.append(out["gmu_gate"].detach().float().mean())
             if accelerator.sync_gradients:
                 scheduler.step()
                 state.step += 1
@@ -477,14 +475,12 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
                     bar.update(1)
                     bar.set_postfix(epoch=f"{epoch}/{config.epochs}",
                                     loss=f"{float(loss.detach()):.4g}")
-        totals = accelerator.reduce(torch.cat([sums, torch.tensor([float(seen)],
-                                                                  dtype=torch.float64)])
-                                    .to(accelerator.device), reduction="sum").cpu()
+        totals = accelerator.reduce(sums, reduction="sum").double().cpu()
         seconds = time.perf_counter() - started
         row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 2),
                "samples_per_second": round(float(totals[4]) / seconds, 1)}
         if norms:
-            row["grad_norm"] = float(np.mean(norms))
+            row["grad_norm"] = float(torch.stack(norms).float().mean())
         row.update({f"train_{k}": float(totals[i] / totals[4])
                     for i, k in enumerate(("loss", "target", "unifrac", "mlm"))
                     if k == "loss" or k in parts})
@@ -682,9 +678,9 @@ class _Tracker:
         self.writer.add_scalar("train/step_loss", float(loss.detach()), step)
         self.writer.add_scalar("train/lr", float(scheduler.get_last_lr()[0]), step)
         if norms:
-            self.writer.add_scalar("train/grad_norm", norms[-1], step)
+            self.writer.add_scalar("train/grad_norm", float(norms[-1]), step)
         if gates:
-            self.writer.add_scalar("gmu/gate_mean", gates[-1], step)
+            self.writer.add_scalar("gmu/gate_mean", float(gates[-1]), step)
 
     def epoch(self, row: dict, epoch: int):
         if self.writer is None:
