@@ -487,7 +487,8 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
         monitor = None
         if has_val:
             val, attention = evaluate(model, val_loader, objective, config, accelerator,
-                                      cache=cache_val, metrics=metrics)
+                                      cache=cache_val, metrics=metrics,
+                                      attention=tracker.writer is not None)
             row.update({f"val_{k}": v for k, v in val.items()})
             monitor = val["target"] if objective.monitors_target else val["loss"]
             tracker.attention(attention, epoch)
@@ -717,22 +718,22 @@ def _progress_bar(accelerator, total: int, progress: bool | None, initial: int =
 
 @torch.no_grad()
 def evaluate(model, loader, objective: Objective, config: TrainConfig, accelerator, *,
-             cache=None, metrics=None) -> tuple[dict, dict]:
+             cache=None, metrics=None, attention: bool = False) -> tuple[dict, dict]:
     """Validation losses over every sample once, whatever the number of processes.
 
     Per-sample values are gathered from every process (``gather_for_metrics``
     drops the duplicates that pad the last batch), so each process computes
     the same numbers. The UniFrac loss is taken over all pairs of the
     validation set at once, so it does not depend on the batch size; nucleotide
-    masks use a fixed seed. Also returns the mean attention maps (cross-attention:
-    ASV slot x metadata token; Perceiver: latent x input) for TensorBoard.
+    masks use a fixed seed. With ``attention``, also returns the mean attention maps
+    (cross-attention: ASV slot x metadata token; Perceiver: latent x input) for TensorBoard.
     """
     model.eval()
     rng = torch.Generator().manual_seed(config.seed + 2 + 7919 * accelerator.process_index)
     # UniFrac is taken once over all validation pairs below, not per batch.
     per_batch = dataclasses.replace(objective, unifrac_weight=0.0, distances=None)
     gathered: dict[str, list] = {}
-    attention: dict[str, list] = {}
+    maps: dict[str, list] = {}
     for batch in loader:
         encoded = cache(batch) if cache is not None else None
         with accelerator.autocast():
@@ -747,15 +748,17 @@ def evaluate(model, loader, objective: Objective, config: TrainConfig, accelerat
             values["mlm"] = parts["mlm"].float().expand(n)
         for key, value in accelerator.gather_for_metrics(values).items():
             gathered.setdefault(key, []).append(value)
+        if not attention:
+            continue
         mask = batch["asv_mask"].float()  # (b, S)
         if "cross_attention" in out:  # (b, h, S, K) -> sum over samples of valid slots
             weights = out["cross_attention"].float().mean(1) * mask[..., None]
-            attention.setdefault("cross_attention", []).append(
+            maps.setdefault("cross_attention", []).append(
                 (weights.sum(0).cpu(), mask.sum(0).cpu()))
         if "perceiver_attention" in out:  # (b, h, L, S + K): slots, then metadata tokens
             weights = out["perceiver_attention"].float().mean(1).sum(0).cpu()  # (L, S + K)
             slots = mask.shape[1]
-            attention.setdefault("perceiver", []).append(
+            maps.setdefault("perceiver", []).append(
                 (weights[:, :slots], weights[:, slots:], n))
     values = {k: torch.cat(v) for k, v in gathered.items()}
     result = {}
@@ -774,7 +777,7 @@ def evaluate(model, loader, objective: Objective, config: TrainConfig, accelerat
     if metrics is not None and "prediction" in values:
         result.update(metrics(values["prediction"].cpu().numpy(),
                               values["target"].cpu().numpy(), values["index"].cpu().numpy()))
-    return result, _mean_attention(attention)
+    return result, _mean_attention(maps)
 
 
 def _mean_attention(attention: dict) -> dict:
