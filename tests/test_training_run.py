@@ -166,3 +166,14 @@ def test_an_output_folder_that_is_a_file_is_refused_before_training(tmp_path, op
                   log=messages.append, **{option: str(taken)})
     assert not any(m.startswith("epoch") for m in messages)
     assert taken.read_text() == "not a folder"
+
+
+def test_progress_bar_on_request_and_quiet_otherwise(capfd):
+    samples = random_samples(n_samples=20, token_limit=8)
+    for progress in (True, None):
+        api.train(samples, np.linspace(0, 10, 20), task="regression", architecture=SMALL,
+                  config=TrainConfig(**{**CONFIG, "epochs": 2}), validation_fraction=0.2,
+                  progress=progress, log=lambda m: None)
+        err = capfd.readouterr().err
+        # None: only on a terminal, and pytest's stderr is not one
+        assert ("training: " in err and "epoch=2/2" in err) == (progress is True), err[-300:]
