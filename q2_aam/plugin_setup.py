@@ -317,3 +317,84 @@ plugin.methods.register_function(
         "Apply a trained model to samples, including ASVs it never saw (the model reads "
         "sequences). Each distinct ASV is encoded once."),
 )
+
+# --- visualizers --------------------------------------------------------------------------
+from q2_types.feature_data import Taxonomy  # noqa: E402
+
+from . import _examples, _visualizers  # noqa: E402
+
+TRAINED_MODEL = AAMModel[AAMRegressor | AAMClassifier]
+VIEW_PARAMETERS = {
+    "batch_size": "Samples per forward pass.",
+    "device": PARAMETERS["device"],
+    "sample_metadata": "Sample metadata holding the categorical column(s) the model was "
+                       "trained with (--p-categorical-columns, --p-normalize-by).",
+}
+VIEW_INPUTS = {"table": "Feature table of the samples to explain (e.g. held-out samples).",
+               "sequences": INPUTS["sequences"]}
+
+plugin.visualizers.register_function(
+    function=_visualizers.training_history,
+    inputs={"model": ANY_MODEL},
+    parameters={},
+    input_descriptions={"model": "A model from 'pretrain' or 'train'; it keeps its history."},
+    parameter_descriptions={},
+    name="Training history of an AAM model",
+    description=(
+        "Each loss component (total, target, UniFrac, masked nucleotides: whichever the run "
+        "used) per epoch for the training and validation samples, the validation metrics in "
+        "the target's units (MAE and R², or accuracy), and the learning rate. The epoch whose "
+        "weights were kept is marked. Works for every model; the numbers are also a TSV."),
+    examples={"training_history": _examples.training_history},
+)
+
+plugin.visualizers.register_function(
+    function=_visualizers.accuracy,
+    inputs={"model": TRAINED_MODEL, "table": FeatureTable[Frequency],
+            "sequences": FeatureData[Sequence]},
+    parameters={"metadata": MetadataColumn[Numeric | Categorical],
+                "sample_metadata": Metadata, "batch_size": POSITIVE, "device": DEVICE},
+    input_descriptions={"model": "A regressor or classifier from 'train'.", **VIEW_INPUTS},
+    parameter_descriptions={"metadata": "The observed values of the model's target (numeric "
+                                        "for a regressor, classes for a classifier). Samples "
+                                        "without a value are left out, and counted.",
+                            **VIEW_PARAMETERS},
+    name="Accuracy of an AAM model on given samples",
+    description=(
+        "Predicts the table's samples and compares with the observed values: predicted vs "
+        "observed with MAE and R² for a regressor, a confusion matrix with accuracy for a "
+        "classifier. Pass samples the model did not train on for an honest estimate. The "
+        "predictions and scores are also TSVs."),
+    examples={"accuracy": _examples.accuracy},
+)
+
+plugin.visualizers.register_function(
+    function=_visualizers.explain_conditioning,
+    inputs={"model": TRAINED_MODEL, "table": FeatureTable[Frequency],
+            "sequences": FeatureData[Sequence], "taxonomy": FeatureData[Taxonomy]},
+    parameters={"sample_metadata": Metadata, "top_n": POSITIVE, "min_samples": POSITIVE,
+                "batch_size": POSITIVE, "device": DEVICE},
+    input_descriptions={"model": "A regressor or classifier trained with "
+                                 "--p-categorical-columns and --p-categorical-fusion gmu, "
+                                 "cross-attention or perceiver.",
+                        "taxonomy": "Taxonomy of the table's features, to label the ASVs "
+                                    "(optional).", **VIEW_INPUTS},
+    parameter_descriptions={
+        "top_n": "ASVs shown in a heatmap: those whose cross-attention varies most between "
+                 "category values (cross-attention), or that get the most attention "
+                 "(perceiver). Every ASV is in the TSV.",
+        "min_samples": "Cross-attention: a category value counts for an ASV's ranking only "
+                       "when this many of its samples hold the ASV.",
+        **VIEW_PARAMETERS},
+    name="What an AAM model's categorical conditioning learned",
+    description=(
+        "Shows, on the samples given, what the model's conditioning does; which view depends "
+        "on the fusion the model was trained with. gmu: the distribution of gate values per "
+        "category value, and what a gate value means in the form used. cross-attention: a "
+        "heatmap of ASVs (with sequence and, given --i-taxonomy, taxonomy) x metadata tokens "
+        "per category value, per head and averaged, with the full matrix as TSV. perceiver: "
+        "the latents' attention over metadata tokens and ASVs. Models trained with another "
+        "fusion (none, concat, add) have no gates or attention to show and get an error "
+        "saying so."),
+    examples={"explain_conditioning": _examples.explain_conditioning},
+)

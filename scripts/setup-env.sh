@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
 APT_PACKAGES=(qiime q2-types q2cli q2templates q2-feature-table q2-sample-classifier
-              q2-diversity-lib q2-metadata python3-venv python3-unifrac python3-pkg-resources)
+              q2-diversity-lib q2-metadata python3-venv python3-unifrac python3-pkg-resources
+              python3-matplotlib chromium)  # chromium: the browser test of the visualizers
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

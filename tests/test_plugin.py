@@ -43,7 +43,15 @@ class TestRegistration(TestPluginBase):
             self.assertSemanticTypeRegisteredToFormat(AAMModel[sub], AAMModelDirectoryFormat)
 
     def test_actions(self):
-        self.assertEqual(set(self.plugin.actions), {"pretrain", "train", "predict"})
+        self.assertEqual(set(self.plugin.actions), {"pretrain", "train", "predict",
+                                                    "training_history", "accuracy",
+                                                    "explain_conditioning"})
+
+    def test_usage_examples_run(self):
+        """The examples --help shows: their factories train a tiny model and they run."""
+        self.assertTrue(all(self.plugin.visualizers[name].examples for name in
+                            ("training_history", "accuracy", "explain_conditioning")))
+        self.execute_examples()
 
     def test_no_name_clash_with_sample_classifier(self):
         pm = qiime2.sdk.PluginManager()

@@ -1,0 +1,90 @@
+"""Usage examples shown by ``--help`` (and run by the tests).
+
+The factories build a small synthetic data set (feature IDs are the DNA
+sequences, so no FeatureData[Sequence] is needed) and train a tiny
+cross-attention model on it in a few seconds; the examples show the same
+commands a user runs on real data.
+"""
+import numpy as np
+import pandas as pd
+
+N_SAMPLES, N_FEATURES = 40, 12
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    sequences = ["".join(rng.choice(list("ACGT"), 40)) for _ in range(N_FEATURES)]
+    counts = rng.integers(0, 50, (N_SAMPLES, N_FEATURES)) * (rng.random((N_SAMPLES, N_FEATURES))
+                                                            < 0.6)
+    counts[:, 0] += 1  # every sample has reads
+    ids = [f"sample{i + 1}" for i in range(N_SAMPLES)]
+    season = np.where(np.arange(N_SAMPLES) % 2 == 0, "summer", "winter")
+    age = 30 + 2.0 * counts[:, 1] * (season == "summer") + rng.normal(0, 3, N_SAMPLES)
+    metadata = pd.DataFrame({"age": age, "season": season},
+                            index=pd.Index(ids, name="sample-id"))
+    return counts, ids, sequences, metadata
+
+
+def table_factory():
+    import biom
+    import qiime2
+    counts, ids, sequences, _ = _data()
+    return qiime2.Artifact.import_data("FeatureTable[Frequency]",
+                                       biom.Table(counts.T.astype(float), sequences, ids))
+
+
+def metadata_factory():
+    import qiime2
+    return qiime2.Metadata(_data()[3])
+
+
+def model_factory():
+    import qiime2
+    from .core import api
+    from .core.data import AmpliconSamples
+    from .core.engine import TrainConfig
+    counts, ids, sequences, metadata = _data()
+    samples = AmpliconSamples.from_counts(counts, ids, sequences, sequences, token_limit=16)
+    bundle = api.train(
+        samples, metadata["age"].to_numpy(), task="regression", target_name="age",
+        architecture=dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1,
+                          sample_layers=1, patch_size=8, max_sequence_length=64,
+                          categorical_fusion="cross-attention", cross_attn_heads=2),
+        config=TrainConfig(epochs=3, batch_size=8, seed=0),
+        categorical={"season": metadata["season"].tolist()}, log=lambda message: None)
+    return qiime2.Artifact.import_data("AAMModel[AAMRegressor]", bundle)
+
+
+def _inputs(use):
+    model = use.init_artifact("model", model_factory)
+    table = use.init_artifact("table", table_factory)
+    metadata = use.init_metadata("sample_metadata", metadata_factory)
+    return model, table, metadata
+
+
+def training_history(use):
+    model = use.init_artifact("model", model_factory)
+    use.action(use.UsageAction(plugin_id="aam", action_id="training_history"),
+               use.UsageInputs(model=model),
+               use.UsageOutputNames(visualization="history"))
+
+
+def accuracy(use):
+    model, table, metadata = _inputs(use)
+    age = use.get_metadata_column("age", "age", metadata)
+    use.comment("Score samples the model did not train on; here the conditioned model also "
+                "needs its categorical column (season), from the same metadata.")
+    use.action(use.UsageAction(plugin_id="aam", action_id="accuracy"),
+               use.UsageInputs(model=model, table=table, metadata=age,
+                               sample_metadata=metadata),
+               use.UsageOutputNames(visualization="accuracy"))
+
+
+def explain_conditioning(use):
+    model, table, metadata = _inputs(use)
+    use.comment("The model was trained with --p-categorical-columns season "
+                "--p-categorical-fusion cross-attention; add --i-taxonomy to label the ASVs.")
+    use.action(use.UsageAction(plugin_id="aam", action_id="explain_conditioning"),
+               use.UsageInputs(model=model, table=table, sample_metadata=metadata,
+                               top_n=10, min_samples=3),
+               use.UsageOutputNames(visualization="cross_attention"))

@@ -1,0 +1,452 @@
+"""The visualizers: what a trained model learned, as self-contained ``.qzv`` pages.
+
+Every plot is an SVG drawn by matplotlib and every plot's numbers are also a
+TSV next to it; the page uses only q2templates' bundled assets (no CDN), so
+it opens from ``file://`` and in QIIME 2 View. The tables come from
+``core.explain``; this module draws them.
+"""
+
+import os
+import shutil
+
+import biom
+import numpy as np
+import pandas as pd
+import qiime2
+
+from ._methods import _categorical, _examples, _log, amplicon_samples
+from .core.bundle import ModelBundle
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+
+VIEWS_BY_FUSION = {
+    "gmu": "the gated multimodal unit's gate values per category value",
+    "cross-attention": "the cross-attention heatmap of ASVs x metadata tokens",
+    "perceiver": "the Perceiver latents' attention over ASVs and metadata tokens",
+}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9})
+    return plt
+
+
+def _save(fig, output_dir: str, name: str) -> str:
+    fig.savefig(os.path.join(output_dir, name), format="svg", bbox_inches="tight")
+    _pyplot().close(fig)
+    return name
+
+
+def _tsv(frame: pd.DataFrame, output_dir: str, name: str, index: bool = True) -> str:
+    frame.to_csv(os.path.join(output_dir, name), sep="\t", index=index)
+    return name
+
+
+def _render(output_dir: str, title: str, intro: list, sections: list) -> None:
+    """Write ``index.html``: sections of text, figures (one shown at a time when a
+    section offers a choice) and download links."""
+    import q2templates
+    q2templates.render(os.path.join(ASSETS, "index.html"), output_dir,
+                       context={"title": title, "intro": intro, "sections": sections})
+    shutil.copy(os.path.join(ASSETS, "views.js"), output_dir)
+
+
+def _figure(src: str, label: str = "", caption: str = "") -> dict:
+    return {"src": src, "label": label, "caption": caption}
+
+
+def _section(title: str, text: list, figures: list, downloads: list,
+             table: pd.DataFrame | None = None, choice: str = "") -> dict:
+    return {"title": title, "text": text, "figures": figures, "downloads": downloads,
+            "table": None if table is None else
+            table.to_html(classes="table table-condensed table-striped", border=0,
+                          float_format=lambda v: f"{v:.4g}"),
+            "choice": choice}
+
+
+# --- training history ------------------------------------------------------------------
+
+HISTORY_PANELS = (("loss", "total loss"), ("target", "target loss"), ("unifrac", "UniFrac loss"),
+                  ("mlm", "masked-nucleotide loss"))
+
+
+def training_history(output_dir: str, model: ModelBundle) -> None:
+    from .core.explain import history_frame
+    plt = _pyplot()
+    try:
+        history = history_frame(model.training.get("history", []))
+    except ValueError as error:
+        raise ValueError(f"{error} Retrain it with this version of q2-aam.") from None
+    panels = [(f"{key}", label) for key, label in HISTORY_PANELS
+              if f"train_{key}" in history or f"val_{key}" in history]
+    metrics = [c for c in ("val_mae", "val_r2", "val_accuracy") if c in history]
+    n = len(panels) + len(metrics) + 1
+    cols = min(n, 3)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4 * cols, 3 * ((n + 2) // 3)),
+                             squeeze=False)
+    axes = axes.ravel()
+    best = history.index[history["best"].fillna(False).astype(bool)] if "best" in history \
+        else []
+    chosen = best[-1] if len(best) else None
+    for ax, (key, label) in zip(axes, panels):
+        for split, style in (("train", "-"), ("val", "--")):
+            if f"{split}_{key}" in history:
+                ax.plot(history.index, history[f"{split}_{key}"], style, marker=".",
+                        label="training" if split == "train" else "validation")
+        ax.set_title(label)
+        ax.legend()
+    names = {"val_mae": "validation MAE (target units)", "val_r2": "validation R²",
+             "val_accuracy": "validation accuracy"}
+    for ax, metric in zip(axes[len(panels):], metrics):
+        ax.plot(history.index, history[metric], marker=".", color="C2")
+        ax.set_title(names[metric])
+    ax = axes[len(panels) + len(metrics)]
+    ax.plot(history.index, history["lr"], marker=".", color="C3")
+    ax.set_title("learning rate")
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes[:n]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if chosen is not None:
+            ax.axvline(chosen, color="grey", lw=0.8, ls=":")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    figure = _save(fig, output_dir, "history.svg")
+    download = _tsv(history, output_dir, "history.tsv")
+    config = model.training.get("config", {})
+    intro = [f"A {model.kind} trained by '{model.training.get('action', '?')}' for "
+             f"{len(history)} epoch(s) on {model.training.get('n_train', '?')} samples "
+             f"(validation: {model.training.get('n_validation', '?')}); batch size "
+             f"{config.get('batch_size', '?')}, learning rate {config.get('learning_rate', '?')}."]
+    if chosen is not None:
+        intro.append(f"The saved weights are those of epoch {chosen} (dotted line): the best "
+                     "validation score; training stops after 'patience' epochs without a new best.")
+    summary = history.tail(1).T.rename(columns=lambda e: f"last epoch ({e})")
+    _render(output_dir, "Training history", intro, [_section(
+        "Loss components and metrics per epoch",
+        ["Training losses are averages over the epoch's batches; validation losses and metrics "
+         "are computed on the held-out validation samples after each epoch. Metrics are in the "
+         "target's original units."],
+        [_figure(figure)], [download], table=summary)])
+
+
+# --- accuracy ----------------------------------------------------------------------------
+
+def _predict(model, table, sequences, sample_metadata, sample_ids, batch_size, device):
+    from .core import api
+    from ._methods import _category_groups
+    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
+                               sample_ids=sample_ids)
+    conditioned = model.target.get("categorical", {}).get("columns")
+    normalize_by = model.target.get("normalize_by") or None
+    for needed, what in ((conditioned, "is conditioned on"), (normalize_by, "z-scores its "
+                                                                            "target within")):
+        if needed and sample_metadata is None:
+            raise ValueError(f"This model {what} the metadata column(s) {needed}; pass "
+                             "--m-sample-metadata-file with them.")
+    categorical = _categorical(sample_metadata, conditioned, samples.sample_ids, required=False)
+    groups = _category_groups(sample_metadata, normalize_by, samples.sample_ids, required=False)
+    return samples, categorical, api.predict(model, samples, normalize_groups=groups,
+                                             categorical=categorical, batch_size=batch_size,
+                                             device=device, log=_log)
+
+
+def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
+             metadata: qiime2.MetadataColumn, sequences: pd.Series = None,
+             sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
+             device: str = "auto") -> None:
+    from .core.explain import confusion, regression_accuracy
+    plt = _pyplot()
+    truth = metadata.to_series()
+    table_ids = [str(i) for i in table.ids()]
+    ids = [i for i in table_ids if i in truth.index and not pd.isna(truth[i])]
+    if not ids:
+        raise ValueError(f"No sample of the table has a value in the metadata column "
+                         f"{truth.name!r}; pass the column holding the observed values.")
+    if len(ids) < len(table_ids):
+        left = [i for i in table_ids if i not in ids]
+        _log(f"Scoring {len(ids)} sample(s); leaving out {len(left)} without a value in "
+             f"{truth.name!r} ({_examples(left)}).")
+    regression = model.kind == "regressor"
+    if regression and isinstance(metadata, qiime2.CategoricalMetadataColumn):
+        raise ValueError(f"This model is a regressor, but the column {truth.name!r} is "
+                         "categorical; pass the numeric column it predicts.")
+    _, _, predicted = _predict(model, table, sequences, sample_metadata, ids, batch_size,
+                               device)
+    observed = truth.loc[ids]
+    target = model.target.get("name", "target")
+    frame = pd.DataFrame({"observed": observed.to_numpy(), "predicted": predicted},
+                         index=pd.Index(ids, name="sample_id"))
+    downloads = [_tsv(frame, output_dir, "predictions.tsv")]
+    if regression:
+        scores = regression_accuracy(frame["observed"], frame["predicted"])
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.scatter(frame["observed"], frame["predicted"], s=12, alpha=0.6)
+        low = float(min(frame.min()))
+        high = float(max(frame.max()))
+        ax.plot([low, high], [low, high], color="grey", lw=1, label="predicted = observed")
+        ax.set_xlabel(f"observed {target}")
+        ax.set_ylabel(f"predicted {target}")
+        ax.set_title(f"MAE {scores['mae']:.4g}   R² {scores['r2']:.3f}   n {scores['n']}")
+        ax.legend(loc="upper left")
+        figure = _save(fig, output_dir, "accuracy.svg")
+        summary = pd.DataFrame({"value": scores}).rename_axis("metric")
+        text = [f"Predicted against observed {target!r} for {scores['n']} samples; the line is "
+                "a perfect prediction. Score samples that the model did not train on for an "
+                "honest estimate."]
+    else:
+        matrix = confusion(frame["observed"], frame["predicted"], model.target["classes"])
+        downloads.append(_tsv(matrix, output_dir, "confusion.tsv"))
+        correct = float((frame["observed"].astype(str) == frame["predicted"].astype(str)).mean())
+        fig, ax = plt.subplots(figsize=(1.5 + 0.6 * matrix.shape[1],
+                                        1.2 + 0.5 * matrix.shape[0]))
+        ax.imshow(matrix.to_numpy(), cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix.to_numpy()):
+            ax.text(j, i, str(count), ha="center", va="center")
+        ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
+        ax.set_yticks(range(matrix.shape[0]), matrix.index)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("observed")
+        ax.set_title(f"accuracy {correct:.3f}   n {len(frame)}")
+        figure = _save(fig, output_dir, "accuracy.svg")
+        summary = pd.DataFrame({"value": {"n": len(frame), "accuracy": correct}})
+        text = [f"Observed (rows) against predicted (columns) classes of {target!r}."]
+    _render(output_dir, "Accuracy", [f"Model: {model.kind} of {target!r}."],
+            [_section("Predicted vs observed", text, [_figure(figure)], downloads,
+                      table=summary)])
+
+
+# --- conditioning: GMU gates, cross-attention, Perceiver ------------------------------
+
+def _taxon_labels(feature_ids, taxonomy: pd.DataFrame | None) -> dict:
+    """``{feature: (full taxon, short label)}``; the short label is the deepest named rank."""
+    labels = {}
+    for feature in feature_ids:
+        taxon = ""
+        if taxonomy is not None and feature in taxonomy.index:
+            taxon = str(taxonomy.loc[feature, "Taxon"])
+        ranks = [r.strip().split("__", 1)[-1] for r in taxon.split(";")]
+        named = [r for r in ranks if r]
+        short = f"{named[-1]} ({feature[:8]})" if named else feature[:16]
+        labels[feature] = (taxon, short)
+    return labels
+
+
+def _boxes(plt, frame: pd.DataFrame, value: str, columns, ylabel: str, title: str):
+    """One panel per column: ``value`` per sample, a box and the points per category value."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.4), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, column in zip(axes[0], columns):
+        values = sorted(frame[column].unique())
+        data = [frame.loc[frame[column] == v, value].to_numpy() for v in values]
+        ax.boxplot(data, showfliers=False)
+        for i, points in enumerate(data):
+            ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, len(points)), points, s=6, alpha=0.4)
+        ax.set_xticks(range(1, len(values) + 1), [f"{v}\n(n={len(d)})" for v, d in
+                                                   zip(values, data)])
+        ax.set_title(column)
+        ax.set_ylabel(ylabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _gmu_view(output_dir, model, outputs, samples, categorical, columns):
+    from .core.explain import gate_table
+    plt = _pyplot()
+    variant = model.model_config.get("gmu_variant", "canonical")
+    meaning = ("z scales how much of the metadata vector is added to the unchanged sequence "
+               "representation (h + z·tanh(W c)): near 0 the metadata is ignored, near 1 it is "
+               "added in full." if variant == "residual" else
+               "z weighs the sequence representation against the metadata "
+               "(z·tanh(W h) + (1 − z)·tanh(W c)): near 1 the prediction rests on the "
+               "sequences, near 0 on the metadata.")
+    gates = outputs["gmu_gate"]
+    frame = gate_table(gates, samples.sample_ids, categorical)
+    box = _save(_boxes(plt, frame, "gate_mean", columns, "mean gate z of the sample",
+                       "Per-sample mean gate by category value"), output_dir, "gates.svg")
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3), squeeze=False)
+    bins = np.linspace(0, 1, 41)
+    for ax, column in zip(axes[0], columns):
+        for value in sorted(frame[column].unique()):
+            ax.hist(gates[(frame[column] == value).to_numpy()].ravel(), bins=bins, density=True,
+                    histtype="step", label=value)
+        ax.set_title(column)
+        ax.set_xlabel("gate value z (every unit of every sample)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    hist = _save(fig, output_dir, "gate-distribution.svg")
+    units = pd.DataFrame(gates, index=frame.index,
+                         columns=[f"unit_{i + 1}" for i in range(gates.shape[1])])
+    summary = frame.groupby(columns[0])["gate_mean"].describe() if len(columns) == 1 else \
+        pd.concat({c: frame.groupby(c)["gate_mean"].describe() for c in columns})
+    return [_section(
+        f"GMU gates ({variant} form)",
+        [meaning, "Each sample has one gate value per embedding unit; the boxes show each "
+         "sample's mean over units, the histograms every unit's value."],
+        [_figure(box), _figure(hist)],
+        [_tsv(frame, output_dir, "gates.tsv"), _tsv(units, output_dir, "gate-units.tsv")],
+        table=summary)]
+
+
+def _heatmap(plt, matrix, row_labels, groups, tokens, title, cbar_label):
+    n_rows, n_cols = matrix.shape
+    fig, ax = plt.subplots(figsize=(2.5 + 0.32 * n_cols, 1.6 + 0.26 * n_rows))
+    image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap="viridis", vmin=0,
+                      vmax=max(float(np.nanmax(matrix)) if np.isfinite(matrix).any() else 1,
+                               1e-6))
+    ax.set_yticks(range(n_rows), row_labels, fontsize=7)
+    ax.set_xticks(range(n_cols), [t for _ in groups for t in tokens], rotation=90, fontsize=7)
+    for g in range(1, len(groups)):
+        ax.axvline(g * len(tokens) - 0.5, color="white", lw=2)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([g * len(tokens) + (len(tokens) - 1) / 2 for g in range(len(groups))],
+                   [f"{c} = {v}" for c, v in groups], rotation=45, ha="left", fontsize=7)
+    ax.set_title(title, pad=8 + 3.2 * max(len(f"{c} = {v}") for c, v in groups))
+    fig.colorbar(image, ax=ax, label=cbar_label, shrink=0.6)
+    return fig
+
+
+def _cross_attention_view(output_dir, model, outputs, samples, categorical, columns, taxonomy,
+                          top_n, min_samples):
+    from .core.explain import asv_attention, category_groups, heatmap_matrix, \
+        rank_by_variance, token_names
+    plt = _pyplot()
+    weights = outputs["cross_attention"]
+    table = asv_attention(weights, samples, categorical, columns)
+    ranking = rank_by_variance(table, min_samples)
+    if ranking.empty:
+        raise ValueError(f"No ASV is held by {min_samples} or more samples in two values of a "
+                         f"column, so none can be ranked; lower --p-min-samples (now "
+                         f"{min_samples}) or pass more samples.")
+    top = list(ranking.index[:top_n])
+    labels = _taxon_labels(samples.feature_ids, taxonomy)
+    sequence = dict(zip(samples.feature_ids, samples.sequences))
+    held = np.bincount(samples.indices, minlength=len(samples.feature_ids))
+    index = {f: i for i, f in enumerate(samples.feature_ids)}
+    top_table = pd.DataFrame({
+        "rank": range(1, len(top) + 1), "feature_id": top,
+        "taxon": [labels[f][0] for f in top],
+        "attention_variance": ranking.loc[top].to_numpy(),
+        "n_samples": [int(held[index[f]]) for f in top],
+        "sequence": [sequence[f] for f in top]}).set_index("rank")
+    groups = [(c, v) for c, v, _ in category_groups(categorical)]
+    tokens = token_names(columns)
+    heads = ["mean"] + [str(h + 1) for h in range(weights.shape[1])]
+    figures = []
+    for head in heads:
+        matrix = heatmap_matrix(table, top, head, groups, tokens)
+        title = "heads averaged" if head == "mean" else f"head {head}"
+        fig = _heatmap(plt, matrix, [labels[f][1] for f in top], groups, tokens,
+                       f"Mean attention of each ASV to each metadata token ({title})",
+                       "attention weight")
+        name = "cross-attention-mean.svg" if head == "mean" else f"cross-attention-head{head}.svg"
+        figures.append(_figure(_save(fig, output_dir, name), label=title))
+    table = table.assign(taxon=table["feature_id"].map(lambda f: labels[f][0]))
+    downloads = [_tsv(table, output_dir, "cross-attention.tsv", index=False),
+                 _tsv(top_table, output_dir, "top-asvs.tsv")]
+    shown = top_table.assign(sequence=top_table["sequence"].str.slice(0, 40) + "…")
+    return [_section(
+        "Cross-attention: which ASVs attend to which metadata",
+        [f"Each ASV (row) attends to one token per metadata column and a null token (columns, "
+         f"grouped by the samples' value of each column). A cell is the ASV's attention weight "
+         f"to that token, averaged over the samples in the group that hold the ASV; each ASV's "
+         f"weights over the {len(tokens)} tokens of a group sum to 1. Shown: the {len(top)} "
+         f"ASVs (of {len(ranking)} ranked) whose attention varies most between a column's "
+         f"values, among ASVs held by at least {min_samples} samples of a value.",
+         "Read it as where attention goes, not as proof that a taxon responds to a condition: "
+         "on synthetic data with planted ASV x category rules, the planted ASVs' weights moved "
+         "little more than others' (see the README)."],
+        figures, downloads, table=shown, choice="head")]
+
+
+def _perceiver_view(output_dir, model, outputs, samples, categorical, columns, taxonomy,
+                    top_n):
+    from .core.explain import latent_attention, metadata_share, token_names
+    plt = _pyplot()
+    weights = outputs["perceiver_attention"]
+    table = latent_attention(weights, samples, columns)
+    labels = _taxon_labels(samples.feature_ids, taxonomy)
+    asv_mean = table[(table["head"] == "mean") & (table["key_type"] == "ASV")]
+    ranking = asv_mean.groupby("key")["attention"].sum().sort_values(ascending=False,
+                                                                      kind="stable")
+    top = list(ranking.index[:top_n])
+    keys = token_names(columns) + top
+    key_labels = token_names(columns) + [labels[f][1] for f in top]
+    heads = ["mean"] + [str(h + 1) for h in range(weights.shape[1])]
+    figures = []
+    for head in heads:
+        part = table[table["head"] == head].pivot_table(index="latent", columns="key",
+                                                        values="attention")
+        matrix = part.reindex(columns=keys).to_numpy()
+        fig, ax = plt.subplots(figsize=(2.5 + 0.26 * len(keys), 1.5 + 0.3 * matrix.shape[0]))
+        image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0)
+        ax.set_xticks(range(len(keys)), key_labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(matrix.shape[0]), [f"latent {i}" for i in part.index], fontsize=7)
+        ax.axvline(len(columns) + 0.5, color="white", lw=2)
+        title = "heads averaged" if head == "mean" else f"head {head}"
+        ax.set_title(f"Latents' attention to metadata tokens and the top ASVs ({title})")
+        fig.colorbar(image, ax=ax, label="attention weight", shrink=0.6)
+        name = "perceiver-mean.svg" if head == "mean" else f"perceiver-head{head}.svg"
+        figures.append(_figure(_save(fig, output_dir, name), label=title))
+    share = pd.DataFrame({c: ["(missing)" if v is None else str(v) for v in vals]
+                          for c, vals in categorical.items()},
+                         index=pd.Index(samples.sample_ids, name="sample_id"))
+    share["metadata_share"] = metadata_share(weights, columns)
+    box = _save(_boxes(plt, share, "metadata_share", columns, "share of attention",
+                       "Share of the latents' attention that goes to metadata tokens"),
+                output_dir, "perceiver-metadata-share.svg")
+    table = table.assign(taxon=table["key"].map(lambda k: labels.get(k, ("", ""))[0]))
+    return [_section(
+        "Perceiver: what the latents read",
+        ["Each latent attends over the sample's ASVs and the metadata tokens (one per column, "
+         "then the null token) together; its weights sum to 1 over them. ASV cells are means "
+         f"over the samples that hold the ASV; shown are the {len(top)} ASVs with the most "
+         "attention summed over latents (heads averaged)."],
+        figures, [_tsv(table, output_dir, "perceiver-attention.tsv", index=False)],
+        choice="head"),
+        _section("Metadata share per category value",
+                 ["Per sample, the fraction of attention (latents and heads averaged) given "
+                  "to metadata tokens rather than ASVs."],
+                 [_figure(box)], [_tsv(share, output_dir, "perceiver-metadata-share.tsv")])]
+
+
+def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
+                         sample_metadata: qiime2.Metadata, sequences: pd.Series = None,
+                         taxonomy: pd.DataFrame = None, top_n: int = 30, min_samples: int = 5,
+                         batch_size: int = 64, device: str = "auto") -> None:
+    from .core import api
+    fusion = model.model_config.get("categorical_fusion", "none")
+    columns = model.target.get("categorical", {}).get("columns") or []
+    if fusion not in VIEWS_BY_FUSION or not columns:
+        modes = "; ".join(f"'{k}' shows {v}" for k, v in VIEWS_BY_FUSION.items())
+        raise ValueError(
+            f"This model was trained with --p-categorical-fusion {fusion}"
+            f"{'' if columns else ' and no categorical columns'}, which has no gates or "
+            f"attention weights to show. explain-conditioning needs a model trained with "
+            f"--p-categorical-columns and one of these fusions: {modes}.")
+    ids = [str(i) for i in table.ids()]
+    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
+                               sample_ids=ids)
+    categorical = _categorical(sample_metadata, columns, samples.sample_ids, required=True)
+    outputs = api.model_outputs(model, samples, batch_size=batch_size, device=device,
+                                categorical=categorical, log=_log)
+    if fusion == "gmu":
+        sections = _gmu_view(output_dir, model, outputs, samples, categorical, columns)
+    elif fusion == "cross-attention":
+        sections = _cross_attention_view(output_dir, model, outputs, samples, categorical,
+                                         columns, taxonomy, top_n, min_samples)
+    else:
+        sections = _perceiver_view(output_dir, model, outputs, samples, categorical, columns,
+                                   taxonomy, top_n)
+    target = model.target.get("name", "target")
+    _render(output_dir, f"What the {fusion} conditioning learned",
+            [f"A {model.kind} of {target!r} conditioned on {', '.join(columns)} "
+             f"(--p-categorical-fusion {fusion}), explained on {len(samples)} samples. "
+             "Missing values and values the model did not see in training use its 'unknown' "
+             "embedding and appear here as their own value."],
+            sections)

@@ -1,0 +1,187 @@
+"""Tables that explain a trained model: gates, attention per ASV, history, accuracy.
+
+Plain numpy/pandas on the arrays of :func:`q2_aam.core.api.model_outputs`;
+the visualizers draw these tables and offer them as TSV, so every number on a
+plot is one a user can download. Shapes: ``n`` samples, ``h`` heads, ``S``
+ASV slots (slot ``j`` of sample ``i`` is its ``j``-th most abundant ASV),
+``K`` metadata tokens (one per column, then the null token), ``L`` latents.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .data import AmpliconSamples
+
+NULL_TOKEN = "(null)"
+
+
+def token_names(columns) -> list[str]:
+    """Names of the metadata tokens: the columns, then the null token."""
+    return [*columns, NULL_TOKEN]
+
+
+def slot_features(samples: AmpliconSamples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every (sample, slot) that holds an ASV: sample row, slot, feature index."""
+    lengths = np.diff(samples.indptr)
+    rows = np.repeat(np.arange(len(samples)), lengths)
+    slots = np.arange(len(samples.indices)) - samples.indptr[rows]
+    return rows, slots, samples.indices
+
+
+def category_groups(categorical: dict) -> list[tuple[str, str, np.ndarray]]:
+    """``(column, value, boolean sample mask)`` for each value of each column.
+
+    Missing values (None) form the group ``(missing)``; values are sorted.
+    """
+    groups = []
+    for column, values in categorical.items():
+        labels = np.array(["(missing)" if v is None else str(v) for v in values], dtype=object)
+        for value in sorted(set(labels)):
+            groups.append((column, value, labels == value))
+    return groups
+
+
+def _mean_by_feature(values: np.ndarray, features: np.ndarray, n_features: int):
+    """Mean of ``values`` ``(m, ...)`` per feature, and how many rows each mean covers."""
+    flat = values.reshape(len(values), -1)
+    sums = np.zeros((n_features, flat.shape[1]))
+    np.add.at(sums, features, flat)
+    counts = np.bincount(features, minlength=n_features)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts[:, None]
+    return means.reshape((n_features,) + values.shape[1:]), counts
+
+
+def asv_attention(weights: np.ndarray, samples: AmpliconSamples, categorical: dict,
+                  columns) -> pd.DataFrame:
+    """Mean cross-attention of each ASV to each metadata token, per category value and head.
+
+    ``weights``: ``(n, h, S, K)``. One row per (feature, column, value, head,
+    token), heads numbered from 1 plus ``mean`` (the heads' average), with
+    ``n_samples``: how many of the group's samples hold the ASV (the mean is
+    over those). ASVs absent from a group have no row for it.
+    """
+    rows, slots, features = slot_features(samples)
+    per_slot = weights[rows, :, slots, :]  # (m, h, K)
+    per_slot = np.concatenate([per_slot, per_slot.mean(axis=1, keepdims=True)], axis=1)
+    heads = [str(i + 1) for i in range(weights.shape[1])] + ["mean"]
+    tokens = token_names(columns)
+    frames = []
+    for column, value, in_group in category_groups(categorical):
+        keep = in_group[rows]
+        means, counts = _mean_by_feature(per_slot[keep], features[keep], len(samples.feature_ids))
+        present = np.flatnonzero(counts)
+        f, h, k = np.meshgrid(present, np.arange(len(heads)), np.arange(len(tokens)),
+                              indexing="ij")
+        frames.append(pd.DataFrame({
+            "feature_id": np.asarray(samples.feature_ids, dtype=object)[f.ravel()],
+            "column": column, "value": value,
+            "head": np.asarray(heads, dtype=object)[h.ravel()],
+            "token": np.asarray(tokens, dtype=object)[k.ravel()],
+            "attention": means[f.ravel(), h.ravel(), k.ravel()],
+            "n_samples": counts[f.ravel()]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def rank_by_variance(table: pd.DataFrame, min_samples: int) -> pd.Series:
+    """ASVs ranked by how much their (heads' mean) attention varies between category values.
+
+    For each column, the variance across its values of the ASV's mean
+    attention to each token, summed over tokens; the score sums these over
+    columns. Only groups holding the ASV in ``min_samples`` samples or more
+    count, and a column needs two such groups. Highest first.
+    """
+    mean = table[(table["head"] == "mean") & (table["n_samples"] >= min_samples)]
+    variance = mean.groupby(["feature_id", "column", "token"])["attention"].agg(["var", "size"])
+    variance = variance[variance["size"] >= 2]["var"]
+    score = variance.groupby(level="feature_id").sum()
+    return score.sort_values(ascending=False, kind="stable").rename("attention_variance")
+
+
+def heatmap_matrix(table: pd.DataFrame, features, head: str, groups, tokens) -> np.ndarray:
+    """``(len(features), len(groups) * len(tokens))`` attention for one head (NaN: absent)."""
+    part = table[table["head"] == head].set_index(["feature_id", "column", "value", "token"])
+    index = pd.MultiIndex.from_tuples(
+        [(f, c, v, t) for f in features for (c, v) in groups for t in tokens])
+    return part["attention"].reindex(index).to_numpy().reshape(len(features), -1)
+
+
+def gate_table(gates: np.ndarray, sample_ids, categorical: dict) -> pd.DataFrame:
+    """Per sample: its category values and the mean, sd, min and max of its GMU gate."""
+    frame = pd.DataFrame({c: ["(missing)" if v is None else str(v) for v in values]
+                          for c, values in categorical.items()},
+                         index=pd.Index(sample_ids, name="sample_id"))
+    frame["gate_mean"] = gates.mean(axis=1)
+    frame["gate_sd"] = gates.std(axis=1)
+    frame["gate_min"] = gates.min(axis=1)
+    frame["gate_max"] = gates.max(axis=1)
+    return frame
+
+
+def latent_attention(weights: np.ndarray, samples: AmpliconSamples, columns) -> pd.DataFrame:
+    """Mean Perceiver cross-attention of each latent to each ASV and metadata token.
+
+    ``weights``: ``(n, h, L, S + K)``. One row per (latent, head, key): for an
+    ASV key, the mean over the samples holding it (``n_samples``); for a
+    metadata token, over all samples. Heads numbered from 1 plus ``mean``.
+    """
+    n, n_heads, n_latents, width = weights.shape
+    s_slots = width - len(columns) - 1
+    with_mean = np.concatenate([weights, weights.mean(axis=1, keepdims=True)], axis=1)
+    heads = [str(i + 1) for i in range(n_heads)] + ["mean"]
+    rows, slots, features = slot_features(samples)
+    per_slot = with_mean[rows, :, :, slots]  # (m, h+1, L)
+    means, counts = _mean_by_feature(per_slot, features, len(samples.feature_ids))
+    present = np.flatnonzero(counts)
+    f, h, l_ = np.meshgrid(present, np.arange(len(heads)), np.arange(n_latents), indexing="ij")
+    asvs = pd.DataFrame({"latent": l_.ravel() + 1, "head": np.asarray(heads)[h.ravel()],
+                         "key": np.asarray(samples.feature_ids, dtype=object)[f.ravel()],
+                         "key_type": "ASV", "attention": means[f.ravel(), h.ravel(), l_.ravel()],
+                         "n_samples": counts[f.ravel()]})
+    token_means = with_mean[..., s_slots:].mean(axis=0)  # (h+1, L, K)
+    h, l_, k = np.meshgrid(np.arange(len(heads)), np.arange(n_latents),
+                           np.arange(token_means.shape[-1]), indexing="ij")
+    tokens = pd.DataFrame({"latent": l_.ravel() + 1, "head": np.asarray(heads)[h.ravel()],
+                           "key": np.asarray(token_names(columns), dtype=object)[k.ravel()],
+                           "key_type": "metadata token",
+                           "attention": token_means[h.ravel(), l_.ravel(), k.ravel()],
+                           "n_samples": n})
+    return pd.concat([tokens, asvs], ignore_index=True)
+
+
+def metadata_share(weights: np.ndarray, columns) -> np.ndarray:
+    """Per sample: the share of the Perceiver's attention (heads and latents averaged)
+    that goes to metadata tokens rather than ASVs. ``(n,)``."""
+    return weights[..., -(len(columns) + 1):].sum(axis=-1).mean(axis=(1, 2))
+
+
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    """The per-epoch training history as a table indexed by epoch."""
+    if not history:
+        raise ValueError("This model has no training history (it was saved without one).")
+    return pd.DataFrame(history).set_index("epoch").sort_index()
+
+
+def regression_accuracy(observed: np.ndarray, predicted: np.ndarray) -> dict:
+    """MAE, RMSE, R² and n of predictions against observed values."""
+    observed, predicted = np.asarray(observed, float), np.asarray(predicted, float)
+    residual = observed - predicted
+    spread = ((observed - observed.mean()) ** 2).sum()
+    return {"n": len(observed), "mae": float(np.abs(residual).mean()),
+            "rmse": float(np.sqrt((residual ** 2).mean())),
+            "r2": float(1 - (residual ** 2).sum() / spread) if spread > 0 else float("nan")}
+
+
+def confusion(observed, predicted, classes) -> pd.DataFrame:
+    """Counts of (observed class, predicted class); rows observed, columns predicted.
+
+    Observed labels that the model does not know get their own rows.
+    """
+    observed = pd.Categorical(np.asarray(observed, dtype=str),
+                              categories=list(classes) + sorted(set(map(str, observed))
+                                                                - set(classes)))
+    predicted = pd.Categorical(np.asarray(predicted, dtype=str), categories=list(classes))
+    table = pd.crosstab(observed, predicted, dropna=False)
+    table.index.name, table.columns.name = "observed", "predicted"
+    return table

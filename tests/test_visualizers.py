@@ -1,0 +1,292 @@
+"""The visualizers (issue 6) on small models trained on real ECAM samples.
+
+Each view is rendered through QIIME 2's Python API and exported; the TSVs are
+checked against numbers computed here, independently, from the model's own
+returned weights (``api.model_outputs``), and every page is opened in headless
+Chromium.
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import qiime2
+
+from q2_aam import _methods
+from q2_aam.core import api
+from q2_aam.core.bundle import ModelBundle
+
+SMALL = dict(token_limit=32, embedding_dim=16, attention_heads=2, nucleotide_layers=1,
+             sample_layers=1, batch_size=8, epochs=2)
+COLUMNS = ["delivery", "diet"]
+OUTPUT = Path(os.environ.get("AAM_TEST_OUTPUT", Path(__file__).parent.parent / "test-output"))
+
+
+@pytest.fixture(scope="module")
+def aam():
+    from qiime2.plugins import aam
+    return aam
+
+
+@pytest.fixture(scope="module")
+def models(aam, ecam_subset):
+    """A regressor per fusion with gates or attention, plus a classifier and a concat model."""
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    age = md.get_column("age_days")
+    out = {}
+    for fusion in ("gmu", "cross-attention", "perceiver", "concat"):
+        out[fusion], = aam.actions.train(
+            table=a["table"], sequences=a["sequences"], metadata=age, sample_metadata=md,
+            categorical_columns=COLUMNS, categorical_fusion=fusion, cross_attn_heads=2,
+            perceiver_num_latents=4, perceiver_num_layers=1, **SMALL)
+    out["classifier"], = aam.actions.train(table=a["table"], sequences=a["sequences"],
+                                           metadata=md.get_column("delivery"),
+                                           task="classification", **SMALL)
+    return out
+
+
+@pytest.fixture(scope="module")
+def taxonomy(ecam_subset):
+    """Labels for the first three features of the table, in QIIME 2's format."""
+    features = list(ecam_subset["artifacts"]["full_table"].view(pd.DataFrame).columns)[:3]
+    frame = pd.DataFrame({"Taxon": [f"k__Bacteria; p__Firmicutes; g__Testgenus{i}"
+                                    for i in range(3)], "Confidence": "0.9"},
+                         index=pd.Index(features, name="Feature ID"))
+    return qiime2.Artifact.import_data("FeatureData[Taxonomy]", frame)
+
+
+def exported(visualization, name) -> Path:
+    """Export a visualization into the test output folder (kept for inspection)."""
+    target = OUTPUT / "visualizers" / name
+    shutil.rmtree(target, ignore_errors=True)
+    visualization.export_data(str(target))
+    return target
+
+
+@pytest.fixture(scope="module")
+def pages(aam, models, ecam_subset, taxonomy):
+    """Every view, rendered and exported: ``{name: folder}``."""
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    new = dict(table=a["new_table"], sequences=a["sequences"], sample_metadata=md)
+    views = {
+        "history": aam.visualizers.training_history(model=models["cross-attention"]),
+        "history-encoder": aam.visualizers.training_history(
+            model=aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                                       phylogeny=a["tree"], epochs=1, token_limit=32,
+                                       embedding_dim=16, attention_heads=2,
+                                       nucleotide_layers=1, sample_layers=1,
+                                       batch_size=8).model),
+        "accuracy-regressor": aam.visualizers.accuracy(
+            model=models["cross-attention"], metadata=md.get_column("age_days"), **new),
+        "accuracy-classifier": aam.visualizers.accuracy(
+            model=models["classifier"], table=a["new_table"], sequences=a["sequences"],
+            metadata=md.get_column("delivery")),
+        "gmu": aam.visualizers.explain_conditioning(model=models["gmu"], **new),
+        "cross-attention": aam.visualizers.explain_conditioning(
+            model=models["cross-attention"], taxonomy=taxonomy, top_n=10, min_samples=2,
+            **new),
+        "perceiver": aam.visualizers.explain_conditioning(model=models["perceiver"],
+                                                          top_n=10, **new),
+    }
+    return {name: exported(result.visualization, name) for name, result in views.items()}
+
+
+def outputs_of(model, ecam_subset):
+    """The model's own outputs on the held-out samples, and those samples."""
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    bundle = model.view(ModelBundle)
+    samples = _methods.amplicon_samples(a["new_table"].view(__import__("biom").Table),
+                                        a["sequences"].view(pd.Series),
+                                        bundle.training["token_limit"])
+    categorical = _methods._categorical(md, COLUMNS, samples.sample_ids)
+    return bundle, samples, categorical, api.model_outputs(bundle, samples,
+                                                           categorical=categorical,
+                                                           log=lambda m: None)
+
+
+def read(folder, name, **kwargs):
+    return pd.read_csv(folder / name, sep="\t", **kwargs)
+
+
+def test_every_view_writes_its_page_plots_and_tables(pages):
+    expected = {
+        "history": ["history.svg", "history.tsv"],
+        "history-encoder": ["history.svg", "history.tsv"],
+        "accuracy-regressor": ["accuracy.svg", "predictions.tsv"],
+        "accuracy-classifier": ["accuracy.svg", "predictions.tsv", "confusion.tsv"],
+        "gmu": ["gates.svg", "gate-distribution.svg", "gates.tsv", "gate-units.tsv"],
+        "cross-attention": ["cross-attention-mean.svg", "cross-attention-head1.svg",
+                            "cross-attention-head2.svg", "cross-attention.tsv", "top-asvs.tsv"],
+        "perceiver": ["perceiver-mean.svg", "perceiver-head1.svg", "perceiver-attention.tsv",
+                      "perceiver-metadata-share.svg", "perceiver-metadata-share.tsv"],
+    }
+    for name, files in expected.items():
+        page = (pages[name] / "index.html").read_text()
+        for file in files:
+            assert (pages[name] / file).stat().st_size > 20, (name, file)
+            assert file in page, (name, file)
+        assert "cdn" not in page.lower() and "https://" not in page.replace(
+            "http://qiime2.org/", ""), name
+
+
+def test_history_table_is_the_models_history(pages, models):
+    history = pd.DataFrame(models["cross-attention"].view(ModelBundle).training["history"])
+    table = read(pages["history"], "history.tsv", index_col="epoch")
+    assert list(table.index) == list(history["epoch"])
+    np.testing.assert_allclose(table["val_mae"], history["val_mae"])
+    np.testing.assert_allclose(table["train_loss"], history["train_loss"])
+    encoder = read(pages["history-encoder"], "history.tsv")
+    assert {"train_unifrac", "train_mlm", "val_unifrac"} <= set(encoder.columns)
+
+
+def test_regression_accuracy_matches_predict(pages, models, ecam_subset, aam):
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    predicted, = aam.actions.predict(model=models["cross-attention"], table=a["new_table"],
+                                     sequences=a["sequences"], sample_metadata=md)
+    table = read(pages["accuracy-regressor"], "predictions.tsv", index_col="sample_id")
+    predicted = predicted.view(pd.Series)
+    np.testing.assert_allclose(table["predicted"], predicted.loc[table.index], rtol=1e-5)
+    observed = md.get_column("age_days").to_series().loc[table.index]
+    mae = float(np.abs(observed - table["predicted"]).mean())
+    assert f"MAE {mae:.4g}" in (pages["accuracy-regressor"] / "accuracy.svg").read_text()
+
+
+def test_confusion_matrix_counts_every_sample(pages, ecam_subset):
+    matrix = read(pages["accuracy-classifier"], "confusion.tsv", index_col="observed")
+    predictions = read(pages["accuracy-classifier"], "predictions.tsv", index_col="sample_id")
+    assert matrix.to_numpy().sum() == len(predictions) == len(ecam_subset["new_ids"])
+    for observed in matrix.index:
+        for predicted in matrix.columns:
+            count = ((predictions["observed"] == observed)
+                     & (predictions["predicted"] == predicted)).sum()
+            assert matrix.loc[observed, predicted] == count
+
+
+def test_gate_tables_are_the_models_gates(pages, models, ecam_subset):
+    bundle, samples, categorical, outputs = outputs_of(models["gmu"], ecam_subset)
+    gates = outputs["gmu_gate"]
+    table = read(pages["gmu"], "gates.tsv", index_col="sample_id").loc[samples.sample_ids]
+    np.testing.assert_allclose(table["gate_mean"], gates.mean(axis=1), rtol=1e-5)
+    assert list(table["delivery"]) == categorical["delivery"]
+    units = read(pages["gmu"], "gate-units.tsv", index_col="sample_id").loc[samples.sample_ids]
+    np.testing.assert_allclose(units.to_numpy(), gates, rtol=1e-5)
+    assert "residual" in (pages["gmu"] / "index.html").read_text()
+
+
+def test_cross_attention_table_is_the_models_attention(pages, models, ecam_subset):
+    bundle, samples, categorical, outputs = outputs_of(models["cross-attention"], ecam_subset)
+    weights = outputs["cross_attention"]  # (n, heads, S, K)
+    table = read(pages["cross-attention"], "cross-attention.tsv", dtype={"head": str})
+    tokens = COLUMNS + ["(null)"]
+    checked = 0
+    for feature in samples.feature_ids[:40]:
+        f = samples.feature_ids.index(feature)
+        for column in COLUMNS:
+            for value in sorted(set(categorical[column])):
+                picked = []
+                for i in range(len(samples)):
+                    held = samples.indices[samples.indptr[i]:samples.indptr[i + 1]]
+                    if categorical[column][i] == value and f in held:
+                        picked.append(weights[i, :, list(held).index(f), :])  # (heads, K)
+                rows = table[(table["feature_id"] == feature) & (table["column"] == column)
+                             & (table["value"] == value)]
+                if not picked:
+                    assert rows.empty
+                    continue
+                expected = np.mean(picked, axis=0)
+                for head, per_head in [("mean", expected.mean(0))] + [
+                        (str(h + 1), expected[h]) for h in range(len(expected))]:
+                    got = rows[rows["head"] == head].set_index("token")["attention"]
+                    np.testing.assert_allclose(got.loc[tokens], per_head, rtol=1e-5, atol=1e-7)
+                    assert (rows["n_samples"] == len(picked)).all()
+                    checked += 1
+    assert checked > 50
+    sums = table.groupby(["feature_id", "column", "value", "head"])["attention"].sum()
+    np.testing.assert_allclose(sums, 1, rtol=1e-5)
+
+
+def test_cross_attention_heatmap_ranks_and_labels_asvs(pages, taxonomy):
+    top = read(pages["cross-attention"], "top-asvs.tsv", index_col="rank")
+    assert len(top) == 10
+    assert top["attention_variance"].is_monotonic_decreasing
+    labelled = taxonomy.view(pd.DataFrame)
+    page = (pages["cross-attention"] / "index.html").read_text()
+    for feature in top["feature_id"]:
+        assert feature in page
+        if feature in labelled.index:
+            assert top.set_index("feature_id").loc[feature, "taxon"] == \
+                labelled.loc[feature, "Taxon"]
+    full = read(pages["cross-attention"], "cross-attention.tsv")
+    labelled_rows = full[full["feature_id"].isin(labelled.index)]
+    assert labelled_rows["taxon"].str.startswith("k__Bacteria").all()
+
+
+def test_perceiver_table_is_the_models_attention(pages, models, ecam_subset):
+    bundle, samples, categorical, outputs = outputs_of(models["perceiver"], ecam_subset)
+    weights = outputs["perceiver_attention"]  # (n, heads, L, S + K)
+    table = read(pages["perceiver"], "perceiver-attention.tsv", dtype={"head": str})
+    tokens = table[(table["key_type"] == "metadata token") & (table["head"] == "mean")]
+    expected = weights[..., -len(COLUMNS) - 1:].mean(axis=(0, 1))  # (L, K)
+    got = tokens.pivot(index="latent", columns="key", values="attention")
+    np.testing.assert_allclose(got[COLUMNS + ["(null)"]].to_numpy(), expected, rtol=1e-5)
+    feature = samples.indices[0]  # the first sample's most abundant ASV
+    slots = [(i, list(samples.indices[samples.indptr[i]:samples.indptr[i + 1]]).index(feature))
+             for i in range(len(samples))
+             if feature in samples.indices[samples.indptr[i]:samples.indptr[i + 1]]]
+    per_head = np.mean([weights[i, :, :, s] for i, s in slots], axis=0)  # (heads, L)
+    rows = table[(table["key"] == samples.feature_ids[feature]) & (table["head"] == "1")]
+    np.testing.assert_allclose(rows.sort_values("latent")["attention"], per_head[0], rtol=1e-5)
+    share = read(pages["perceiver"], "perceiver-metadata-share.tsv", index_col="sample_id")
+    np.testing.assert_allclose(share.loc[samples.sample_ids, "metadata_share"],
+                               weights[..., -len(COLUMNS) - 1:].sum(-1).mean(axis=(1, 2)),
+                               rtol=1e-5)
+
+
+def test_model_without_gates_or_attention_gets_a_clear_error(aam, models, ecam_subset):
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    with pytest.raises(ValueError, match="concat, which has no gates or attention.*"
+                                         "cross-attention"):
+        aam.visualizers.explain_conditioning(model=models["concat"], table=a["new_table"],
+                                             sequences=a["sequences"], sample_metadata=md)
+    with pytest.raises(ValueError, match="conditioned on the metadata column"):
+        aam.visualizers.accuracy(model=models["gmu"], table=a["new_table"],
+                                 sequences=a["sequences"], metadata=md.get_column("age_days"))
+    with pytest.raises(ValueError, match="is a regressor, but the column 'delivery'"):
+        aam.visualizers.accuracy(model=models["gmu"], table=a["new_table"],
+                                 sequences=a["sequences"], sample_metadata=md,
+                                 metadata=md.get_column("delivery"))
+
+
+def chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    raise AssertionError("No Chromium found; 'make test' installs Debian's chromium "
+                         "(scripts/setup-env.sh). Install it with: apt-get install chromium")
+
+
+@pytest.mark.parametrize("name", ["history", "history-encoder", "accuracy-regressor",
+                                  "accuracy-classifier", "gmu", "cross-attention",
+                                  "perceiver"])
+def test_page_opens_in_headless_chromium(pages, name):
+    """No script errors, every plot loaded (non-empty image), and a screenshot saved."""
+    url = (pages[name] / "index.html").resolve().as_uri()
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--virtual-time-budget=5000", f"--user-data-dir={OUTPUT / 'chromium-profile'}"]
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True,
+                         timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = dom.stdout[dom.stdout.index("<body"):].split(">", 1)[0]
+    assert 'data-js-errors=""' in body, body
+    loaded = int(body.split('data-plots-loaded="')[1].split('"')[0])
+    total = int(body.split('data-plots-total="')[1].split('"')[0])
+    assert total > 0 and loaded == total, body
+    shot = OUTPUT / "screenshots" / f"{name}.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
+    taken = subprocess.run(flags + ["--window-size=1400,1600", f"--screenshot={shot}", url],
+                           capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr[-2000:]
