@@ -6,6 +6,7 @@ it opens from ``file://`` and in QIIME 2 View. The tables come from
 ``core.explain``; this module draws them.
 """
 
+import hashlib
 import os
 import shutil
 
@@ -222,17 +223,25 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
 
 # --- conditioning: GMU gates, cross-attention, Perceiver ------------------------------
 
+def _short_id(feature: str) -> str:
+    """A short, distinct name: the MD5 prefix for a feature ID that is a sequence (as
+    DADA2/Deblur hash them), else the ID's first 16 characters."""
+    from .core.tokenizer import is_dna
+    if len(feature) > 20 and is_dna(feature):
+        return hashlib.md5(feature.upper().encode()).hexdigest()[:10]
+    return feature[:16]
+
+
 def _taxon_labels(feature_ids, taxonomy: pd.DataFrame | None) -> dict:
-    """``{feature: (full taxon, short label)}``; the short label is the deepest named rank."""
+    """``{feature: (full taxon, short label)}``; the label names the deepest named rank."""
     labels = {}
     for feature in feature_ids:
         taxon = ""
         if taxonomy is not None and feature in taxonomy.index:
             taxon = str(taxonomy.loc[feature, "Taxon"])
-        ranks = [r.strip().split("__", 1)[-1] for r in taxon.split(";")]
-        named = [r for r in ranks if r]
-        short = f"{named[-1]} ({feature[:8]})" if named else feature[:16]
-        labels[feature] = (taxon, short)
+        named = [r for r in (part.strip().split("__", 1)[-1] for part in taxon.split(";")) if r]
+        short = _short_id(feature)
+        labels[feature] = (taxon, f"{named[-1]} ({short})" if named else short)
     return labels
 
 
@@ -329,7 +338,8 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
     held = np.bincount(samples.indices, minlength=len(samples.feature_ids))
     index = {f: i for i, f in enumerate(samples.feature_ids)}
     top_table = pd.DataFrame({
-        "rank": range(1, len(top) + 1), "feature_id": top,
+        "rank": range(1, len(top) + 1), "label": [labels[f][1] for f in top],
+        "feature_id": top,
         "taxon": [labels[f][0] for f in top],
         "attention_variance": ranking.loc[top].to_numpy(),
         "n_samples": [int(held[index[f]]) for f in top],
@@ -341,15 +351,20 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
     for head in heads:
         matrix = heatmap_matrix(table, top, head, groups, tokens)
         title = "heads averaged" if head == "mean" else f"head {head}"
-        fig = _heatmap(plt, matrix, [labels[f][1] for f in top], groups, tokens,
+        fig = _heatmap(plt, matrix, [f"{r}. {labels[f][1]}" for r, f in enumerate(top, 1)],
+                       groups, tokens,
                        f"Mean attention of each ASV to each metadata token ({title})",
                        "attention weight")
         name = "cross-attention-mean.svg" if head == "mean" else f"cross-attention-head{head}.svg"
         figures.append(_figure(_save(fig, output_dir, name), label=title))
-    table = table.assign(taxon=table["feature_id"].map(lambda f: labels[f][0]))
-    downloads = [_tsv(table, output_dir, "cross-attention.tsv", index=False),
-                 _tsv(top_table, output_dir, "top-asvs.tsv")]
-    shown = top_table.assign(sequence=top_table["sequence"].str.slice(0, 40) + "…")
+    # The full matrix, one row per (ASV, column, value, head), a column per token.
+    wide = table.pivot_table(index=["feature_id", "column", "value", "head", "n_samples"],
+                             columns="token", values="attention")[tokens].reset_index()
+    wide.insert(1, "taxon", wide["feature_id"].map(lambda f: labels[f][0]))
+    downloads = [_tsv(top_table, output_dir, "top-asvs.tsv"),
+                 _tsv(wide, output_dir, "cross-attention.tsv", index=False)]
+    shown = top_table.drop(columns="feature_id").assign(
+        sequence=top_table["sequence"].str.slice(0, 30) + "…")
     return [_section(
         "Cross-attention: which ASVs attend to which metadata",
         [f"Each ASV (row) attends to one token per metadata column and a null token (columns, "
@@ -357,7 +372,11 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
          f"to that token, averaged over the samples in the group that hold the ASV; each ASV's "
          f"weights over the {len(tokens)} tokens of a group sum to 1. Shown: the {len(top)} "
          f"ASVs (of {len(ranking)} ranked) whose attention varies most between a column's "
-         f"values, among ASVs held by at least {min_samples} samples of a value.",
+         f"values, among ASVs held by at least {min_samples} samples of a value. A blank cell: "
+         f"no sample with that value holds the ASV. Rows are numbered by rank and named by "
+         f"{'taxon and ' if taxonomy is not None else ''}feature ID (the MD5 of a sequence "
+         f"ID); top-asvs.tsv has the full IDs and sequences, cross-attention.tsv every "
+         f"ASV's weights.",
          "Read it as where attention goes, not as proof that a taxon responds to a condition: "
          "on synthetic data with planted ASV x category rules, the planted ASVs' weights moved "
          "little more than others' (see the README)."],
