@@ -66,6 +66,42 @@ def test_killed_run_resumes_to_the_same_model(tmp_path):
         [r["val_target"] for r in b.training["history"]]
 
 
+def run_workers_child(checkpoints, output, kill_after=0):
+    """The same run in 2 worker processes (DDP over gloo); worker 1 SIGKILLs itself in
+    the optimizer step after ``kill_after`` steps (see kill_hook/sitecustomize.py)."""
+    config = {**CONFIG, "num_processes": 2}
+    script = CHILD.format(tests=str(Path(__file__).parent), small=SMALL, config=config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "kill_hook"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    if kill_after:
+        env.update(AAM_KILL_AFTER=str(kill_after), AAM_KILL_RANK="1")
+    return subprocess.run([sys.executable, "-c", script, str(checkpoints), str(output)],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_run_with_a_killed_worker_fails_then_resumes_to_the_same_model(tmp_path):
+    """One of two workers is SIGKILLed in epoch 3: the action fails (no hang) naming the
+    worker, keeps epoch 2's checkpoint, and the same command then ends with the model of
+    an uninterrupted two-process run."""
+    from q2_aam.core.bundle import ModelBundle
+    whole = run_workers_child(tmp_path / "ck-whole", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = run_workers_child(tmp_path / "ck", tmp_path / "resumed",
+                               kill_after=2 * STEPS_PER_EPOCH + 1)
+    assert killed.returncode == 1, killed.stderr[-3000:]
+    assert "A training worker failed. worker 1: killed by SIGKILL (exit code -9)" in killed.stderr
+    assert (tmp_path / "ck" / "latest").read_text() == "epoch-2"
+    assert not (tmp_path / "resumed").exists()
+    resumed = run_workers_child(tmp_path / "ck", tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = ModelBundle.load(tmp_path / "whole"), ModelBundle.load(tmp_path / "resumed")
+    for key, value in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[key], value, rtol=0, atol=0, msg=key)
+    assert [r["val_target"] for r in a.training["history"]] == \
+        [r["val_target"] for r in b.training["history"]]
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     samples = random_samples(n_samples=20, token_limit=8)
     y = np.linspace(0, 10, 20)

@@ -533,30 +533,33 @@ class _LoopState:
         self.history: list[dict] = []
         self.best_state: dict | None = None
 
-    # The global torch RNG (dropout) is saved here too: Accelerate 1.15's load_state fails
-    # to read its own random-state file under torch >= 2.6 (weights_only) and says so only
-    # at INFO level, so a resumed run would otherwise draw other dropout masks.
+    # The random generators are saved per process (see ``rng_state``), not here:
+    # Accelerate writes registered objects from the main process only, so every worker
+    # would resume with rank 0's dropout and masking streams.
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "best": self.best,
-                "stale": self.stale, "stopped": self.stopped, "history": self.history,
-                "loader_rng": self.loader_rng.get_state(), "mask_rng": self.mask_rng.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+                "stale": self.stale, "stopped": self.stopped, "history": self.history}
 
     def load_state_dict(self, values: dict) -> None:
         self.epoch, self.step = values["epoch"], values["step"]
         self.best, self.stale, self.history = values["best"], values["stale"], values["history"]
         self.stopped = values["stopped"]
+
+    # The global torch RNG (dropout) is among them: Accelerate 1.15's load_state fails to
+    # read its own random-state file under torch >= 2.6 (weights_only) and says so only at
+    # INFO level, so a resumed run would otherwise draw other dropout masks.
+    def rng_state(self) -> dict:
+        """This process's random generators: shuffling, masking, dropout."""
+        return {"loader_rng": self.loader_rng.get_state(), "mask_rng": self.mask_rng.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def set_rng_state(self, values: dict) -> None:
         self.loader_rng.set_state(values["loader_rng"])
         self.mask_rng.set_state(values["mask_rng"])
-        self._rng = values["torch_rng"], values["cuda_rng"]
-
-    def restore_global_rng(self) -> None:
-        """After ``load_state``: the dropout RNG as it was when the checkpoint was written."""
-        torch_rng, cuda_rng = self._rng
-        torch.set_rng_state(torch_rng)
-        if cuda_rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_rng)
+        torch.set_rng_state(values["torch_rng"])
+        if values["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(values["cuda_rng"])
 
 
 class _Checkpoints:
@@ -590,8 +593,14 @@ class _Checkpoints:
                 + "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in differences)
                 + ". Run again with the checkpoint's settings to continue it, or give "
                 "another checkpoint directory to start afresh.")
+        rng = path / f"rng-{self.accelerator.process_index}.pt"
+        if not rng.exists():
+            raise ValueError(f"The checkpoint {path} has no random state for process "
+                             f"{self.accelerator.process_index} ({rng.name}): it was written "
+                             "by a run with another number of processes, or is incomplete. "
+                             "Resume with the same --p-num-processes, or delete the folder.")
         self.accelerator.load_state(str(path))
-        self.state.restore_global_rng()
+        self.state.set_rng_state(torch.load(rng, weights_only=True))
         best = path / "best.safetensors"
         if best.exists():
             from safetensors.torch import load_file
@@ -606,6 +615,8 @@ class _Checkpoints:
         name = f"epoch-{self.state.epoch}"
         path = self.dir / name
         self.accelerator.save_state(str(path))
+        torch.save(self.state.rng_state(), path / f"rng-{self.accelerator.process_index}.pt")
+        self.accelerator.wait_for_everyone()  # every process's part is written before 'latest'
         if self.accelerator.is_main_process:
             if self.state.best_state is not None:
                 from safetensors.torch import save_file

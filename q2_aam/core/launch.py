@@ -15,6 +15,7 @@ the actions train in the processes they are given.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import tempfile
 import uuid
@@ -84,10 +85,16 @@ def _failure_message(error, logs: str) -> str:
         if name.startswith("error-"):
             with open(os.path.join(logs, name)) as fh:
                 raised.setdefault(fh.read(), []).append(name[6:-4])
-    messages = [f"{'workers' if len(ranks) > 1 else 'worker'} {', '.join(ranks)}: {text}"
-                for text, ranks in raised.items()]
-    if not messages:  # killed, not raised: say how it ended
-        failures = getattr(error, "failures", {}) or {}
-        messages = [f"worker {rank}: exited with code {f.exitcode}"
-                    for rank, f in sorted(failures.items())]
+    # Workers that died without raising (killed by a signal, os._exit) come first: their
+    # death is usually what the others' errors (e.g. "Connection reset by peer") follow from.
+    messages = []
+    for rank, failure in sorted((getattr(error, "failures", {}) or {}).items()):
+        if any(str(rank) in ranks for ranks in raised.values()):
+            continue
+        code = failure.exitcode
+        how = (f"killed by {signal.Signals(-code).name} (exit code {code})"
+               if code < 0 and -code in signal.valid_signals() else f"exited with code {code}")
+        messages.append(f"worker {rank}: {how}")
+    messages += [f"{'workers' if len(ranks) > 1 else 'worker'} {', '.join(ranks)}: {text}"
+                 for text, ranks in raised.items()]
     return "A training worker failed. " + " | ".join(messages or [str(error)])
