@@ -54,17 +54,26 @@ def regression_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
 
 
 class ResultTable:
-    """Rows appended to a TSV as they are measured, so a stopped run resumes."""
+    """Rows appended to a TSV as they are measured, so a stopped run resumes.
+
+    ``has`` reads the file again, so several processes may share one table
+    (e.g. ``--splits 1 2`` and ``--splits 4 3`` on two cores): each skips what
+    the other has finished.
+    """
 
     def __init__(self, path: Path, columns: list):
         self.path, self.columns = path, columns
         path.parent.mkdir(parents=True, exist_ok=True)
         self.rows = []
-        if path.exists():
-            with open(path) as fh:
+        self._read()
+
+    def _read(self) -> None:
+        if self.path.exists():
+            with open(self.path) as fh:
                 self.rows = list(csv.DictReader(fh, delimiter="\t"))
 
     def has(self, **key) -> bool:
+        self._read()
         return any(all(str(r[k]) == str(v) for k, v in key.items()) for r in self.rows)
 
     def add(self, row: dict) -> None:
@@ -79,9 +88,13 @@ class ResultTable:
 
 def summary(rows: list, group: str, metrics=("mae", "r2")) -> str:
     """Markdown table: mean ± sd over splits for each value of ``group``."""
-    values = {}
+    values, seen = {}, set()
     for r in rows:
-        values.setdefault((r["dataset"], r[group]), []).append(r)
+        # Two processes sharing a table may both finish the run they met on: count it once.
+        key = tuple(v for k, v in r.items() if k not in ("mae", "r2", "best_epoch", "seconds"))
+        if key not in seen:
+            seen.add(key)
+            values.setdefault((r["dataset"], r[group]), []).append(r)
     lines = [f"| dataset | {group} | splits | " + " | ".join(metrics) + " |",
              "|---|---|---|" + "---|" * len(metrics)]
     for (dataset, key), rs in sorted(values.items()):
