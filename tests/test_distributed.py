@@ -145,6 +145,23 @@ def test_train_with_fsdp_predicts_like_ddp(frozen, capfd):
     np.testing.assert_allclose(predictions["fsdp"], predictions["ddp"], rtol=1e-3, atol=1e-2)
 
 
+def test_fsdp_with_gradient_accumulation_is_the_same_global_batch():
+    """FSDP2 modules have no ``no_sync``: each micro-batch's gradients are reduce-scattered
+    and summed into the shards, which must give the step of the whole batch."""
+    samples = random_samples(n_samples=24, token_limit=8)
+    y = np.linspace(0, 100, 24)
+    predictions = []
+    for steps in (1, 2):
+        bundle = api.train(samples, y, task="regression", architecture=SMALL,
+                           config=TrainConfig(epochs=2, batch_size=8, device="cpu",
+                                              num_processes=2, distributed="fsdp",
+                                              gradient_accumulation_steps=steps),
+                           validation_fraction=0.0, log=lambda m: None)
+        predictions.append(api.predict(bundle, samples, log=lambda m: None))
+    np.testing.assert_allclose(predictions[1], predictions[0], rtol=1e-4, atol=1e-3)
+    assert np.ptp(predictions[0]) > 0
+
+
 def _fails_on_rank_one():
     import os
     if os.environ["RANK"] == "1":

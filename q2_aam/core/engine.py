@@ -378,9 +378,10 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     micro = config.batch_size // (world * config.gradient_accumulation_steps)
     say = log if accelerator.is_main_process else (lambda message: None)
     fsdp = config.distributed == "fsdp" and world > 1
-    if fsdp and (checkpoint_dir or config.gradient_accumulation_steps > 1):
-        raise ValueError("With distributed 'fsdp', checkpoints and gradient accumulation are "
-                         "not available yet; use 'ddp' for them.")
+    if fsdp and checkpoint_dir:
+        raise ValueError("With distributed 'fsdp', checkpoints are not available yet (the "
+                         "sharded optimizer state needs torch.distributed.checkpoint); use "
+                         "'ddp' with --p-checkpoint-dir.")
     _freeze_unused(model, objective, freeze_encoder)
     loader_rng = torch.Generator().manual_seed(config.seed)
     mask_rng = torch.Generator().manual_seed(config.seed + 1 + 7919 * rank)
