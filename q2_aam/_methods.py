@@ -254,12 +254,16 @@ def _check_conditioning(columns, fusion, film, scaling, normalize_by, transform)
     return fusion
 
 
-def _categorical(sample_metadata, columns, sample_ids, required=True):
+#: How errors name the conditioning columns when the model, not a parameter, asks for them.
+MODEL_COLUMNS = "The model's categorical conditioning"
+
+
+def _categorical(sample_metadata, columns, sample_ids, required=True,
+                 parameter="--p-categorical-columns"):
     """``{column: per-sample values}`` of the categorical conditioning columns."""
     if not columns:
         return None
-    frame = _categorical_frame(sample_metadata, columns, sample_ids,
-                               "--p-categorical-columns", required)
+    frame = _categorical_frame(sample_metadata, columns, sample_ids, parameter, required)
     return {c: [None if pd.isna(v) else str(v) for v in frame[c]] for c in columns}
 
 
@@ -400,7 +404,8 @@ def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
     if conditioned and sample_metadata is None:
         raise ValueError(f"This model is conditioned on the metadata column(s) {conditioned}; "
                          "pass --m-sample-metadata-file with them.")
-    categorical = _categorical(sample_metadata, conditioned, samples.sample_ids, required=False)
+    categorical = _categorical(sample_metadata, conditioned, samples.sample_ids, required=False,
+                               parameter=MODEL_COLUMNS)
     values = api.predict(model, samples, normalize_groups=groups, batch_size=batch_size,
                          device=device, categorical=categorical, log=_log)
     series = pd.Series(values, index=pd.Index(samples.sample_ids, name="SampleID"),

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import qiime2
 
-from ._methods import _categorical, _examples, _log, amplicon_samples
+from ._methods import MODEL_COLUMNS, _categorical, _examples, _log, amplicon_samples
 from .core.bundle import ModelBundle
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -149,7 +149,8 @@ def _predict(model, table, sequences, sample_metadata, sample_ids, batch_size, d
         if needed and sample_metadata is None:
             raise ValueError(f"This model {what} the metadata column(s) {needed}; pass "
                              "--m-sample-metadata-file with them.")
-    categorical = _categorical(sample_metadata, conditioned, samples.sample_ids, required=False)
+    categorical = _categorical(sample_metadata, conditioned, samples.sample_ids, required=False,
+                               parameter=MODEL_COLUMNS)
     groups = _category_groups(sample_metadata, normalize_by, samples.sample_ids, required=False)
     return samples, categorical, api.predict(model, samples, normalize_groups=groups,
                                              categorical=categorical, batch_size=batch_size,
@@ -179,6 +180,9 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
     _, _, predicted = _predict(model, table, sequences, sample_metadata, ids, batch_size,
                                device)
     observed = truth.loc[ids]
+    if not regression and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
+        # Numeric class codes are named "1", not "1.0", as 'train' names them.
+        observed = observed.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
     target = model.target.get("name", "target")
     frame = pd.DataFrame({"observed": observed.to_numpy(), "predicted": predicted},
                          index=pd.Index(ids, name="sample_id"))
@@ -451,7 +455,12 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
     ids = [str(i) for i in table.ids()]
     samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
                                sample_ids=ids)
-    categorical = _categorical(sample_metadata, columns, samples.sample_ids, required=True)
+    categorical = _categorical(sample_metadata, columns, samples.sample_ids, required=False,
+                               parameter=MODEL_COLUMNS)
+    absent = [i for i in samples.sample_ids if i not in sample_metadata.ids]
+    if absent:
+        _log(f"{len(absent)} sample(s) are not in the sample metadata ({_examples(absent)}); "
+             "the model reads their columns as unknown, and they are shown as '(missing)'.")
     outputs = api.model_outputs(model, samples, batch_size=batch_size, device=device,
                                 categorical=categorical, log=_log)
     if fusion == "gmu":

@@ -291,3 +291,21 @@ def test_page_opens_in_headless_chromium(pages, name):
     taken = subprocess.run(flags + ["--window-size=1400,1600", f"--screenshot={shot}", url],
                            capture_output=True, text=True, timeout=120)
     assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr[-2000:]
+
+
+def test_metadata_problems_are_named_or_shown(aam, models, ecam_subset):
+    """A conditioning column absent from the metadata is an error naming it; samples absent
+    from the metadata are explained as '(missing)' (the model reads them as unknown)."""
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    frame = md.to_dataframe()
+    without_diet = qiime2.Metadata(frame.drop(columns=["diet"]))
+    with pytest.raises(ValueError, match=r"categorical conditioning names \['diet'\]"):
+        aam.visualizers.explain_conditioning(model=models["cross-attention"],
+                                             table=a["new_table"], sequences=a["sequences"],
+                                             sample_metadata=without_diet)
+    partial = qiime2.Metadata(frame.loc[ecam_subset["new_ids"][:6]])
+    result, = aam.visualizers.explain_conditioning(
+        model=models["cross-attention"], table=a["new_table"], sequences=a["sequences"],
+        sample_metadata=partial, min_samples=1)
+    table = read(exported(result, "cross-attention-partial"), "cross-attention.tsv")
+    assert {"(missing)"} < set(table["value"])
