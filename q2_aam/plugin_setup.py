@@ -181,8 +181,7 @@ PARAMETERS = {
                      "README (torchrun / accelerate launch). Default 1.",
     "distributed": "With --p-num-processes > 1: 'ddp' (default) keeps a whole copy of the "
                    "model in each process; 'fsdp' shards every weight over the processes "
-                   "(each holds 1/N), for models too large for one device. 'fsdp' does not "
-                   "yet combine with --p-checkpoint-dir.",
+                   "(each holds 1/N), for models too large for one device.",
     "mixed_precision": "'bf16' or 'fp16' (GPU only) runs the forward pass in half "
                        "precision: faster and lighter on recent GPUs. Default 'no'.",
     "gradient_accumulation_steps": "Split each batch into this many passes per process "

@@ -66,10 +66,10 @@ def test_killed_run_resumes_to_the_same_model(tmp_path):
         [r["val_target"] for r in b.training["history"]]
 
 
-def run_workers_child(checkpoints, output, kill_after=0):
-    """The same run in 2 worker processes (DDP over gloo); worker 1 SIGKILLs itself in
-    the optimizer step after ``kill_after`` steps (see kill_hook/sitecustomize.py)."""
-    config = {**CONFIG, "num_processes": 2}
+def run_workers_child(checkpoints, output, kill_after=0, distributed="ddp"):
+    """The same run in 2 worker processes (over gloo); worker 1 SIGKILLs itself in the
+    optimizer step after ``kill_after`` steps (see kill_hook/sitecustomize.py)."""
+    config = {**CONFIG, "num_processes": 2, "distributed": distributed}
     script = CHILD.format(tests=str(Path(__file__).parent), small=SMALL, config=config)
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "kill_hook"),
@@ -80,20 +80,24 @@ def run_workers_child(checkpoints, output, kill_after=0):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_run_with_a_killed_worker_fails_then_resumes_to_the_same_model(tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_run_with_a_killed_worker_fails_then_resumes_to_the_same_model(tmp_path, distributed):
     """One of two workers is SIGKILLed in epoch 3: the action fails (no hang) naming the
     worker, keeps epoch 2's checkpoint, and the same command then ends with the model of
-    an uninterrupted two-process run."""
+    an uninterrupted two-process run. FSDP: each process saves and loads only its shards."""
     from q2_aam.core.bundle import ModelBundle
-    whole = run_workers_child(tmp_path / "ck-whole", tmp_path / "whole")
+    whole = run_workers_child(tmp_path / "ck-whole", tmp_path / "whole",
+                              distributed=distributed)
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed = run_workers_child(tmp_path / "ck", tmp_path / "resumed",
-                               kill_after=2 * STEPS_PER_EPOCH + 1)
+                               kill_after=2 * STEPS_PER_EPOCH + 1, distributed=distributed)
     assert killed.returncode == 1, killed.stderr[-3000:]
     assert "A training worker failed. worker 1: killed by SIGKILL (exit code -9)" in killed.stderr
     assert (tmp_path / "ck" / "latest").read_text() == "epoch-2"
     assert not (tmp_path / "resumed").exists()
-    resumed = run_workers_child(tmp_path / "ck", tmp_path / "resumed")
+    if distributed == "fsdp":
+        assert (tmp_path / "ck" / "epoch-2" / "sharded").is_dir()
+    resumed = run_workers_child(tmp_path / "ck", tmp_path / "resumed", distributed=distributed)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = ModelBundle.load(tmp_path / "whole"), ModelBundle.load(tmp_path / "resumed")
     for key, value in a.state_dict.items():

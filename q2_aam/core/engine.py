@@ -378,10 +378,6 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     micro = config.batch_size // (world * config.gradient_accumulation_steps)
     say = log if accelerator.is_main_process else (lambda message: None)
     fsdp = config.distributed == "fsdp" and world > 1
-    if fsdp and checkpoint_dir:
-        raise ValueError("With distributed 'fsdp', checkpoints are not available yet (the "
-                         "sharded optimizer state needs torch.distributed.checkpoint); use "
-                         "'ddp' with --p-checkpoint-dir.")
     _freeze_unused(model, objective, freeze_encoder)
     loader_rng = torch.Generator().manual_seed(config.seed)
     mask_rng = torch.Generator().manual_seed(config.seed + 1 + 7919 * rank)
@@ -432,7 +428,8 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
                      "training_data": _fingerprint(train_collator),
                      "validation_data": _fingerprint(val_collator) if has_val else None,
                      "processes": world}
-        checkpoints = _Checkpoints(checkpoint_dir, accelerator, scheduler, state, signature)
+        checkpoints = _Checkpoints(checkpoint_dir, accelerator, scheduler, state, signature,
+                                   sharded=(net, optimizer.optimizer) if fsdp else None)
         if checkpoints.resume(say):
             model.train()
     tracker = _Tracker(accelerator, config, tensorboard_dir)
@@ -568,10 +565,13 @@ class _Checkpoints:
     the loop state) and ``DIR/latest`` naming the newest complete one."""
 
     def __init__(self, directory: str, accelerator, scheduler, state: _LoopState,
-                 signature: dict):
+                 signature: dict, sharded: tuple | None = None):
         import json
         from pathlib import Path
         self.dir, self.accelerator, self.state = Path(directory), accelerator, state
+        # FSDP: (sharded model, its optimizer). Each process holds only its shards of the
+        # weights and optimizer state, which torch.distributed.checkpoint saves and loads.
+        self.sharded = sharded
         self.signature = json.loads(json.dumps(signature))  # as it reads back from disk
         writable_directory(directory, "checkpoint", accelerator.process_index)
         accelerator.register_for_checkpointing(scheduler)
@@ -601,6 +601,17 @@ class _Checkpoints:
                              "by a run with another number of processes, or is incomplete. "
                              "Resume with the same --p-num-processes, or delete the folder.")
         self.accelerator.load_state(str(path))
+        if self.sharded is not None:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+            # Accelerate restored the main process's optimizer file on every process: drop
+            # it, so that the state is rebuilt in this process's shard shapes and then read.
+            self.sharded[1].state.clear()
+            model_state, optimizer_state = get_state_dict(*self.sharded)
+            shards = {"model": model_state, "optimizer": optimizer_state}
+            dcp.load(shards, checkpoint_id=str(path / "sharded"))
+            set_state_dict(*self.sharded, model_state_dict=shards["model"],
+                           optim_state_dict=shards["optimizer"])
         self.state.set_rng_state(torch.load(rng, weights_only=True))
         best = path / "best.safetensors"
         if best.exists():
@@ -616,6 +627,12 @@ class _Checkpoints:
         name = f"epoch-{self.state.epoch}"
         path = self.dir / name
         self.accelerator.save_state(str(path))
+        if self.sharded is not None:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+            model_state, optimizer_state = get_state_dict(*self.sharded)
+            dcp.save({"model": model_state, "optimizer": optimizer_state},
+                     checkpoint_id=str(path / "sharded"))
         torch.save(self.state.rng_state(), path / f"rng-{self.accelerator.process_index}.pt")
         self.accelerator.wait_for_everyone()  # every process's part is written before 'latest'
         if self.accelerator.is_main_process:
