@@ -215,10 +215,16 @@ def _category_groups(sample_metadata, columns, sample_ids, required=True):
     return group_labels([frame[c].tolist() for c in columns])
 
 
+#: Fusion when columns are given without --p-categorical-fusion: the residual GMU, the only
+#: mode not worse than no conditioning on average on either benchmark dataset
+#: (benchmarks/results/fusion.md: ECAM -3.7, karelia -0.5 days MAE against none).
+DEFAULT_FUSION = "gmu"
+
 FUSION_GUIDANCE = (
-    "Which conditioning to use: 'concat' for a few simple columns (the default); "
+    "Which conditioning to use: 'gmu' (the default) to let each sample gate the metadata "
+    "in or out, the safe choice when it is unclear whether the columns help; 'concat' for a "
+    "few simple columns; "
     "'add' + --p-conditional-output-scaling for a per-category shift of the target; "
-    "'gmu' to let the model weigh sequences against metadata per sample; "
     "'cross-attention' when different taxa should respond to different conditions; "
     "'perceiver' for many ASVs or many, often missing, columns; --p-film-conditioning "
     "(with fusion 'none') to modulate the prediction head's features.")
@@ -238,7 +244,7 @@ def _check_conditioning(columns, fusion, film, scaling, normalize_by, transform)
             _log("No --p-categorical-columns were given, so categorical conditioning "
                  f"({', '.join(asked)}) is a no-op.")
         return "none"
-    fusion = fusion or "concat"
+    fusion = fusion or DEFAULT_FUSION
     if fusion == "none" and not film and not scaling:
         raise ValueError(f"--p-categorical-columns {' '.join(columns)} would not be used: "
                          "--p-categorical-fusion is 'none' and neither FiLM nor conditional "

@@ -463,3 +463,14 @@ def test_film_with_concat_warns(aam, ecam_subset, capfd):
                       categorical_columns=["delivery"], categorical_fusion="concat",
                       film_conditioning=True, epochs=1, **SMALL)
     assert "both inject the same categorical vector" in capfd.readouterr().err
+
+
+def test_columns_without_a_fusion_use_the_residual_gmu(aam, ecam_subset):
+    """The default fusion is chosen by benchmarks/results/fusion.md (see DEFAULT_FUSION)."""
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"]
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"],
+                               metadata=md.get_column("age_days"), sample_metadata=md,
+                               categorical_columns=["delivery"], epochs=1, **SMALL)
+    config = model.view(ModelBundle).model_config
+    assert (config["categorical_fusion"], config["gmu_variant"]) == ("gmu", "residual")
