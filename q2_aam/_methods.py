@@ -378,8 +378,7 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
                         film_conditioning=film_conditioning and conditioned,
                         conditional_output_scaling=conditional_output_scaling and conditioned)
     if classification and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
-        # Numeric class codes: name the classes "1", not "1.0".
-        values = values.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
+        values = class_names(values)
     return api.train(
         samples, values.to_numpy(), task="classification" if classification else "regression",
         target_name=str(metadata.name), architecture=architecture, config=config,
@@ -396,11 +395,14 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
         tensorboard_dir=tensorboard_dir, log=_log)
 
 
-def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
-            sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
-            device: str = "auto") -> pd.Series:
+def predictions(model: ModelBundle, table: biom.Table, sequences: pd.Series | None,
+                sample_metadata: qiime2.Metadata | None, batch_size: int, device: str,
+                sample_ids=None) -> pd.Series:
+    """The model's predictions for the table's samples (only ``sample_ids``, in that order,
+    when given): original units or class names, indexed by sample ID."""
     from .core import api
-    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256))
+    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
+                               sample_ids=sample_ids)
     columns = model.target.get("normalize_by") or None
     if columns and sample_metadata is None:
         raise ValueError(f"This model z-scores its target within groups of {columns}; pass "
@@ -417,3 +419,14 @@ def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
     series = pd.Series(values, index=pd.Index(samples.sample_ids, name="SampleID"),
                        name="prediction")
     return series.astype(float) if model.kind == "regressor" else series.astype(str)
+
+
+def class_names(values: pd.Series) -> pd.Series:
+    """Class labels as strings; numeric class codes are named "1", not "1.0"."""
+    return values.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
+
+
+def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
+            sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
+            device: str = "auto") -> pd.Series:
+    return predictions(model, table, sequences, sample_metadata, batch_size, device)

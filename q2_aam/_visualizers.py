@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import qiime2
 
-from ._methods import MODEL_COLUMNS, _categorical, _examples, _log, amplicon_samples
+from ._methods import (MODEL_COLUMNS, _categorical, _examples, _log, amplicon_samples,
+                       class_names, predictions)
 from .core.bundle import ModelBundle
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -137,26 +138,6 @@ def training_history(output_dir: str, model: ModelBundle) -> None:
 
 # --- accuracy ----------------------------------------------------------------------------
 
-def _predict(model, table, sequences, sample_metadata, sample_ids, batch_size, device):
-    from .core import api
-    from ._methods import _category_groups
-    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
-                               sample_ids=sample_ids)
-    conditioned = model.target.get("categorical", {}).get("columns")
-    normalize_by = model.target.get("normalize_by") or None
-    for needed, what in ((conditioned, "is conditioned on"), (normalize_by, "z-scores its "
-                                                                            "target within")):
-        if needed and sample_metadata is None:
-            raise ValueError(f"This model {what} the metadata column(s) {needed}; pass "
-                             "--m-sample-metadata-file with them.")
-    categorical = _categorical(sample_metadata, conditioned, samples.sample_ids, required=False,
-                               parameter=MODEL_COLUMNS)
-    groups = _category_groups(sample_metadata, normalize_by, samples.sample_ids, required=False)
-    return samples, categorical, api.predict(model, samples, normalize_groups=groups,
-                                             categorical=categorical, batch_size=batch_size,
-                                             device=device, log=_log)
-
-
 def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
              metadata: qiime2.MetadataColumn, sequences: pd.Series = None,
              sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
@@ -177,12 +158,11 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
     if regression and isinstance(metadata, qiime2.CategoricalMetadataColumn):
         raise ValueError(f"This model is a regressor, but the column {truth.name!r} is "
                          "categorical; pass the numeric column it predicts.")
-    _, _, predicted = _predict(model, table, sequences, sample_metadata, ids, batch_size,
-                               device)
+    predicted = predictions(model, table, sequences, sample_metadata, batch_size, device,
+                            sample_ids=ids).to_numpy()
     observed = truth.loc[ids]
     if not regression and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
-        # Numeric class codes are named "1", not "1.0", as 'train' names them.
-        observed = observed.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
+        observed = class_names(observed)  # as 'train' names numeric class codes
     target = model.target.get("name", "target")
     frame = pd.DataFrame({"observed": observed.to_numpy(), "predicted": predicted},
                          index=pd.Index(ids, name="sample_id"))
@@ -295,8 +275,7 @@ def _gmu_view(output_dir, model, outputs, samples, categorical, columns):
     hist = _save(fig, output_dir, "gate-distribution.svg")
     units = pd.DataFrame(gates, index=frame.index,
                          columns=[f"unit_{i + 1}" for i in range(gates.shape[1])])
-    summary = frame.groupby(columns[0])["gate_mean"].describe() if len(columns) == 1 else \
-        pd.concat({c: frame.groupby(c)["gate_mean"].describe() for c in columns})
+    summary = pd.concat({c: frame.groupby(c)["gate_mean"].describe() for c in columns})
     return [_section(
         f"GMU gates ({variant} form)",
         [meaning, "Each sample has one gate value per embedding unit; the boxes show each "
@@ -331,7 +310,8 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
     plt = _pyplot()
     weights = outputs["cross_attention"]
     table = asv_attention(weights, samples, categorical, columns)
-    ranking = rank_by_variance(table, min_samples)
+    tokens = token_names(columns)
+    ranking = rank_by_variance(table, tokens, min_samples)
     if ranking.empty:
         raise ValueError(f"No ASV is held by {min_samples} or more samples in two values of a "
                          f"column, so none can be ranked; lower --p-min-samples (now "
@@ -349,7 +329,6 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
         "n_samples": [int(held[index[f]]) for f in top],
         "sequence": [sequence[f] for f in top]}).set_index("rank")
     groups = [(c, v) for c, v, _ in category_groups(categorical)]
-    tokens = token_names(columns)
     heads = ["mean"] + [str(h + 1) for h in range(weights.shape[1])]
     figures = []
     for head in heads:
@@ -361,12 +340,9 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
                        "attention weight")
         name = "cross-attention-mean.svg" if head == "mean" else f"cross-attention-head{head}.svg"
         figures.append(_figure(_save(fig, output_dir, name), label=title))
-    # The full matrix, one row per (ASV, column, value, head), a column per token.
-    wide = table.pivot_table(index=["feature_id", "column", "value", "head", "n_samples"],
-                             columns="token", values="attention")[tokens].reset_index()
-    wide.insert(1, "taxon", wide["feature_id"].map(lambda f: labels[f][0]))
+    table.insert(1, "taxon", table["feature_id"].map(lambda f: labels[f][0]))
     downloads = [_tsv(top_table, output_dir, "top-asvs.tsv"),
-                 _tsv(wide, output_dir, "cross-attention.tsv", index=False)]
+                 _tsv(table, output_dir, "cross-attention.tsv", index=False)]
     shown = top_table.drop(columns="feature_id").assign(
         sequence=top_table["sequence"].str.slice(0, 30) + "…")
     return [_section(

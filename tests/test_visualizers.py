@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import biom
 import numpy as np
 import pandas as pd
 import pytest
@@ -98,7 +99,7 @@ def outputs_of(model, ecam_subset):
     """The model's own outputs on the held-out samples, and those samples."""
     a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
     bundle = model.view(ModelBundle)
-    samples = _methods.amplicon_samples(a["new_table"].view(__import__("biom").Table),
+    samples = _methods.amplicon_samples(a["new_table"].view(biom.Table),
                                         a["sequences"].view(pd.Series),
                                         bundle.training["token_limit"])
     categorical = _methods._categorical(md, COLUMNS, samples.sample_ids)

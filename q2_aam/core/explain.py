@@ -57,34 +57,31 @@ def asv_attention(weights: np.ndarray, samples: AmpliconSamples, categorical: di
                   columns) -> pd.DataFrame:
     """Mean cross-attention of each ASV to each metadata token, per category value and head.
 
-    ``weights``: ``(n, h, S, K)``. One row per (feature, column, value, head,
-    token), heads numbered from 1 plus ``mean`` (the heads' average), with
-    ``n_samples``: how many of the group's samples hold the ASV (the mean is
-    over those). ASVs absent from a group have no row for it.
+    ``weights``: ``(n, h, S, K)``. One row per (feature, column, value, head),
+    heads numbered from 1 plus ``mean`` (the heads' average), a column per
+    token, and ``n_samples``: how many of the group's samples hold the ASV
+    (the means are over those). ASVs absent from a group have no row for it.
     """
     rows, slots, features = slot_features(samples)
     per_slot = weights[rows, :, slots, :]  # (m, h, K)
     per_slot = np.concatenate([per_slot, per_slot.mean(axis=1, keepdims=True)], axis=1)
-    heads = [str(i + 1) for i in range(weights.shape[1])] + ["mean"]
-    tokens = token_names(columns)
+    heads = np.array([str(i + 1) for i in range(weights.shape[1])] + ["mean"], dtype=object)
+    feature_ids = np.asarray(samples.feature_ids, dtype=object)
     frames = []
     for column, value, in_group in category_groups(categorical):
         keep = in_group[rows]
-        means, counts = _mean_by_feature(per_slot[keep], features[keep], len(samples.feature_ids))
+        means, counts = _mean_by_feature(per_slot[keep], features[keep], len(feature_ids))
         present = np.flatnonzero(counts)
-        f, h, k = np.meshgrid(present, np.arange(len(heads)), np.arange(len(tokens)),
-                              indexing="ij")
-        frames.append(pd.DataFrame({
-            "feature_id": np.asarray(samples.feature_ids, dtype=object)[f.ravel()],
-            "column": column, "value": value,
-            "head": np.asarray(heads, dtype=object)[h.ravel()],
-            "token": np.asarray(tokens, dtype=object)[k.ravel()],
-            "attention": means[f.ravel(), h.ravel(), k.ravel()],
-            "n_samples": counts[f.ravel()]}))
+        f = np.repeat(present, len(heads))
+        h = np.tile(np.arange(len(heads)), len(present))
+        frame = pd.DataFrame({"feature_id": feature_ids[f], "column": column, "value": value,
+                              "head": heads[h], "n_samples": counts[f]})
+        frame[token_names(columns)] = means[f, h]
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
-def rank_by_variance(table: pd.DataFrame, min_samples: int) -> pd.Series:
+def rank_by_variance(table: pd.DataFrame, tokens, min_samples: int) -> pd.Series:
     """ASVs ranked by how much their (heads' mean) attention varies between category values.
 
     For each column, the variance across its values of the ASV's mean
@@ -93,18 +90,17 @@ def rank_by_variance(table: pd.DataFrame, min_samples: int) -> pd.Series:
     count, and a column needs two such groups. Highest first.
     """
     mean = table[(table["head"] == "mean") & (table["n_samples"] >= min_samples)]
-    variance = mean.groupby(["feature_id", "column", "token"])["attention"].agg(["var", "size"])
-    variance = variance[variance["size"] >= 2]["var"]
+    by_column = mean.groupby(["feature_id", "column"])
+    variance = by_column[list(tokens)].var().sum(axis=1)[by_column.size() >= 2]
     score = variance.groupby(level="feature_id").sum()
     return score.sort_values(ascending=False, kind="stable").rename("attention_variance")
 
 
 def heatmap_matrix(table: pd.DataFrame, features, head: str, groups, tokens) -> np.ndarray:
     """``(len(features), len(groups) * len(tokens))`` attention for one head (NaN: absent)."""
-    part = table[table["head"] == head].set_index(["feature_id", "column", "value", "token"])
-    index = pd.MultiIndex.from_tuples(
-        [(f, c, v, t) for f in features for (c, v) in groups for t in tokens])
-    return part["attention"].reindex(index).to_numpy().reshape(len(features), -1)
+    part = table[table["head"] == head].set_index(["feature_id", "column", "value"])
+    index = pd.MultiIndex.from_tuples([(f, c, v) for f in features for (c, v) in groups])
+    return part[list(tokens)].reindex(index).to_numpy().reshape(len(features), -1)
 
 
 def gate_table(gates: np.ndarray, sample_ids, categorical: dict) -> pd.DataFrame:
