@@ -56,8 +56,9 @@ def _render(output_dir: str, title: str, intro: list, sections: list) -> None:
     shutil.copy(os.path.join(ASSETS, "views.js"), output_dir)
 
 
-def _figure(src: str, label: str = "", caption: str = "") -> dict:
-    return {"src": src, "label": label, "caption": caption}
+def _figure(src: str, label: str = "") -> dict:
+    """A plot of a section; ``label`` names it in the section's selector."""
+    return {"src": src, "label": label}
 
 
 def _section(title: str, text: list, figures: list, downloads: list,
@@ -251,7 +252,8 @@ def _boxes(plt, frame: pd.DataFrame, value: str, columns, ylabel: str, title: st
 def _gmu_view(output_dir, model, outputs, samples, categorical, columns):
     from .core.explain import gate_table
     plt = _pyplot()
-    variant = model.model_config.get("gmu_variant", "canonical")
+    from .core.model import ModelConfig
+    variant = ModelConfig.from_dict(model.model_config).gmu_variant  # as the model is built
     meaning = ("z scales how much of the metadata vector is added to the unchanged sequence "
                "representation (h + z·tanh(W c)): near 0 the metadata is ignored, near 1 it is "
                "added in full." if variant == "residual" else
@@ -392,10 +394,7 @@ def _perceiver_view(output_dir, model, outputs, samples, categorical, columns, t
         fig.colorbar(image, ax=ax, label="attention weight", shrink=0.6)
         name = "perceiver-mean.svg" if head == "mean" else f"perceiver-head{head}.svg"
         figures.append(_figure(_save(fig, output_dir, name), label=title))
-    share = pd.DataFrame({c: ["(missing)" if v is None else str(v) for v in vals]
-                          for c, vals in categorical.items()},
-                         index=pd.Index(samples.sample_ids, name="sample_id"))
-    share["metadata_share"] = metadata_share(weights, columns)
+    share = metadata_share(weights, samples.sample_ids, categorical)
     box = _save(_boxes(plt, share, "metadata_share", columns, "share of attention",
                        "Share of the latents' attention that goes to metadata tokens"),
                 output_dir, "perceiver-metadata-share.svg")
@@ -419,6 +418,7 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
                          taxonomy: pd.DataFrame = None, top_n: int = 30, min_samples: int = 5,
                          batch_size: int = 64, device: str = "auto") -> None:
     from .core import api
+    from .core.explain import MISSING
     fusion = model.model_config.get("categorical_fusion", "none")
     columns = model.target.get("categorical", {}).get("columns") or []
     if fusion not in VIEWS_BY_FUSION or not columns:
@@ -428,15 +428,13 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
             f"{'' if columns else ' and no categorical columns'}, which has no gates or "
             f"attention weights to show. explain-conditioning needs a model trained with "
             f"--p-categorical-columns and one of these fusions: {modes}.")
-    ids = [str(i) for i in table.ids()]
-    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
-                               sample_ids=ids)
+    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256))
     categorical = _categorical(sample_metadata, columns, samples.sample_ids, required=False,
                                parameter=MODEL_COLUMNS)
     absent = [i for i in samples.sample_ids if i not in sample_metadata.ids]
     if absent:
         _log(f"{len(absent)} sample(s) are not in the sample metadata ({_examples(absent)}); "
-             "the model reads their columns as unknown, and they are shown as '(missing)'.")
+             f"the model reads their columns as unknown, and they are shown as {MISSING!r}.")
     outputs = api.model_outputs(model, samples, batch_size=batch_size, device=device,
                                 categorical=categorical, log=_log)
     if fusion == "gmu":

@@ -341,6 +341,10 @@ VIEW_PARAMETERS = {
 }
 VIEW_INPUTS = {"table": "Feature table of the samples to explain (e.g. held-out samples).",
                "sequences": INPUTS["sequences"]}
+# What 'accuracy' and 'explain-conditioning' both take: a model run on samples.
+VIEW_INPUT_TYPES = {"model": TRAINED_MODEL, "table": FeatureTable[Frequency],
+                    "sequences": FeatureData[Sequence]}
+VIEW_PARAMETER_TYPES = {"sample_metadata": Metadata, "batch_size": POSITIVE, "device": DEVICE}
 
 plugin.visualizers.register_function(
     function=_visualizers.training_history,
@@ -359,10 +363,8 @@ plugin.visualizers.register_function(
 
 plugin.visualizers.register_function(
     function=_visualizers.accuracy,
-    inputs={"model": TRAINED_MODEL, "table": FeatureTable[Frequency],
-            "sequences": FeatureData[Sequence]},
-    parameters={"metadata": MetadataColumn[Numeric | Categorical],
-                "sample_metadata": Metadata, "batch_size": POSITIVE, "device": DEVICE},
+    inputs=VIEW_INPUT_TYPES,
+    parameters={"metadata": MetadataColumn[Numeric | Categorical], **VIEW_PARAMETER_TYPES},
     input_descriptions={"model": "A regressor or classifier from 'train'.", **VIEW_INPUTS},
     parameter_descriptions={"metadata": "The observed values of the model's target (numeric "
                                         "for a regressor, classes for a classifier). Samples "
@@ -379,10 +381,8 @@ plugin.visualizers.register_function(
 
 plugin.visualizers.register_function(
     function=_visualizers.explain_conditioning,
-    inputs={"model": TRAINED_MODEL, "table": FeatureTable[Frequency],
-            "sequences": FeatureData[Sequence], "taxonomy": FeatureData[Taxonomy]},
-    parameters={"sample_metadata": Metadata, "top_n": POSITIVE, "min_samples": POSITIVE,
-                "batch_size": POSITIVE, "device": DEVICE},
+    inputs={**VIEW_INPUT_TYPES, "taxonomy": FeatureData[Taxonomy]},
+    parameters={"top_n": POSITIVE, "min_samples": POSITIVE, **VIEW_PARAMETER_TYPES},
     input_descriptions={"model": "A regressor or classifier trained with "
                                  "--p-categorical-columns and --p-categorical-fusion gmu, "
                                  "cross-attention or perceiver.",

@@ -29,17 +29,21 @@ def slot_features(samples: AmpliconSamples) -> tuple[np.ndarray, np.ndarray, np.
     return rows, slots, samples.indices
 
 
-def category_groups(categorical: dict) -> list[tuple[str, str, np.ndarray]]:
-    """``(column, value, boolean sample mask)`` for each value of each column.
+MISSING = "(missing)"
 
-    Missing values (None) form the group ``(missing)``; values are sorted.
-    """
-    groups = []
-    for column, values in categorical.items():
-        labels = np.array(["(missing)" if v is None else str(v) for v in values], dtype=object)
-        for value in sorted(set(labels)):
-            groups.append((column, value, labels == value))
-    return groups
+
+def category_frame(categorical: dict, sample_ids) -> pd.DataFrame:
+    """Each sample's value of each column, as text; missing values (None) are ``(missing)``."""
+    return pd.DataFrame({c: [MISSING if v is None else str(v) for v in values]
+                         for c, values in categorical.items()},
+                        index=pd.Index(sample_ids, name="sample_id"))
+
+
+def category_groups(categorical: dict) -> list[tuple[str, str, np.ndarray]]:
+    """``(column, value, boolean sample mask)`` for each value of each column (sorted)."""
+    frame = category_frame(categorical, range(len(next(iter(categorical.values())))))
+    return [(column, value, (frame[column] == value).to_numpy())
+            for column in frame.columns for value in sorted(frame[column].unique())]
 
 
 def _mean_by_feature(values: np.ndarray, features: np.ndarray, n_features: int):
@@ -105,9 +109,7 @@ def heatmap_matrix(table: pd.DataFrame, features, head: str, groups, tokens) -> 
 
 def gate_table(gates: np.ndarray, sample_ids, categorical: dict) -> pd.DataFrame:
     """Per sample: its category values and the mean, sd, min and max of its GMU gate."""
-    frame = pd.DataFrame({c: ["(missing)" if v is None else str(v) for v in values]
-                          for c, values in categorical.items()},
-                         index=pd.Index(sample_ids, name="sample_id"))
+    frame = category_frame(categorical, sample_ids)
     frame["gate_mean"] = gates.mean(axis=1)
     frame["gate_sd"] = gates.std(axis=1)
     frame["gate_min"] = gates.min(axis=1)
@@ -146,10 +148,12 @@ def latent_attention(weights: np.ndarray, samples: AmpliconSamples, columns) -> 
     return pd.concat([tokens, asvs], ignore_index=True)
 
 
-def metadata_share(weights: np.ndarray, columns) -> np.ndarray:
-    """Per sample: the share of the Perceiver's attention (heads and latents averaged)
-    that goes to metadata tokens rather than ASVs. ``(n,)``."""
-    return weights[..., -(len(columns) + 1):].sum(axis=-1).mean(axis=(1, 2))
+def metadata_share(weights: np.ndarray, sample_ids, categorical: dict) -> pd.DataFrame:
+    """Per sample: its category values and the share of the Perceiver's attention (heads and
+    latents averaged) that goes to metadata tokens rather than ASVs."""
+    frame = category_frame(categorical, sample_ids)
+    frame["metadata_share"] = weights[..., -(len(categorical) + 1):].sum(axis=-1).mean(axis=(1, 2))
+    return frame
 
 
 def history_frame(history: list[dict]) -> pd.DataFrame:
