@@ -304,6 +304,10 @@ def test_metadata_problems_are_named_or_shown(aam, models, ecam_subset):
         aam.visualizers.explain_conditioning(model=models["cross-attention"],
                                              table=a["new_table"], sequences=a["sequences"],
                                              sample_metadata=without_diet)
+    with pytest.raises(ValueError, match="lower --p-min-samples"):
+        aam.visualizers.explain_conditioning(model=models["cross-attention"],
+                                             table=a["new_table"], sequences=a["sequences"],
+                                             sample_metadata=md, min_samples=1000)
     partial = qiime2.Metadata(frame.loc[ecam_subset["new_ids"][:6]])
     result, = aam.visualizers.explain_conditioning(
         model=models["cross-attention"], table=a["new_table"], sequences=a["sequences"],
