@@ -330,6 +330,92 @@ def test_model_returns_cross_attention_per_head():
     torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
 
 
+# --- per-ASV response (attribution) ------------------------------------------------------
+
+def response_inputs(model, rows=(0, 1, 2, 3)):
+    batch = batch_for(list(rows))
+    embeddings = model.encode_asvs(batch["asv_tokens"])
+    return batch, embeddings
+
+
+def hooked_prediction(model, batch, embeddings, slot, column, value):
+    """The prediction with one slot's cross-attention output taken from a pass where
+    ``column`` is ``value``, done with a forward hook on the plain forward pass."""
+    other = batch["categories"].clone()
+    other[:, column] = value
+    captured = {}
+
+    def capture(module, args, output):
+        captured["alt"] = output[0]
+    hook = model.cross_attention.register_forward_hook(capture)
+    model(dict(batch, categories=other), asv_embeddings=embeddings)
+    hook.remove()
+
+    def patch(module, args, output):
+        fused = output[0].clone()
+        fused[:, slot] = captured["alt"][:, slot]
+        return fused, output[1]
+    hook = model.cross_attention.register_forward_hook(patch)
+    out = model(batch, asv_embeddings=embeddings)["prediction"]
+    hook.remove()
+    return out
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(film_conditioning=True,
+                                             conditional_output_scaling=True)],
+                         ids=["plain", "film+scaling"])
+def test_response_equals_a_forward_pass_with_one_slot_on_another_value(kwargs):
+    model = model_for(categorical_fusion="cross-attention", **kwargs)
+    batch, embeddings = response_inputs(model)
+    plain, patched = model.conditioning_response(batch, embeddings, max_rows=8)
+    torch.testing.assert_close(plain, model(batch, asv_embeddings=embeddings)["prediction"])
+    assert patched.shape == (4, batch["asv_mask"].shape[1], 2, 4, 1)
+    checked = 0
+    for column, card in enumerate(CARDS):
+        for value in range(1, card):
+            for slot in (0, 2, batch["asv_mask"].sum(1).min().item() - 1):
+                expected = hooked_prediction(model, batch, embeddings, slot, column, value)
+                own = batch["categories"][:, column] == value
+                got = patched[:, slot, column, value]
+                assert torch.isnan(got[own]).all()
+                torch.testing.assert_close(got[~own], expected[~own])
+                checked += int((~own).sum())
+    assert checked > 20
+
+
+def test_response_is_nan_for_padded_slots_unknown_and_missing_values():
+    model = model_for(categorical_fusion="cross-attention")
+    batch, embeddings = response_inputs(model)
+    _, patched = model.conditioning_response(batch, embeddings)
+    mask = batch["asv_mask"]
+    assert not mask.all()  # the batch has padded slots
+    assert torch.isnan(patched[~mask]).all()
+    assert torch.isnan(patched[..., 0, :]).all()  # 'unknown' is never an alternative
+    assert torch.isnan(patched[:, :, 0, 3]).all()  # column 0 has values 1-2 only
+    assert torch.isfinite(patched[mask][:, 1, 1:]).any()
+
+
+def test_response_is_zero_when_the_metadata_cannot_reach_the_asvs():
+    model = model_for(categorical_fusion="cross-attention")
+    batch, embeddings = response_inputs(model)
+    _, moved = model.conditioning_response(batch, embeddings)
+    changes = (moved - model.conditioning_response(batch, embeddings)[0][:, None, None, None])
+    assert changes.abs().nan_to_num().max() > 1e-4  # untrained, the metadata still matters
+    with torch.no_grad():
+        model.cross_attention.attention.out_proj.weight.zero_()
+        model.cross_attention.attention.out_proj.bias.zero_()
+    plain, patched = model.conditioning_response(batch, embeddings)
+    changes = (patched - plain[:, None, None, None]).nan_to_num()
+    assert changes.abs().max() == 0
+
+
+def test_response_needs_a_cross_attention_model():
+    model = model_for(categorical_fusion="concat")
+    batch, embeddings = response_inputs(model)
+    with pytest.raises(ValueError, match="cross-attention"):
+        model.conditioning_response(batch, embeddings)
+
+
 def test_cross_attention_all_unknown_is_finite(xattn_inputs):
     x, _ = xattn_inputs
     tokens = CategoricalEmbedding(CARDS, D).tokens(torch.zeros(2, 2, dtype=torch.long))

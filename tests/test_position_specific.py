@@ -20,6 +20,7 @@ import pytest
 
 from q2_aam.core import api
 from q2_aam.core.engine import TrainConfig
+from q2_aam.core.explain import asv_response
 
 from synthetic import COLUMNS, position_specific
 
@@ -85,6 +86,23 @@ def attention_shift(bundle, samples, categorical):
             shift[feature, c] = np.abs(attention[value == "a"].mean(0)
                                        - attention[value == "b"].mean(0)).sum()
     return shift
+
+
+def test_response_of_planted_asvs_is_specific_to_their_column(fitted):
+    """The attribution the explain-conditioning page shows next to the weights: conditioning
+    a planted ASV alone on the other value of *its* column moves the prediction several
+    times more than conditioning any non-planted ASV on any column."""
+    for seed in SEEDS:
+        _, bundle, samples, categorical = fitted["cross-attention", seed]
+        _, _, _, rules = position_specific(seed=seed)
+        response = asv_response(api.conditioning_response(bundle, samples,
+                                                          categorical=categorical,
+                                                          log=lambda m: None),
+                                samples, COLUMNS)
+        by_feature = response.reindex(samples.feature_ids)
+        planted = np.array([by_feature.iloc[j][rules[j][0]] for j in rules])
+        others = by_feature.iloc[len(rules) + 1:][list(COLUMNS)].max(axis=1).to_numpy()
+        assert planted.mean() > 3 * others.mean(), (seed, planted.mean(), others.mean())
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import qiime2
+import torch
 
 from q2_aam import _methods
 from q2_aam.core import api
 from q2_aam.core.bundle import ModelBundle
+from q2_aam.core.targets import TargetTransform
 
 SMALL = dict(token_limit=32, embedding_dim=16, attention_heads=2, nucleotide_layers=1,
              sample_layers=1, batch_size=8, epochs=2)
@@ -108,6 +110,17 @@ def outputs_of(model, ecam_subset):
                                                            log=lambda m: None)
 
 
+def _one_batch(bundle, model, samples, categorical):
+    """A collated batch of ``samples`` and its ASV embeddings, as the model reads them."""
+    from q2_aam.core.data import BatchCollator, encode_categories
+    from q2_aam.core.tokenizer import tokenize
+    tokens = tokenize(samples.sequences, max_length=model.config.max_sequence_length).tokens
+    cats = encode_categories(categorical, bundle.target["categorical"]["vocabularies"])
+    batch = BatchCollator(samples, tokens, categories=cats)(range(len(samples)))
+    with torch.no_grad():
+        return batch, {"asv_embeddings": model.encode_asvs(batch["asv_tokens"])}
+
+
 def read(folder, name, **kwargs):
     return pd.read_csv(folder / name, sep="\t", **kwargs)
 
@@ -120,7 +133,8 @@ def test_every_view_writes_its_page_plots_and_tables(pages):
         "accuracy-classifier": ["accuracy.svg", "predictions.tsv", "confusion.tsv"],
         "gmu": ["gates.svg", "gate-distribution.svg", "gates.tsv", "gate-units.tsv"],
         "cross-attention": ["cross-attention-mean.svg", "cross-attention-head1.svg",
-                            "cross-attention-head2.svg", "cross-attention.tsv", "top-asvs.tsv"],
+                            "cross-attention-head2.svg", "cross-attention.tsv", "top-asvs.tsv",
+                            "response.svg", "response.tsv"],
         "perceiver": ["perceiver-mean.svg", "perceiver-head1.svg", "perceiver-attention.tsv",
                       "perceiver-metadata-share.svg", "perceiver-metadata-share.tsv"],
     }
@@ -206,6 +220,59 @@ def test_cross_attention_table_is_the_models_attention(pages, models, ecam_subse
                     checked += 1
     assert checked > 50
     np.testing.assert_allclose(table[tokens].sum(axis=1), 1, rtol=1e-5)
+
+
+def test_response_table_is_each_asvs_mean_change_in_days(pages, models, ecam_subset):
+    bundle, samples, categorical, outputs = outputs_of(models["cross-attention"], ecam_subset)
+    table = read(pages["cross-attention"], "response.tsv").set_index("feature_id")
+    response = api.conditioning_response(bundle, samples, categorical=categorical,
+                                         log=lambda m: None)  # (n, S, C)
+    assert np.isfinite(table[COLUMNS].to_numpy()).all() and (table[COLUMNS] >= 0).all().all()
+    assert table[COLUMNS].max(axis=1).is_monotonic_decreasing
+    for f, feature in enumerate(samples.feature_ids[:40]):
+        held = [(i, list(samples.indices[samples.indptr[i]:samples.indptr[i + 1]]).index(f))
+                for i in range(len(samples))
+                if f in samples.indices[samples.indptr[i]:samples.indptr[i + 1]]]
+        if not held:
+            assert feature not in table.index
+            continue
+        expected = np.mean([response[i, j] for i, j in held], axis=0)
+        np.testing.assert_allclose(table.loc[feature, COLUMNS].to_numpy(dtype=float), expected,
+                                   rtol=1e-5)
+        assert table.loc[feature, "n_samples"] == len(held)
+    # One entry by hand, in days: sample 0's most abundant ASV (slot 0) alone on each other
+    # delivery value, through forward hooks on the plain model.
+    transform = TargetTransform.from_dict(bundle.target["transform"])
+    model = bundle.build_model()
+    first = samples.subset([0])
+    own = {c: v[:1] for c, v in categorical.items()}
+    plain = transform.inverse(api.predict_raw(bundle, first, categorical=own,
+                                              log=lambda m: None)[:, 0])[0]
+    changes = []
+    for value in bundle.target["categorical"]["vocabularies"]["delivery"]:
+        if value == own["delivery"][0]:
+            continue
+        captured = {}
+        hook = model.cross_attention.register_forward_hook(
+            lambda m, a, o: captured.update(alt=o[0]))
+        batch, kwargs = _one_batch(bundle, model, first, dict(own, delivery=[value]))
+        with torch.no_grad():
+            model(batch, **kwargs)
+        hook.remove()
+
+        def patch(m, a, o):
+            fused = o[0].clone()
+            fused[:, 0] = captured["alt"][:, 0]
+            return fused, o[1]
+        hook = model.cross_attention.register_forward_hook(patch)
+        with torch.no_grad():
+            batch, kwargs = _one_batch(bundle, model, first, own)
+            patched = model(batch, **kwargs)["prediction"]
+        hook.remove()
+        changes.append(abs(transform.inverse(patched[:, 0].numpy())[0] - plain))
+    assert changes
+    np.testing.assert_allclose(response[0, 0, COLUMNS.index("delivery")], np.mean(changes),
+                               rtol=1e-4)
 
 
 def test_cross_attention_heatmap_ranks_and_labels_asvs(pages, taxonomy):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -441,17 +442,10 @@ def predict_raw(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: in
     return outputs["prediction"]
 
 
-@torch.no_grad()
-def model_outputs(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: int = 64,
-                  device: str = "auto", categorical: dict | None = None,
-                  log: Callable[[str], None] = _stderr) -> dict:
-    """Every per-sample output of the model: ``prediction``, ``sample_embedding``, and,
-    by fusion mode, ``gmu_gate`` ``(n, D)``, ``cross_attention`` ``(n, heads, S, K)`` or
-    ``perceiver_attention`` ``(n, heads, latents, S + K)`` (ASV slots padded to the
-    token limit; slot ``j`` of sample ``i`` is its ``j``-th most abundant ASV)."""
-    if bundle.kind == "encoder":
-        raise ValueError("This model is a pretrained encoder; it predicts nothing. Train a "
-                         "regressor or classifier from it with 'train'.")
+def _batches(bundle: ModelBundle, samples: AmpliconSamples, batch_size: int, device: str,
+             categorical: dict | None, log: Callable[[str], None]):
+    """``(model, batch, asv_embeddings)`` for consecutive batches of ``samples``, each
+    distinct ASV encoded once; the metadata encoded with the model's vocabularies."""
     accelerator = make_accelerator(device)
     model = bundle.build_model().to(accelerator.device)
     tokens = _tokens(samples, max_length=model.config.max_sequence_length, log=log)
@@ -464,12 +458,85 @@ def model_outputs(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: 
                              f"{list(vocabularies)}; pass the sample metadata holding them.")
         cats = encode_categories(categorical, vocabularies, warn=log)
     collator = BatchCollator(samples, tokens, categories=cats)
-    per_batch: dict = {}
-    width = samples.token_limit
     for start in range(0, len(samples), batch_size):
         batch = collator(range(start, min(start + batch_size, len(samples))))
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        out = model(batch, asv_embeddings=table[batch["asv_feature"]])
+        yield model, batch, table[batch["asv_feature"]]
+
+
+def conditioning_response(bundle: ModelBundle, samples: AmpliconSamples, *,
+                          categorical: dict, normalize_groups: Sequence | None = None,
+                          batch_size: int = 16, device: str = "auto",
+                          log: Callable[[str], None] = _stderr) -> np.ndarray:
+    """How much each ASV's conditioning moves each sample's prediction, per column.
+
+    ``(n_samples, token_limit, C)``: for sample ``i``, ASV slot ``j`` and
+    conditioning column ``c``, the change in the prediction when that ASV alone
+    is conditioned on another value of ``c`` (every other ASV, and the rest of
+    the model, keep the sample's metadata), averaged over the column's other
+    values seen in training. Regressors: the absolute change in the target's
+    units; classifiers: the total variation between the class probabilities
+    (0 to 1). NaN for empty slots. Only for cross-attention models (see
+    ``AAMModel.conditioning_response``).
+    """
+    if bundle.model_config.get("categorical_fusion") != "cross-attention" or not \
+            bundle.target.get("categorical", {}).get("columns"):
+        raise ValueError("The per-ASV response to metadata needs a model trained with "
+                         "--p-categorical-columns and --p-categorical-fusion cross-attention.")
+    transform = None
+    if bundle.kind == "regressor":
+        transform = TargetTransform.from_dict(bundle.target["transform"])
+        if transform.uses_groups and normalize_groups is None:
+            raise ValueError(f"This model z-scores its target within groups of "
+                             f"{bundle.target.get('normalize_by')}; pass each sample's values "
+                             "of these columns.")
+    point = bundle.target.get("point_output", 0)
+    result = np.full((len(samples), samples.token_limit,
+                      len(bundle.target["categorical"]["columns"])), np.nan)
+    start = 0
+    for model, batch, embeddings in _batches(bundle, samples, batch_size, device, categorical,
+                                             log):
+        plain, patched = (t.double().cpu().numpy()
+                          for t in model.conditioning_response(batch, embeddings))
+        n, width = patched.shape[:2]
+        if transform is None:  # total variation between class-probability vectors
+            def probabilities(z):
+                e = np.exp(z - np.nanmax(z, axis=-1, keepdims=True))
+                return e / e.sum(axis=-1, keepdims=True)
+            change = 0.5 * np.abs(probabilities(patched)
+                                  - probabilities(plain)[:, None, None, None]).sum(-1)
+            change[np.isnan(patched[..., 0])] = np.nan
+        else:
+            groups = (None if not transform.uses_groups else
+                      np.asarray(normalize_groups, dtype=object)[start:start + n])
+            flat = patched[..., point].reshape(n, -1)
+            rows = np.repeat(groups, flat.shape[1]) if groups is not None else None
+            values = transform.inverse(flat.ravel(), rows, warn=log).reshape(patched.shape[:-1])
+            change = np.abs(values - transform.inverse(plain[:, point], groups,
+                                                       warn=log)[:, None, None, None])
+        with warnings.catch_warnings():  # a slot or column with no other value stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result[start:start + n, :width] = np.nanmean(change, axis=-1)  # over other values
+        start += n
+    return result
+
+
+@torch.no_grad()
+def model_outputs(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: int = 64,
+                  device: str = "auto", categorical: dict | None = None,
+                  log: Callable[[str], None] = _stderr) -> dict:
+    """Every per-sample output of the model: ``prediction``, ``sample_embedding``, and,
+    by fusion mode, ``gmu_gate`` ``(n, D)``, ``cross_attention`` ``(n, heads, S, K)`` or
+    ``perceiver_attention`` ``(n, heads, latents, S + K)`` (ASV slots padded to the
+    token limit; slot ``j`` of sample ``i`` is its ``j``-th most abundant ASV)."""
+    if bundle.kind == "encoder":
+        raise ValueError("This model is a pretrained encoder; it predicts nothing. Train a "
+                         "regressor or classifier from it with 'train'.")
+    per_batch: dict = {}
+    width = samples.token_limit
+    for model, batch, embeddings in _batches(bundle, samples, batch_size, device, categorical,
+                                             log):
+        out = model(batch, asv_embeddings=embeddings)
         for key in ("prediction", "sample_embedding", "gmu_gate", "cross_attention",
                     "perceiver_attention"):
             if key not in out:

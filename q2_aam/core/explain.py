@@ -100,6 +100,33 @@ def rank_by_variance(table: pd.DataFrame, tokens, min_samples: int) -> pd.Series
     return score.sort_values(ascending=False, kind="stable").rename("attention_variance")
 
 
+def asv_response(response: np.ndarray, samples: AmpliconSamples, columns) -> pd.DataFrame:
+    """Each ASV's mean response to each conditioning column, over the samples holding it.
+
+    ``response``: ``(n, S, C)`` from :func:`q2_aam.core.api.conditioning_response`.
+    One row per ASV held by any sample, indexed by feature ID: a column per
+    conditioning column (NaN where no holding sample had another value to
+    compare with) and ``n_samples``. Sorted by the largest column, highest
+    first.
+    """
+    rows, slots, features = slot_features(samples)
+    per_slot = response[rows, slots]  # (m, C)
+    known = ~np.isnan(per_slot)
+    sums, counts = (np.zeros((len(samples.feature_ids), len(columns))) for _ in range(2))
+    np.add.at(sums, features, np.where(known, per_slot, 0.0))
+    np.add.at(counts, features, known)
+    held = np.bincount(features, minlength=len(samples.feature_ids))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    present = np.flatnonzero(held)
+    frame = pd.DataFrame(means[present], columns=list(columns),
+                         index=pd.Index(np.asarray(samples.feature_ids, dtype=object)[present],
+                                        name="feature_id"))
+    frame["n_samples"] = held[present]
+    order = frame[list(columns)].max(axis=1).sort_values(ascending=False, kind="stable").index
+    return frame.loc[order]
+
+
 def heatmap_matrix(table: pd.DataFrame, features, head: str, groups, tokens) -> np.ndarray:
     """``(len(features), len(groups) * len(tokens))`` attention for one head (NaN: absent)."""
     part = table[table["head"] == head].set_index(["feature_id", "column", "value"])

@@ -343,10 +343,9 @@ class AAMModel(nn.Module):
             out.update(self._target_branch(tokens_out, mask, batch.get("categories")))
         return out
 
-    def _target_branch(self, x: torch.Tensor, mask: torch.Tensor,
-                       categories: torch.Tensor | None) -> dict:
-        """Fusion, target encoder, pooling and head on the sample encoder's ``(B, S, D)``."""
-        out = {}
+    def _categorical_inputs(self, categories: torch.Tensor | None):
+        """The pooled categorical vector ``(B, D)`` and metadata tokens ``(B, K, D)`` the
+        model's modes use (``None`` where unused)."""
         c_vec = c_tokens = None
         n_columns = len(self.config.categorical_cardinalities)
         if (self.categories is not None or self.output_scaling is not None) and (
@@ -358,10 +357,24 @@ class AAMModel(nn.Module):
                 c_vec = self.categories.vector(categories)  # (B, D)
             if self.categories.has_tokens:
                 c_tokens = self.categories.tokens(categories)  # (B, K, D)
+        return c_vec, c_tokens
+
+    def _target_branch(self, x: torch.Tensor, mask: torch.Tensor,
+                       categories: torch.Tensor | None) -> dict:
+        """Fusion, target encoder, pooling and head on the sample encoder's ``(B, S, D)``."""
+        out = {}
+        c_vec, c_tokens = self._categorical_inputs(categories)
         if self.fusion is not None:
             x = self.fusion(x, c_vec)
         if self.cross_attention is not None:
             x, out["cross_attention"] = self.cross_attention(x, c_tokens)  # (B, h, S, K)
+        out.update(self._readout(x, mask, c_vec, c_tokens, categories))
+        return out
+
+    def _readout(self, x: torch.Tensor, mask: torch.Tensor, c_vec, c_tokens,
+                 categories) -> dict:
+        """Everything after the per-ASV fusion: ``(B, S, D)`` slots -> prediction."""
+        out = {}
         if hasattr(self, "perceiver"):
             pooled, out["perceiver_attention"] = self.perceiver(x, mask, c_tokens)
         else:
@@ -375,3 +388,52 @@ class AAMModel(nn.Module):
             y = self.output_scaling(y, categories)
         out["prediction"] = self.output_constraint(y)
         return out
+
+    @torch.no_grad()
+    def conditioning_response(self, batch: dict, asv_embeddings: torch.Tensor,
+                              max_rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions with one ASV slot alone conditioned on another value of a column.
+
+        For every slot ``s``, column ``c`` and known value ``v`` (index 1 and up;
+        0 is *unknown*), the cross-attention output of slot ``s`` is taken from a
+        pass in which column ``c`` is ``v``; every other slot, and everything
+        after the fusion (FiLM, output scaling), keeps the sample's own metadata.
+        So the change from the plain prediction is what conditioning *that* ASV
+        on ``v`` does to the output: an attribution, unlike the attention
+        weights, which also move for ASVs the prediction does not read.
+
+        Returns the plain outputs ``(B, n_outputs)`` and the patched ones
+        ``(B, S, C, V, n_outputs)`` (``V`` the largest cardinality), NaN for
+        padded slots, for ``v`` equal to the sample's own value and past a
+        column's cardinality.
+        """
+        if self.cross_attention is None:
+            raise ValueError("conditioning_response needs a model trained with "
+                             "categorical_fusion='cross-attention'.")
+        mask, categories = batch["asv_mask"], batch.get("categories")
+        c_vec, c_tokens = self._categorical_inputs(categories)
+        x, _ = self.sample_encoder(asv_embeddings, batch["asv_index"], mask, batch["abundance"])
+        fused, _ = self.cross_attention(x, c_tokens)
+        plain = self._readout(fused, mask, c_vec, c_tokens, categories)["prediction"]
+        (n, width, dim), cards = fused.shape, self.config.categorical_cardinalities
+        patched = plain.new_full((n, width, len(cards), max(cards), plain.shape[1]), float("nan"))
+        chunk = max(1, max_rows // n)
+        for c, card in enumerate(cards):
+            for v in range(1, card):
+                other = categories.clone()
+                other[:, c] = v
+                alt, _ = self.cross_attention(x, self.categories.tokens(other))
+                for start in range(0, width, chunk):
+                    slots = torch.arange(start, min(start + chunk, width), device=x.device)
+                    if not mask[:, slots].any():
+                        continue
+                    k = len(slots)
+                    rows = fused.unsqueeze(0).repeat(k, 1, 1, 1)  # (k, B, S, D)
+                    rows[torch.arange(k), :, slots] = alt[:, slots].transpose(0, 1)
+                    y = self._readout(rows.reshape(k * n, width, dim), mask.repeat(k, 1),
+                                      None if c_vec is None else c_vec.repeat(k, 1), None,
+                                      categories.repeat(k, 1))["prediction"]
+                    patched[:, slots, c, v] = y.view(k, n, -1).transpose(0, 1)
+                patched[categories[:, c] == v, :, c, v] = float("nan")
+        patched[~mask] = float("nan")
+        return plain, patched
