@@ -389,19 +389,24 @@ plugin.visualizers.register_function(
                         "taxonomy": "Taxonomy of the table's features, to label the ASVs "
                                     "(optional).", **VIEW_INPUTS},
     parameter_descriptions={
-        "top_n": "ASVs shown in a heatmap: those whose cross-attention varies most between "
-                 "category values (cross-attention), or that get the most attention "
-                 "(perceiver). Every ASV is in the TSV.",
-        "min_samples": "Cross-attention: a category value counts for an ASV's ranking only "
-                       "when this many of its samples hold the ASV.",
+        "top_n": "ASVs shown in a heatmap: those with the largest response and those whose "
+                 "cross-attention varies most between category values (cross-attention), "
+                 "or that get the most attention (perceiver). Every ASV is in the TSVs.",
+        "min_samples": "Cross-attention: an ASV is ranked by its response only when this "
+                       "many samples hold it, and a category value counts for its attention "
+                       "ranking only when this many of the value's samples hold it.",
         **VIEW_PARAMETERS},
     name="What an AAM model's categorical conditioning learned",
     description=(
         "Shows, on the samples given, what the model's conditioning does; which view depends "
         "on the fusion the model was trained with. gmu: the distribution of gate values per "
-        "category value, and what a gate value means in the form used. cross-attention: a "
-        "heatmap of ASVs (with sequence and, given --i-taxonomy, taxonomy) x metadata tokens "
-        "per category value, per head and averaged, with the full matrix as TSV. perceiver: "
+        "category value, and what a gate value means in the form used. cross-attention: each "
+        "ASV's response to each column (how much the prediction moves when that ASV alone is "
+        "conditioned on another value of the column, in the target's units; an attribution, "
+        "one extra pass of the layers after the fusion per ASV, sample and other value), and "
+        "a heatmap of ASVs (with sequence and, given --i-taxonomy, taxonomy) x metadata "
+        "tokens per category value, per head and averaged, with the full matrix as TSV; the "
+        "weights show where attention goes, not which taxa respond. perceiver: "
         "the latents' attention over metadata tokens and ASVs. Models trained with another "
         "fusion (none, concat, add) have no gates or attention to show and get an error "
         "saying so."),

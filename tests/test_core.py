@@ -1,4 +1,5 @@
 """Unit tests of the torch core: tokenizer, batches, model, losses, schedule, bundle."""
+import dataclasses
 import json
 
 import numpy as np
@@ -328,3 +329,35 @@ def test_same_seed_same_model_on_real_data():
                          log=lambda m: None) for _ in range(2)]
     for k in runs[0].state_dict:
         torch.testing.assert_close(runs[0].state_dict[k], runs[1].state_dict[k], rtol=0, atol=0)
+
+
+def test_response_of_a_group_normalised_regressor_is_in_each_groups_units():
+    """zscore-category: the response needs each sample's group, and a sample's response is
+    its z-scale change times its group's sd (the inverse transform is linear in z)."""
+    from synthetic import position_specific
+    samples, y, categorical, _ = position_specific(n_samples=80, seed=0)
+    groups = categorical["season"]
+    y = y + 50 * (np.array(groups) == "a")  # group 'a' far above 'b'
+    bundle = api.train(samples, y, task="regression", target_transform="zscore-category",
+                       normalize_groups=groups, normalize_by=["season"],
+                       categorical={"site": categorical["site"]},
+                       architecture=dict(embedding_dim=16, attention_heads=2,
+                                         nucleotide_layers=1, sample_layers=1,
+                                         categorical_fusion="cross-attention",
+                                         cross_attn_heads=2),
+                       config=TrainConfig(epochs=2), log=lambda m: None)
+    site = {"site": categorical["site"]}
+    with pytest.raises(ValueError, match="pass each sample's values"):
+        api.conditioning_response(bundle, samples, categorical=site, log=lambda m: None)
+    days = api.conditioning_response(bundle, samples, categorical=site,
+                                     normalize_groups=groups, log=lambda m: None)
+    transform = TargetTransform.from_dict(bundle.target["transform"])
+    z_scale = dataclasses.replace(bundle, target=dict(
+        bundle.target, transform=TargetTransform("none").to_dict()))
+    raw = api.conditioning_response(z_scale, samples, categorical=site, log=lambda m: None)
+    sd = transform.inverse(np.ones(len(y)), groups) - transform.inverse(np.zeros(len(y)),
+                                                                        groups)
+    held = ~np.isnan(days)
+    assert held.sum() > 100 and (np.isnan(raw) == ~held).all()
+    np.testing.assert_allclose(days[held], (raw * sd[:, None, None])[held], rtol=1e-6)
+    assert len(set(np.round(sd, 6))) == 2

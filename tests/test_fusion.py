@@ -406,7 +406,7 @@ def test_response_is_zero_when_the_metadata_cannot_reach_the_asvs():
         model.cross_attention.attention.out_proj.bias.zero_()
     plain, patched = model.conditioning_response(batch, embeddings)
     changes = (patched - plain[:, None, None, None]).nan_to_num()
-    assert changes.abs().max() == 0
+    assert changes.abs().max() < 1e-6  # float rounding only
 
 
 def test_response_needs_a_cross_attention_model():

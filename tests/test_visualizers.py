@@ -48,6 +48,10 @@ def models(aam, ecam_subset):
     out["classifier"], = aam.actions.train(table=a["table"], sequences=a["sequences"],
                                            metadata=md.get_column("delivery"),
                                            task="classification", **SMALL)
+    out["classifier-cross-attention"], = aam.actions.train(
+        table=a["table"], sequences=a["sequences"], metadata=md.get_column("diet"),
+        task="classification", sample_metadata=md, categorical_columns=["delivery"],
+        categorical_fusion="cross-attention", cross_attn_heads=2, **SMALL)
     return out
 
 
@@ -93,6 +97,8 @@ def pages(aam, models, ecam_subset, taxonomy):
             **new),
         "perceiver": aam.visualizers.explain_conditioning(model=models["perceiver"],
                                                           top_n=10, **new),
+        "cross-attention-classifier": aam.visualizers.explain_conditioning(
+            model=models["classifier-cross-attention"], top_n=10, min_samples=2, **new),
     }
     return {name: exported(result.visualization, name) for name, result in views.items()}
 
@@ -110,15 +116,35 @@ def outputs_of(model, ecam_subset):
                                                            log=lambda m: None)
 
 
-def _one_batch(bundle, model, samples, categorical):
-    """A collated batch of ``samples`` and its ASV embeddings, as the model reads them."""
+def _top_asv_on(bundle, sample, own, other):
+    """The model's raw output for one sample when its most abundant ASV (slot 0) alone
+    takes its cross-attention output from a pass with the ``other`` metadata: done with
+    forward hooks on the plain model, independently of ``conditioning_response``."""
     from q2_aam.core.data import BatchCollator, encode_categories
     from q2_aam.core.tokenizer import tokenize
-    tokens = tokenize(samples.sequences, max_length=model.config.max_sequence_length).tokens
-    cats = encode_categories(categorical, bundle.target["categorical"]["vocabularies"])
-    batch = BatchCollator(samples, tokens, categories=cats)(range(len(samples)))
+    model = bundle.build_model()
+    tokens = tokenize(sample.sequences, max_length=model.config.max_sequence_length).tokens
+    vocabularies = bundle.target["categorical"]["vocabularies"]
+
+    def run(categorical):
+        batch = BatchCollator(sample, tokens, categories=encode_categories(
+            categorical, vocabularies))(range(len(sample)))
+        return model(batch, asv_embeddings=model.encode_asvs(batch["asv_tokens"]))
+    captured = {}
     with torch.no_grad():
-        return batch, {"asv_embeddings": model.encode_asvs(batch["asv_tokens"])}
+        hook = model.cross_attention.register_forward_hook(
+            lambda m, a, o: captured.update(alt=o[0]))
+        run(other)
+        hook.remove()
+
+        def patch(m, a, o):
+            fused = o[0].clone()
+            fused[:, 0] = captured["alt"][:, 0]
+            return fused, o[1]
+        hook = model.cross_attention.register_forward_hook(patch)
+        out = run(own)["prediction"]
+        hook.remove()
+    return out
 
 
 def read(folder, name, **kwargs):
@@ -240,10 +266,9 @@ def test_response_table_is_each_asvs_mean_change_in_days(pages, models, ecam_sub
         np.testing.assert_allclose(table.loc[feature, COLUMNS].to_numpy(dtype=float), expected,
                                    rtol=1e-5)
         assert table.loc[feature, "n_samples"] == len(held)
-    # One entry by hand, in days: sample 0's most abundant ASV (slot 0) alone on each other
-    # delivery value, through forward hooks on the plain model.
+    # One entry by hand, in days: sample 0's most abundant ASV alone on each other delivery
+    # value.
     transform = TargetTransform.from_dict(bundle.target["transform"])
-    model = bundle.build_model()
     first = samples.subset([0])
     own = {c: v[:1] for c, v in categorical.items()}
     plain = transform.inverse(api.predict_raw(bundle, first, categorical=own,
@@ -252,27 +277,41 @@ def test_response_table_is_each_asvs_mean_change_in_days(pages, models, ecam_sub
     for value in bundle.target["categorical"]["vocabularies"]["delivery"]:
         if value == own["delivery"][0]:
             continue
-        captured = {}
-        hook = model.cross_attention.register_forward_hook(
-            lambda m, a, o: captured.update(alt=o[0]))
-        batch, kwargs = _one_batch(bundle, model, first, dict(own, delivery=[value]))
-        with torch.no_grad():
-            model(batch, **kwargs)
-        hook.remove()
-
-        def patch(m, a, o):
-            fused = o[0].clone()
-            fused[:, 0] = captured["alt"][:, 0]
-            return fused, o[1]
-        hook = model.cross_attention.register_forward_hook(patch)
-        with torch.no_grad():
-            batch, kwargs = _one_batch(bundle, model, first, own)
-            patched = model(batch, **kwargs)["prediction"]
-        hook.remove()
+        patched = _top_asv_on(bundle, first, own, dict(own, delivery=[value]))
         changes.append(abs(transform.inverse(patched[:, 0].numpy())[0] - plain))
     assert changes
     np.testing.assert_allclose(response[0, 0, COLUMNS.index("delivery")], np.mean(changes),
                                rtol=1e-4)
+
+
+def test_a_classifiers_response_is_the_change_in_class_probabilities(pages, models,
+                                                                    ecam_subset):
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    bundle = models["classifier-cross-attention"].view(ModelBundle)
+    samples = _methods.amplicon_samples(a["new_table"].view(biom.Table),
+                                        a["sequences"].view(pd.Series),
+                                        bundle.training["token_limit"])
+    own = _methods._categorical(md, ["delivery"], samples.sample_ids)
+    response = api.conditioning_response(bundle, samples, categorical=own,
+                                         log=lambda m: None)  # (n, S, 1)
+    table = read(pages["cross-attention-classifier"], "response.tsv")
+    assert ((table["delivery"] >= 0) & (table["delivery"] <= 1)).all() and table["delivery"].max() > 0
+    assert "class probabilities" in (pages["cross-attention-classifier"]
+                                     / "index.html").read_text()
+    # Sample 0's most abundant ASV alone on each other delivery value, by hand.
+    first = samples.subset([0])
+    mine = {"delivery": own["delivery"][:1]}
+    plain = torch.softmax(torch.as_tensor(api.predict_raw(bundle, first, categorical=mine,
+                                                          log=lambda m: None)), -1)
+    changes = []
+    for value in bundle.target["categorical"]["vocabularies"]["delivery"]:
+        if value == mine["delivery"][0]:
+            continue
+        patched = torch.softmax(_top_asv_on(bundle, first, mine, {"delivery": [value]}).double(),
+                                -1)
+        changes.append(0.5 * float((patched - plain).abs().sum()))
+    assert changes
+    np.testing.assert_allclose(response[0, 0, 0], np.mean(changes), rtol=1e-4, atol=1e-7)
 
 
 def test_cross_attention_heatmap_ranks_and_labels_asvs(pages, taxonomy):
@@ -339,7 +378,7 @@ def chromium():
 
 @pytest.mark.parametrize("name", ["history", "history-encoder", "accuracy-regressor",
                                   "accuracy-classifier", "gmu", "cross-attention",
-                                  "perceiver"])
+                                  "perceiver", "cross-attention-classifier"])
 def test_page_opens_in_headless_chromium(pages, name):
     """No script errors, every plot loaded (non-empty image), and a screenshot saved."""
     url = (pages[name] / "index.html").resolve().as_uri()

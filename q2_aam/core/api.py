@@ -496,17 +496,14 @@ def conditioning_response(bundle: ModelBundle, samples: AmpliconSamples, *,
     start = 0
     for model, batch, embeddings in _batches(bundle, samples, batch_size, device, categorical,
                                              log):
-        plain, patched = (t.double().cpu().numpy()
-                          for t in model.conditioning_response(batch, embeddings))
+        plain, patched = (t.double().cpu() for t in model.conditioning_response(batch,
+                                                                              embeddings))
         n, width = patched.shape[:2]
-        if transform is None:  # total variation between class-probability vectors
-            def probabilities(z):
-                e = np.exp(z - np.nanmax(z, axis=-1, keepdims=True))
-                return e / e.sum(axis=-1, keepdims=True)
-            change = 0.5 * np.abs(probabilities(patched)
-                                  - probabilities(plain)[:, None, None, None]).sum(-1)
-            change[np.isnan(patched[..., 0])] = np.nan
+        if transform is None:  # total variation between class-probability vectors (NaN stays)
+            change = 0.5 * (patched.softmax(-1) - plain.softmax(-1)[:, None, None, None]
+                            ).abs().sum(-1).numpy()
         else:
+            plain, patched = plain.numpy(), patched.numpy()
             groups = (None if not transform.uses_groups else
                       np.asarray(normalize_groups, dtype=object)[start:start + n])
             flat = patched[..., point].reshape(n, -1)

@@ -391,7 +391,7 @@ class AAMModel(nn.Module):
 
     @torch.no_grad()
     def conditioning_response(self, batch: dict, asv_embeddings: torch.Tensor,
-                              max_rows: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                              max_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictions with one ASV slot alone conditioned on another value of a column.
 
         For every slot ``s``, column ``c`` and known value ``v`` (index 1 and up;
@@ -415,25 +415,21 @@ class AAMModel(nn.Module):
         x, _ = self.sample_encoder(asv_embeddings, batch["asv_index"], mask, batch["abundance"])
         fused, _ = self.cross_attention(x, c_tokens)
         plain = self._readout(fused, mask, c_vec, c_tokens, categories)["prediction"]
-        (n, width, dim), cards = fused.shape, self.config.categorical_cardinalities
+        (n, width, _), cards = fused.shape, self.config.categorical_cardinalities
         patched = plain.new_full((n, width, len(cards), max(cards), plain.shape[1]), float("nan"))
-        chunk = max(1, max_rows // n)
+        pairs = mask.nonzero()  # (P, 2): the (sample, slot) pairs that hold an ASV
         for c, card in enumerate(cards):
             for v in range(1, card):
                 other = categories.clone()
                 other[:, c] = v
                 alt, _ = self.cross_attention(x, self.categories.tokens(other))
-                for start in range(0, width, chunk):
-                    slots = torch.arange(start, min(start + chunk, width), device=x.device)
-                    if not mask[:, slots].any():
-                        continue
-                    k = len(slots)
-                    rows = fused.unsqueeze(0).repeat(k, 1, 1, 1)  # (k, B, S, D)
-                    rows[torch.arange(k), :, slots] = alt[:, slots].transpose(0, 1)
-                    y = self._readout(rows.reshape(k * n, width, dim), mask.repeat(k, 1),
-                                      None if c_vec is None else c_vec.repeat(k, 1), None,
-                                      categories.repeat(k, 1))["prediction"]
-                    patched[:, slots, c, v] = y.view(k, n, -1).transpose(0, 1)
-                patched[categories[:, c] == v, :, c, v] = float("nan")
+                todo = pairs[categories[pairs[:, 0], c] != v]  # the sample's own value: NaN
+                for start in range(0, len(todo), max_rows):
+                    b, j = todo[start:start + max_rows].unbind(1)
+                    rows = fused[b]  # (k, S, D): the sample's slots, with slot j from alt
+                    rows[torch.arange(len(b)), j] = alt[b, j]
+                    patched[b, j, c, v] = self._readout(
+                        rows, mask[b], None if c_vec is None else c_vec[b], None,
+                        categories[b])["prediction"]
         patched[~mask] = float("nan")
         return plain, patched
