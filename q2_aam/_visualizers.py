@@ -399,7 +399,7 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
          f"ASV's weights.",
          "Read it as where attention goes, not as proof that a taxon responds to a condition: "
          "on synthetic data with planted ASV x category rules, the planted ASVs' weights moved "
-         "little more than others', while their response (above) was 5 to 12 times the "
+         "little more than others', while their response (above) was 4 to 12 times the "
          "others' (see the README)."],
         figures, downloads, table=shown, choice="head")]
 
