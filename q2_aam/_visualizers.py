@@ -23,7 +23,8 @@ ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
 VIEWS_BY_FUSION = {
     "gmu": "the gated multimodal unit's gate values per category value",
-    "cross-attention": "the cross-attention heatmap of ASVs x metadata tokens",
+    "cross-attention": "each ASV's response to each column and the cross-attention "
+                       "heatmap of ASVs x metadata tokens",
     "perceiver": "the Perceiver latents' attention over ASVs and metadata tokens",
 }
 
@@ -341,8 +342,26 @@ def _response_section(plt, output_dir, model, response, samples, columns, labels
         [_tsv(table, output_dir, "response.tsv", index=False)], table=shown)
 
 
+def _conditioning_response(model, samples, categorical, sample_metadata, batch_size, device):
+    """``api.conditioning_response`` for the visualizer, with the groups a group-normalised
+    target needs, and a word first on how long it takes."""
+    from .core import api
+    groups = _category_groups(sample_metadata, model.target.get("normalize_by") or None,
+                              samples.sample_ids, required=False)
+    vocabularies = model.target["categorical"]["vocabularies"]
+    passes = len(samples.indices) * sum(max(len(v) - 1, 1) for v in vocabularies.values())
+    _log(f"Measuring each ASV's response to {', '.join(vocabularies)}: about {passes} passes "
+         f"of the layers after the fusion ({len(samples.indices)} held ASVs x other values); "
+         f"the demo's 190 samples take about 30 s on 2 CPU cores.")
+    return api.conditioning_response(model, samples, categorical=categorical,
+                                     normalize_groups=groups, batch_size=batch_size,
+                                     device=device, log=_log)
+
+
 def _cross_attention_view(output_dir, model, outputs, samples, categorical, columns, taxonomy,
                           top_n, min_samples, response):
+    """``response``: a function returning the per-ASV response, called once the attention
+    ranking has shown there is something to rank (it is the slow part)."""
     from .core.explain import asv_attention, category_groups, heatmap_matrix, \
         rank_by_variance, token_names
     plt = _pyplot()
@@ -383,7 +402,7 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
                  _tsv(table, output_dir, "cross-attention.tsv", index=False)]
     shown = top_table.drop(columns="feature_id").assign(
         sequence=top_table["sequence"].str.slice(0, 30) + "…")
-    respond = _response_section(plt, output_dir, model, response, samples, columns, labels,
+    respond = _response_section(plt, output_dir, model, response(), samples, columns, labels,
                                 top_n, min_samples)
     return [respond, _section(
         "Cross-attention: which ASVs attend to which metadata",
@@ -479,17 +498,10 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
     if fusion == "gmu":
         sections = _gmu_view(output_dir, model, outputs, samples, categorical, columns)
     elif fusion == "cross-attention":
-        groups = _category_groups(sample_metadata, model.target.get("normalize_by") or None,
-                                  samples.sample_ids, required=False)
-        vocabularies = model.target["categorical"]["vocabularies"]
-        passes = len(samples.indices) * sum(max(len(v) - 1, 1) for v in vocabularies.values())
-        _log(f"Measuring each ASV's response to {', '.join(columns)}: about {passes} passes of "
-             f"the layers after the fusion ({len(samples.indices)} held ASVs x other values); "
-             f"the demo's 190 samples take about 30 s on 2 CPU cores.")
-        response = api.conditioning_response(model, samples, categorical=categorical,
-                                             normalize_groups=groups, device=device, log=_log)
-        sections = _cross_attention_view(output_dir, model, outputs, samples, categorical,
-                                         columns, taxonomy, top_n, min_samples, response)
+        sections = _cross_attention_view(
+            output_dir, model, outputs, samples, categorical, columns, taxonomy, top_n,
+            min_samples, lambda: _conditioning_response(model, samples, categorical,
+                                                        sample_metadata, batch_size, device))
     else:
         sections = _perceiver_view(output_dir, model, outputs, samples, categorical, columns,
                                    taxonomy, top_n)

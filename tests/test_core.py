@@ -357,6 +357,11 @@ def test_response_of_a_group_normalised_regressor_is_in_each_groups_units():
     raw = api.conditioning_response(z_scale, samples, categorical=site, log=lambda m: None)
     sd = transform.inverse(np.ones(len(y)), groups) - transform.inverse(np.zeros(len(y)),
                                                                         groups)
+    said = []
+    unseen = ["zz"] + list(groups[1:])  # a group not seen in training: said once, not per batch
+    api.conditioning_response(bundle, samples, categorical=site, normalize_groups=unseen,
+                              batch_size=8, log=said.append)
+    assert sum("not seen in training" in m for m in said) == 1, said
     held = ~np.isnan(days)
     assert held.sum() > 100 and (np.isnan(raw) == ~held).all()
     np.testing.assert_allclose(days[held], (raw * sd[:, None, None])[held], rtol=1e-6)

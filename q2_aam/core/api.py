@@ -490,6 +490,8 @@ def conditioning_response(bundle: ModelBundle, samples: AmpliconSamples, *,
             raise ValueError(f"This model z-scores its target within groups of "
                              f"{bundle.target.get('normalize_by')}; pass each sample's values "
                              "of these columns.")
+        if transform.uses_groups:  # groups unseen in training: said once, here
+            transform.inverse(np.zeros(len(samples)), normalize_groups, warn=log)
     point = bundle.target.get("point_output", 0)
     result = np.full((len(samples), samples.token_limit,
                       len(bundle.target["categorical"]["columns"])), np.nan)
@@ -508,9 +510,9 @@ def conditioning_response(bundle: ModelBundle, samples: AmpliconSamples, *,
                       np.asarray(normalize_groups, dtype=object)[start:start + n])
             flat = patched[..., point].reshape(n, -1)
             rows = np.repeat(groups, flat.shape[1]) if groups is not None else None
-            values = transform.inverse(flat.ravel(), rows, warn=log).reshape(patched.shape[:-1])
-            change = np.abs(values - transform.inverse(plain[:, point], groups,
-                                                       warn=log)[:, None, None, None])
+            values = transform.inverse(flat.ravel(), rows).reshape(patched.shape[:-1])
+            change = np.abs(values - transform.inverse(plain[:, point],
+                                                       groups)[:, None, None, None])
         with warnings.catch_warnings():  # a slot or column with no other value stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             result[start:start + n, :width] = np.nanmean(change, axis=-1)  # over other values

@@ -47,14 +47,17 @@ def category_groups(categorical: dict) -> list[tuple[str, str, np.ndarray]]:
 
 
 def _mean_by_feature(values: np.ndarray, features: np.ndarray, n_features: int):
-    """Mean of ``values`` ``(m, ...)`` per feature, and how many rows each mean covers."""
+    """Mean of ``values`` ``(m, ...)`` per feature, NaN entries left out (a mean with
+    nothing to average is NaN), and how many rows each feature has."""
     flat = values.reshape(len(values), -1)
-    sums = np.zeros((n_features, flat.shape[1]))
-    np.add.at(sums, features, flat)
-    counts = np.bincount(features, minlength=n_features)
+    known = ~np.isnan(flat)
+    sums, counts = np.zeros((n_features, flat.shape[1])), np.zeros((n_features, flat.shape[1]))
+    np.add.at(sums, features, np.where(known, flat, 0.0))
+    np.add.at(counts, features, known)
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums / counts[:, None]
-    return means.reshape((n_features,) + values.shape[1:]), counts
+        means = sums / counts
+    return (means.reshape((n_features,) + values.shape[1:]),
+            np.bincount(features, minlength=n_features))
 
 
 def asv_attention(weights: np.ndarray, samples: AmpliconSamples, categorical: dict,
@@ -110,14 +113,7 @@ def asv_response(response: np.ndarray, samples: AmpliconSamples, columns) -> pd.
     first.
     """
     rows, slots, features = slot_features(samples)
-    per_slot = response[rows, slots]  # (m, C)
-    known = ~np.isnan(per_slot)
-    sums, counts = (np.zeros((len(samples.feature_ids), len(columns))) for _ in range(2))
-    np.add.at(sums, features, np.where(known, per_slot, 0.0))
-    np.add.at(counts, features, known)
-    held = np.bincount(features, minlength=len(samples.feature_ids))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums / counts
+    means, held = _mean_by_feature(response[rows, slots], features, len(samples.feature_ids))
     present = np.flatnonzero(held)
     frame = pd.DataFrame(means[present], columns=list(columns),
                          index=pd.Index(np.asarray(samples.feature_ids, dtype=object)[present],
