@@ -426,10 +426,13 @@ class AAMModel(nn.Module):
                 todo = pairs[categories[pairs[:, 0], c] != v]  # the sample's own value: NaN
                 for start in range(0, len(todo), max_rows):
                     b, j = todo[start:start + max_rows].unbind(1)
-                    rows = fused[b]  # (k, S, D): the sample's slots, with slot j from alt
+                    # Held slots come first, so the chunk's samples need only their longest
+                    # length, not the batch's: no work on padding.
+                    w = int(mask[b].sum(1).max())
+                    rows = fused[b, :w]  # (k, w, D): the sample's slots, slot j from alt
                     rows[torch.arange(len(b)), j] = alt[b, j]
                     patched[b, j, c, v] = self._readout(
-                        rows, mask[b], None if c_vec is None else c_vec[b], None,
+                        rows, mask[b, :w], None if c_vec is None else c_vec[b], None,
                         categories[b])["prediction"]
         patched[~mask] = float("nan")
         return plain, patched
