@@ -8,8 +8,9 @@ setup(
     packages=find_packages(include=["q2_aam", "q2_aam.*"]),
     package_data={"q2_aam": ["citations.bib", "assets/*"]},
     python_requires=">=3.10",
-    # qiime2, q2-types, q2-sample-classifier, biom-format, scikit-bio, unifrac come from
-    # QIIME 2's own distribution (Debian packages or conda), not from PyPI.
+    # qiime2, q2-types, q2-sample-classifier (and its scikit-learn), biom-format,
+    # scikit-bio, unifrac come from QIIME 2's own distribution (Debian packages or conda),
+    # not from PyPI.
     install_requires=["torch>=2.1", "accelerate>=0.30", "safetensors>=0.4",
                       "tensorboard>=2.12", "numpy", "scipy", "pandas",
                       "matplotlib"],

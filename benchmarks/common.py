@@ -47,6 +47,35 @@ def pretrained_encoder(name: str, data, samples, epochs: int = 5, seed: int = 0)
     return bundle
 
 
+def train_defaults(**overrides) -> dict:
+    """Keyword arguments of ``api.train`` that reproduce ``qiime aam train``'s defaults (read
+    from the action's signature, so a benchmark follows the defaults as they change),
+    updated with ``overrides``; ``config`` is the ``TrainConfig``."""
+    import inspect
+    from q2_aam import _methods
+    from q2_aam.core.engine import TrainConfig
+    from q2_aam.core.targets import DEFAULT_TARGET_TRANSFORM
+    defaults = {k: p.default for k, p in inspect.signature(_methods.train).parameters.items()}
+    config = TrainConfig(**{k: defaults[k] for k in _methods.OPTIMISATION},
+                         seed=defaults["random_seed"], device="cpu")
+    architecture = {k: defaults[k] for k in _methods.ARCHITECTURE
+                    if defaults.get(k) is not None}
+    kwargs = dict(config=config, architecture=architecture,
+                  freeze_encoder=defaults["freeze_encoder"],
+                  linear_readout=defaults["linear_readout"],
+                  asv_min_samples=defaults["asv_min_samples"],
+                  validation_fraction=defaults["validation_fraction"],
+                  target_transform=defaults["target_transform"] or DEFAULT_TARGET_TRANSFORM)
+    architecture.update(overrides.pop("architecture", {}))
+    config_overrides = {k: overrides.pop(k) for k in list(overrides)
+                        if k in TrainConfig.__dataclass_fields__}
+    if config_overrides:
+        import dataclasses
+        kwargs["config"] = dataclasses.replace(config, **config_overrides)
+    kwargs.update(overrides)
+    return kwargs
+
+
 def regression_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
     ss_tot = float(((truth - truth.mean()) ** 2).sum())
     return {"mae": float(np.abs(predicted - truth).mean()),

@@ -107,22 +107,27 @@ PARAMETERS = {
     "mlm_weight": "Weight of the masked-nucleotide loss (0 turns it off).",
     "mask_rate": "Fraction of nucleotides masked for the masked-nucleotide loss.",
     "freeze_encoder": "Keep the pretrained encoder's weights fixed and train only the target "
-                      "branch. Its ASV embeddings are then computed once, which is much "
-                      "faster.",
+                      "branch (default). Its outputs are then computed once, which is much "
+                      "faster. No effect without --i-pretrained: the whole model is trained.",
+    "linear_readout": "Add a linear model of the log abundances of the ASVs held by "
+                      "--p-asv-min-samples or more training samples: a ridge (regression) "
+                      "or L2 logistic (classification) regression fitted in closed form "
+                      "before training, its penalty chosen by cross-validation (by subject "
+                      "with --m-subjects-*), then kept fixed; the network learns what it "
+                      "leaves. See the README's 'Accuracy' section. Default: on.",
+    "asv_min_samples": "ASVs held by this many training samples or more get an identity "
+                       "embedding (and a linear-readout coefficient) of their own, so the "
+                       "model can single out one ASV even when its sequence is nearly that "
+                       "of another; rarer and unseen ASVs share one. 0 turns both off.",
     "target_transform": "How a numeric target is scaled for learning (statistics from the "
                         "training samples only, stored in the model; predictions are always "
                         "in the original units): 'none'; 'minmax' to [0, 1]; 'zscore' (mean "
                         "0, sd 1); 'zscore-category' (z-score within each group of "
                         "--p-normalize-by; a group unseen in training uses the global "
                         "statistics); 'log-minmax' / 'log-zscore' of log(y + 1), for y > -1. "
-                        "Default: log-zscore, chosen by measurement (benchmarks/results/targets.md, "
-                        "age over 5 subject-grouped splits of ECAM and karelia): MAE 106 / 125 "
-                        "days against 117 / 125 for zscore and 120 / 128 for minmax. 'none' "
-                        "scored 103 / 126 there (frozen encoder, 40 epochs at lr 0.001), but "
-                        "the model must then learn to output values in the target's units: "
-                        "with this action's default training on the demo it was still at a "
-                        "validation MAE of 190 days after 18 of 20 epochs. Targets <= -1 need "
-                        "'zscore' (a clear error says so). Numeric targets only.",
+                        "The linear readout is fitted on this scale, so a log transform makes "
+                        "it linear in log(y). Default: zscore (see the README's 'Accuracy' "
+                        "section). Numeric targets only.",
     "normalize_by": "Categorical column(s) of --m-sample-metadata-file whose groups get their "
                     "own z-score; only with --p-target-transform zscore-category, which "
                     "requires it. Several columns form combined groups.",
@@ -260,6 +265,7 @@ train_params = {
     "subjects": MetadataColumn[Categorical],
     "sample_metadata": Metadata,
     "missing_samples": Str % Choices("error", "ignore"), "freeze_encoder": Bool,
+    "linear_readout": Bool, "asv_min_samples": Int % Range(0, None),
     "target_transform": Str % Choices("none", "minmax", "zscore", "zscore-category",
                                       "log-minmax", "log-zscore"),
     "normalize_by": List[Str],

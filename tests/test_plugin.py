@@ -94,7 +94,7 @@ def test_model_artifact_holds_what_predict_needs(trained):
     bundle = model.view(ModelBundle)
     assert bundle.kind == "regressor"
     assert bundle.target["name"] == "age_days"
-    assert bundle.target["transform"]["kind"] == "log-zscore"  # the measured default
+    assert bundle.target["transform"]["kind"] == "zscore"  # the measured default
     assert bundle.training["token_limit"] == 32  # inherited from the encoder
     assert bundle.model_config["embedding_dim"] == 16
     assert len(bundle.training["history"]) >= 1

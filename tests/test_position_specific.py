@@ -59,6 +59,7 @@ def fitted():
         for fusion in ("concat", "cross-attention"):
             bundle = api.train(
                 samples.subset(train), y[train], task="regression", target_transform="zscore",
+                linear_readout=False,
                 architecture=dict(embedding_dim=32, attention_heads=4, nucleotide_layers=1,
                                   sample_layers=1, target_layers=0, dropout=0.0,
                                   cross_attn_heads=4, categorical_fusion=fusion),

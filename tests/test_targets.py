@@ -271,6 +271,6 @@ def test_untransformed_large_targets_warn_in_train():
                        architecture=SMALL, config=TrainConfig(epochs=1, batch_size=4,
                                                               device="cpu"),
                        target_transform="none", log=messages.append)
-    assert DEFAULT_TARGET_TRANSFORM == "log-zscore"
+    assert DEFAULT_TARGET_TRANSFORM == "zscore"
     assert bundle.target["transform"]["kind"] == "none"
     assert any("Consider 'zscore'" in m for m in messages)

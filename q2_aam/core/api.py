@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .bundle import ModelBundle, library_versions
-from .data import AmpliconSamples, BatchCollator, encode_categories, fit_vocabularies
+from .data import (AmpliconSamples, BatchCollator, asv_vocabulary, encode_categories,
+                   fit_vocabularies, vocabulary_index)
 from .engine import Objective, TrainConfig, embed_features, fit, make_accelerator
 from .launch import in_distributed_run, run_workers
 from .losses import RegressionLoss
@@ -274,7 +275,8 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
           categorical: dict | None = None,
           distances: np.ndarray | None = None, unifrac_weight: float = 0.0,
           mlm_weight: float = 0.0, mask_rate: float = 0.15,
-          validation_fraction: float = 0.1, groups: Sequence | None = None,
+          validation_fraction: float = 0.2, groups: Sequence | None = None,
+          asv_min_samples: int = 2, linear_readout: bool = True,
           checkpoint_dir: str | None = None, tensorboard_dir: str | None = None,
           progress: bool | None = None,
           log: Callable[[str], None] = _stderr) -> ModelBundle:
@@ -297,6 +299,10 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
             the fusion settings (``categorical_fusion``, ...) in
             ``architecture``. Missing values and values not seen in the
             training rows map to the 'unknown' embedding.
+        asv_min_samples: ASVs held by this many training samples or more get
+            an identity embedding of their own (0: none; see ``data.asv_vocabulary``).
+        linear_readout: add a linear model of these ASVs' log abundances, fitted in
+            closed form before training (see ``linear``); the network learns the rest.
         config, checkpoint_dir, tensorboard_dir, progress: see :func:`_distributable`.
     """
     if task not in ("regression", "classification"):
@@ -377,9 +383,18 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         if wanted["categorical_fusion"] not in (None, "none") or wanted["film_conditioning"] \
                 or wanted["conditional_output_scaling"]:
             log("No categorical columns were given, so categorical conditioning is a no-op.")
+    vocabulary = (asv_vocabulary(samples.subset(train_rows), asv_min_samples)
+                  if asv_min_samples > 0 else [])
+    target_info["asv_vocabulary"] = vocabulary
+    if linear_readout and not vocabulary:
+        log(f"No ASV is held by {asv_min_samples} or more training samples, so the model has "
+            "no linear readout.")
+    rows_in_vocabulary = vocabulary_index(samples.sequences, vocabulary) if vocabulary else None
     model_config = _architecture(architecture, pretrained, task=task, n_outputs=n_outputs,
                                  max_length=tokens.shape[1], output_constraint=output_constraint,
-                                 output_bounds=bounds, categorical_cardinalities=cardinalities)
+                                 output_bounds=bounds, categorical_cardinalities=cardinalities,
+                                 asv_vocabulary_size=len(vocabulary),
+                                 linear_readout=linear_readout and bool(vocabulary))
     torch.manual_seed(config.seed)
     model = AAMModel(model_config)
     if pretrained is not None:
@@ -389,6 +404,14 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         absent = [k for k in missing if k.startswith(ENCODER_PREFIXES)]
         if absent:
             raise ValueError(f"The pretrained model lacks encoder weights {absent[:3]}.")
+    if model.linear is not None:
+        from .linear import fit_readout
+        log("Linear readout: " + fit_readout(
+            model, samples.subset(train_rows), rows_in_vocabulary,
+            model.output_constraint.inverse(encoded[train_rows]) if task == "regression"
+            else encoded[train_rows], task,
+            None if groups is None else np.asarray([str(g) for g in groups])[train_rows],
+            class_weights) + ".")
     dist = None
     if unifrac_weight > 0:
         if distances is None:
@@ -406,9 +429,11 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
     def rows_of(array, rows):
         return None if array is None else array[rows]
     train_c = BatchCollator(samples.subset(train_rows), tokens, encoded[train_rows],
-                            global_index=train_rows, categories=rows_of(cats, train_rows))
+                            global_index=train_rows, categories=rows_of(cats, train_rows),
+                            vocabulary=rows_in_vocabulary)
     val_c = (BatchCollator(samples.subset(val_rows), tokens, encoded[val_rows],
-                           global_index=val_rows, categories=rows_of(cats, val_rows))
+                           global_index=val_rows, categories=rows_of(cats, val_rows),
+                           vocabulary=rows_in_vocabulary)
              if len(val_rows) else None)
     history = fit(model, train_c, val_c, objective, config, freeze_encoder=freeze_encoder,
                   metrics=metrics, log=log, checkpoint_dir=checkpoint_dir,
@@ -457,7 +482,10 @@ def _batches(bundle: ModelBundle, samples: AmpliconSamples, batch_size: int, dev
             raise ValueError(f"This model is conditioned on the metadata column(s) "
                              f"{list(vocabularies)}; pass the sample metadata holding them.")
         cats = encode_categories(categorical, vocabularies, warn=log)
-    collator = BatchCollator(samples, tokens, categories=cats)
+    vocabulary = bundle.target.get("asv_vocabulary")
+    collator = BatchCollator(samples, tokens, categories=cats,
+                             vocabulary=vocabulary_index(samples.sequences, vocabulary)
+                             if vocabulary else None)
     for start in range(0, len(samples), batch_size):
         batch = collator(range(start, min(start + batch_size, len(samples))))
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}

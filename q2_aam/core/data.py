@@ -144,14 +144,18 @@ class BatchCollator:
             matrix), indexed like ``samples``; defaults to ``arange``.
         categories: optional ``(n_samples, C)`` category indices (see
             :func:`encode_categories`).
+        vocabulary: optional ``(n_features,)`` row of each feature in a model's
+            ASV identity embeddings (0: none of its own; see :func:`vocabulary_index`).
     """
 
     def __init__(self, samples: AmpliconSamples, tokens: np.ndarray,
                  targets: np.ndarray | None = None,
                  global_index: np.ndarray | None = None,
-                 categories: np.ndarray | None = None):
+                 categories: np.ndarray | None = None,
+                 vocabulary: np.ndarray | None = None):
         self.samples = samples
         self.categories = categories
+        self.vocabulary = vocabulary
         self.tokens = tokens
         self.lengths = (tokens != 0).sum(axis=1)
         self.targets = targets
@@ -188,7 +192,35 @@ class BatchCollator:
             batch["target"] = torch.as_tensor(self.targets[rows])
         if self.categories is not None:
             batch["categories"] = torch.as_tensor(self.categories[rows])  # (B, C)
+        if self.vocabulary is not None:  # (B, S): padding slots read row 0 (masked anyway)
+            batch["asv_vocab"] = torch.as_tensor(
+                np.where(asv_mask, self.vocabulary[unique][asv_index], 0).astype(np.int64))
         return batch
+
+
+def sequence_key(sequence: str) -> str:
+    """The MD5 of an upper-case DNA sequence (as DADA2 and Deblur name features)."""
+    import hashlib
+    return hashlib.md5(sequence.upper().encode("ascii")).hexdigest()
+
+
+def asv_vocabulary(samples: AmpliconSamples, min_samples: int = 2) -> list[str]:
+    """Keys (:func:`sequence_key`) of the ASVs that ``min_samples`` or more samples hold.
+
+    These get their own identity embedding; rarer ASVs share row 0, which is
+    trained on them, so an ASV never seen in training is read like a rare one.
+    """
+    held = np.bincount(samples.indices, minlength=len(samples.sequences))
+    return sorted({sequence_key(samples.sequences[f])
+                   for f in np.flatnonzero(held >= min_samples)})
+
+
+def vocabulary_index(sequences: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
+    """``(n,)`` row of each sequence in the identity embeddings: ``i + 1`` for the
+    ``i``-th key of ``vocabulary``, 0 for a sequence not in it."""
+    row = {key: i + 1 for i, key in enumerate(vocabulary)}
+    return np.fromiter((row.get(sequence_key(s), 0) for s in sequences), dtype=np.int64,
+                       count=len(sequences))
 
 
 def tokenize_features(samples: AmpliconSamples, max_length: int | None = None):

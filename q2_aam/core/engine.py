@@ -434,6 +434,13 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
             model.train()
     tracker = _Tracker(accelerator, config, tensorboard_dir)
     bar = _progress_bar(accelerator, total_steps, progress, initial=state.epoch * steps_per_epoch)
+    if has_val and objective.monitors_target and state.epoch == 0 and state.best_state is None:
+        # The starting point is a candidate too: a model that starts from a fitted linear
+        # readout keeps it unless training improves on it.
+        start, _ = evaluate(model, val_loader, objective, config, accelerator, cache=cache_val,
+                            metrics=metrics)
+        state.best, state.best_state = start["target"], full_state_dict(net)
+        say(f"before training: val_target={start['target']:.4g}")
 
     for epoch in range(state.epoch + 1, 0 if state.stopped else config.epochs + 1):
         model.train()
@@ -513,7 +520,10 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     tracker.close()
     if state.best_state is not None:
         core.load_state_dict(state.best_state)
-        say(f"Restored the weights of the best epoch (validation loss {state.best:.4f}).")
+        kept = [r["epoch"] for r in state.history if r.get("best")]
+        say(f"Restored the weights of the best epoch (validation loss {state.best:.4f})."
+            if kept else f"No epoch improved on the starting point (validation loss "
+            f"{state.best:.4f}); kept it.")
     elif fsdp:  # no validation: the last epoch's weights, gathered back into the caller's
         core.load_state_dict(full_state_dict(net))
     core.requires_grad_(True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -52,6 +53,10 @@ class ModelConfig:
     gmu_variant: str = "residual"
     film_conditioning: bool = False
     conditional_output_scaling: bool = False
+    # ASVs with an identity embedding and a linear-readout coefficient of their own (rows
+    # 1..n; row 0: every other ASV); the vocabulary itself is saved with the model's target.
+    asv_vocabulary_size: int = 0
+    linear_readout: bool = False
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -75,6 +80,8 @@ class ModelConfig:
                 f"cross_attn_heads ({self.cross_attn_heads}) must divide embedding_dim "
                 f"({self.embedding_dim}); choose one of "
                 f"{[h for h in range(1, 17) if self.embedding_dim % h == 0]}.")
+        if self.asv_vocabulary_size < 0:
+            raise ValueError(f"asv_vocabulary_size must be >= 0, got {self.asv_vocabulary_size}.")
         if self.perceiver_num_latents < 1 or self.perceiver_num_layers < 0:
             raise ValueError("perceiver_num_latents must be >= 1 and perceiver_num_layers >= 0.")
         if self.output_constraint != "none" and self.task != "regression":
@@ -237,6 +244,24 @@ class OutputConstraint(nn.Module):
             return self.log_scale.exp() * F.softplus(x) + F.softplus(self.raw_offset)
         return x
 
+    @torch.no_grad()
+    def inverse(self, y: np.ndarray, margin: float = 1e-3) -> np.ndarray:
+        """The raw output that this constraint (as initialised) maps to ``y``, with ``y``
+        first moved ``margin`` (a fraction of the range, or an absolute floor) inside the
+        allowed range, so that boundary targets get finite raw values. Used to fit the
+        linear readout on the scale it is added at."""
+        y = np.asarray(y, dtype=np.float64)
+        if self.kind == "bounded":
+            low, high = self.bounds
+            p = np.clip((y - low) / (high - low), margin, 1 - margin)
+            return np.log(p / (1 - p))
+        if self.kind.startswith("nonnegative"):
+            if self.kind == "nonnegative-learnable":
+                y = (y - float(F.softplus(self.raw_offset))) / float(self.log_scale.exp())
+            y = np.maximum(y, margin)
+            return y + np.log(-np.expm1(-y))  # softplus^-1(y) = log(exp(y) - 1)
+        return y
+
 
 class PredictionHead(nn.Module):
     """``Linear -> GELU -> [FiLM] -> Dropout -> Linear``, the output of the target branch."""
@@ -284,6 +309,20 @@ class AAMModel(nn.Module):
                                                config.dropout)
                                    if config.target_layers else None)
             self.target_pool = AttentionPooling(d)
+        # Per vocabulary ASV and output, a coefficient on its log abundance (fitted in closed
+        # form by ridge regression before training, then fixed); row 0 stays 0.
+        self.linear = (nn.Embedding(config.asv_vocabulary_size + 1, config.n_outputs)
+                       if config.linear_readout and config.asv_vocabulary_size else None)
+        if self.linear is not None:
+            nn.init.zeros_(self.linear.weight)
+            self.linear_bias = nn.Parameter(torch.zeros(config.n_outputs))
+        # One learned vector per ASV seen in training (row 0: every other ASV), added to the
+        # encoder's slot outputs: sequence embeddings of near-identical 16S sequences are
+        # near-identical, so without it the branch cannot single out one ASV.
+        self.asv_identity = (nn.Embedding(config.asv_vocabulary_size + 1, d)
+                             if config.asv_vocabulary_size else None)
+        if self.asv_identity is not None:
+            nn.init.normal_(self.asv_identity.weight, std=0.02)
         film = config.film_conditioning and bool(cards)
         needs_tokens = fusion in ("cross-attention", "perceiver")
         needs_vector = fusion in ("concat", "add", "gmu") or film
@@ -295,6 +334,9 @@ class AAMModel(nn.Module):
                                 if fusion == "cross-attention" else None)
         self.gmu = GatedMultimodalUnit(d, config.gmu_variant) if fusion == "gmu" else None
         self.target_head = PredictionHead(d, config.n_outputs, config.dropout, film=film)
+        if config.linear_readout:  # the network starts by adding nothing to the linear readout
+            nn.init.zeros_(self.target_head.out.weight)
+            nn.init.zeros_(self.target_head.out.bias)
         self.output_scaling = (ConditionalOutputScaling(cards, config.n_outputs)
                                if config.conditional_output_scaling and cards else None)
         self.output_constraint = OutputConstraint(config.output_constraint,
@@ -340,7 +382,7 @@ class AAMModel(nn.Module):
         out["sample_embedding"] = pooled
         out["unifrac_embedding"] = self.unifrac_head(pooled)
         if self.config.task != "encoder":
-            out.update(self._target_branch(tokens_out, mask, batch.get("categories")))
+            out.update(self._target_branch(tokens_out, batch))
         return out
 
     def _categorical_inputs(self, categories: torch.Tensor | None):
@@ -359,21 +401,41 @@ class AAMModel(nn.Module):
                 c_tokens = self.categories.tokens(categories)  # (B, K, D)
         return c_vec, c_tokens
 
-    def _target_branch(self, x: torch.Tensor, mask: torch.Tensor,
-                       categories: torch.Tensor | None) -> dict:
+    def _slots(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The target branch's view of each slot: encoder output plus the ASV's identity."""
+        if self.asv_identity is None:
+            return x
+        if "asv_vocab" not in batch:
+            raise ValueError("This model has ASV identity embeddings; the batch needs "
+                             "'asv_vocab' (BatchCollator's vocabulary argument).")
+        return x + self.asv_identity(batch["asv_vocab"])  # (B, S, D)
+
+    def _target_branch(self, x: torch.Tensor, batch: dict) -> dict:
         """Fusion, target encoder, pooling and head on the sample encoder's ``(B, S, D)``."""
         out = {}
+        mask, categories = batch["asv_mask"], batch.get("categories")
         c_vec, c_tokens = self._categorical_inputs(categories)
+        x = self._slots(x, batch)
         if self.fusion is not None:
             x = self.fusion(x, c_vec)
         if self.cross_attention is not None:
             x, out["cross_attention"] = self.cross_attention(x, c_tokens)  # (B, h, S, K)
-        out.update(self._readout(x, mask, c_vec, c_tokens, categories))
+        out.update(self._readout(x, mask, c_vec, c_tokens, categories,
+                                 self._linear_term(batch)))
         return out
 
-    def _readout(self, x: torch.Tensor, mask: torch.Tensor, c_vec, c_tokens,
-                 categories) -> dict:
-        """Everything after the per-ASV fusion: ``(B, S, D)`` slots -> prediction."""
+    def _linear_term(self, batch: dict) -> torch.Tensor | None:
+        """``(B, n_outputs)``: sum over slots of each ASV's coefficient x its log abundance."""
+        if self.linear is None:
+            return None
+        level = batch["abundance"][..., 2] * batch["asv_mask"]  # (B, S) log-abundance level
+        return torch.einsum("bs,bso->bo", level.to(self.linear.weight.dtype),
+                            self.linear(batch["asv_vocab"])) + self.linear_bias
+
+    def _readout(self, x: torch.Tensor, mask: torch.Tensor, c_vec, c_tokens, categories,
+                 offset: torch.Tensor | None = None) -> dict:
+        """Everything after the per-ASV fusion: ``(B, S, D)`` slots -> prediction
+        (``offset`` ``(B, n_outputs)``: the linear readout, added to the head's output)."""
         out = {}
         if hasattr(self, "perceiver"):
             pooled, out["perceiver_attention"] = self.perceiver(x, mask, c_tokens)
@@ -384,6 +446,8 @@ class AAMModel(nn.Module):
         if self.gmu is not None:
             pooled, out["gmu_gate"] = self.gmu(pooled, c_vec)  # (B, D), (B, D)
         y = self.target_head(pooled, c_vec)  # (B, n_outputs)
+        if offset is not None:
+            y = y + offset
         if self.output_scaling is not None:
             y = self.output_scaling(y, categories)
         out["prediction"] = self.output_constraint(y)
@@ -413,8 +477,10 @@ class AAMModel(nn.Module):
         mask, categories = batch["asv_mask"], batch.get("categories")
         c_vec, c_tokens = self._categorical_inputs(categories)
         x, _ = self.sample_encoder(asv_embeddings, batch["asv_index"], mask, batch["abundance"])
+        x = self._slots(x, batch)
         fused, _ = self.cross_attention(x, c_tokens)
-        plain = self._readout(fused, mask, c_vec, c_tokens, categories)["prediction"]
+        offset = self._linear_term(batch)
+        plain = self._readout(fused, mask, c_vec, c_tokens, categories, offset)["prediction"]
         (n, width, _), cards = fused.shape, self.config.categorical_cardinalities
         patched = plain.new_full((n, width, len(cards), max(cards), plain.shape[1]), float("nan"))
         pairs = mask.nonzero()  # (P, 2): the (sample, slot) pairs that hold an ASV
@@ -433,6 +499,6 @@ class AAMModel(nn.Module):
                     rows[torch.arange(len(b)), j] = alt[b, j]
                     patched[b, j, c, v] = self._readout(
                         rows, mask[b, :w], None if c_vec is None else c_vec[b], None,
-                        categories[b])["prediction"]
+                        categories[b], None if offset is None else offset[b])["prediction"]
         patched[~mask] = float("nan")
         return plain, patched
