@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo-output
 STAMP := $(VENV)/.q2-aam-installed
 
-.PHONY: install demo test test-all clean-demo
+.PHONY: install demo test test-all bench clean-demo
 
 install: $(STAMP)
 
@@ -21,6 +21,12 @@ test: install
 # Everything, including slow real-data tests and benchmarks' checks.
 test-all: install
 	$(BIN)/python -m pytest -q tests
+
+# The accuracy benchmarks of issue 12 (not part of `make test`): the signal suite and real
+# data, q2-aam beside classical models on the same splits. Rows already in
+# benchmarks/results/*.tsv are kept (delete a file to rerun it); about 2 h on 2 CPU cores.
+bench: install
+	cd benchmarks && ../$(BIN)/python suite.py && ../$(BIN)/python accuracy.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -151,7 +151,9 @@ def markdown(rows) -> str:
             cells = []
             for m in metrics:
                 x = np.array([float(r[m]) for r in rs])
-                cells.append(f"{x.mean():.3g} ± {x.std(ddof=1) if len(x) > 1 else 0:.2g}")
+                sd = x.std(ddof=1) if len(x) > 1 else 0
+                digits = 1 if m == "mae" else 3
+                cells.append(f"{x.mean():.{digits}f} ± {sd:.{digits}f}")
             lines.append(f"| {model} | {len(rs)} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

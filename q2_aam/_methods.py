@@ -356,6 +356,10 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     if loss == "asymmetric" and over_penalty is None and under_penalty is None:
         raise ValueError("The asymmetric loss needs --p-over-penalty and/or "
                          "--p-under-penalty (otherwise it is the 'mae' loss).")
+    if mlm_weight > 0 and freeze_encoder and pretrained is not None:
+        raise ValueError("--p-mlm-weight > 0 trains the encoder on masked nucleotides, but "
+                         "with --i-pretrained the encoder is frozen by default. Add "
+                         "--p-no-freeze-encoder to fine-tune it, or leave --p-mlm-weight at 0.")
     values = _target_samples(table, metadata, missing_samples)
     if token_limit is None:
         token_limit = pretrained.training.get("token_limit", 256) if pretrained else 256

@@ -28,7 +28,7 @@ have "$OUT/model.qza" || qiime aam train \
   --i-pretrained "$OUT/encoder.qza" \
   --m-metadata-file "$DATA/metadata.tsv" --m-metadata-column age_days \
   --m-subjects-file "$DATA/metadata.tsv" --m-subjects-column subject \
-  --p-epochs 20 --o-model "$OUT/model.qza" --verbose
+  --o-model "$OUT/model.qza" --verbose
 
 step "Predict the held-out subjects"
 have "$OUT/predictions.qza" || qiime aam predict \
@@ -41,15 +41,15 @@ have "$OUT/scatterplot.qzv" || qiime sample-classifier scatterplot \
   --m-truth-file "$DATA/metadata.tsv" --m-truth-column age_days \
   --o-visualization "$OUT/scatterplot.qzv"
 
-step "Train a second regressor conditioned on delivery, diet and sex (cross-attention, frozen encoder)"
+step "Train a second regressor conditioned on delivery, diet and sex (cross-attention)"
 have "$OUT/model-cross-attention.qza" || qiime aam train \
   --i-table "$DATA/train-table.qza" --i-sequences "$DATA/rep-seqs.qza" \
-  --i-pretrained "$OUT/encoder.qza" --p-freeze-encoder \
+  --i-pretrained "$OUT/encoder.qza" \
   --m-metadata-file "$DATA/metadata.tsv" --m-metadata-column age_days \
   --m-subjects-file "$DATA/metadata.tsv" --m-subjects-column subject \
   --m-sample-metadata-file "$DATA/metadata.tsv" --p-categorical-columns delivery diet sex \
   --p-categorical-fusion cross-attention \
-  --p-epochs 40 --p-learning-rate 0.001 --o-model "$OUT/model-cross-attention.qza" --verbose
+  --o-model "$OUT/model-cross-attention.qza" --verbose
 
 have "$OUT/predictions-cross-attention.qza" || qiime aam predict \
   --i-model "$OUT/model-cross-attention.qza" --i-table "$DATA/test-table.qza" \

@@ -139,6 +139,16 @@ def test_frozen_encoder_keeps_its_weights(aam, ecam_subset, trained):
     assert changed
 
 
+def test_masked_nucleotide_loss_on_the_default_frozen_encoder_says_how_to_unfreeze(
+        aam, ecam_subset, trained):
+    encoder, _ = trained
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="--p-no-freeze-encoder"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"], pretrained=encoder,
+                          metadata=ecam_subset["metadata"].get_column("age_days"),
+                          mlm_weight=0.5, epochs=1)
+
+
 def test_auxiliary_unifrac_loss_in_train(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     model, = aam.actions.train(table=a["table"], sequences=a["sequences"], phylogeny=a["tree"],
