@@ -24,12 +24,12 @@ Rows go to ``results/accuracy.tsv`` as they finish (a rerun skips them) and the
 table (mean ± sd over splits) to ``results/accuracy.md``.
 """
 import argparse
-import json
 import time
 
 import numpy as np
 
-from common import RESULTS, ResultTable, load, log, pretrained_encoder, train_defaults
+from common import (RESULTS, ResultTable, add_variant_option, load, log, pretrained_encoder,
+                    train_defaults, variant_of)
 
 TASKS = {"ecam:age": ("ecam", "age_days"), "karelia:age": ("karelia", "age_days"),
          "karelia:country": ("karelia", "country")}
@@ -85,12 +85,9 @@ def main():
     parser.add_argument("--splits", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--models", nargs="+", default=[*CLASSICAL, "q2-aam"],
                         choices=[*CLASSICAL, "q2-aam"])
-    parser.add_argument("--variant", nargs=2, metavar=("NAME", "JSON"),
-                        default=["default", "{}"],
-                        help="a name for q2-aam's rows and the api.train arguments that "
-                             "differ from the defaults")
+    add_variant_option(parser)
     args = parser.parse_args()
-    variant, overrides = args.variant[0], json.loads(args.variant[1])
+    variant, overrides = variant_of(args)
     table = ResultTable(RESULTS / "accuracy.tsv", COLUMNS)
     for task in args.tasks:
         dataset, column = TASKS[task]

@@ -76,6 +76,20 @@ def train_defaults(**overrides) -> dict:
     return kwargs
 
 
+def add_variant_option(parser) -> None:
+    """``--variant NAME JSON``: q2-aam's rows are named ``q2-aam NAME`` and trained with the
+    defaults changed by the ``api.train`` arguments in JSON (an ablation)."""
+    parser.add_argument("--variant", nargs=2, metavar=("NAME", "JSON"),
+                        default=["default", "{}"],
+                        help="a name for q2-aam's rows and the api.train arguments that differ "
+                             "from the defaults, e.g. no-linear '{\"linear_readout\": false}'")
+
+
+def variant_of(args) -> tuple[str, dict]:
+    import json
+    return args.variant[0], json.loads(args.variant[1])
+
+
 def regression_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
     ss_tot = float(((truth - truth.mean()) ** 2).sum())
     return {"mae": float(np.abs(predicted - truth).mean()),

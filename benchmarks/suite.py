@@ -31,7 +31,8 @@ import numpy as np
 
 import json
 
-from common import RESULTS, ResultTable, log, pretrained_encoder, train_defaults
+from common import (RESULTS, ResultTable, add_variant_option, log, pretrained_encoder,
+                    train_defaults, variant_of)
 
 FUSIONS = ("none", "concat", "cross-attention")
 COLUMNS = ["kind", "seed", "model", "metric", "score", "rank_planted", "seconds"]
@@ -106,12 +107,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variant", nargs=2, metavar=("NAME", "JSON"),
-                        default=["default", "{}"],
-                        help="a name for the rows and the api.train arguments that differ "
-                             "from the defaults, e.g. no-linear '{\"linear_readout\": false}'")
+    add_variant_option(parser)
     args = parser.parse_args()
-    name, overrides = args.variant[0], json.loads(args.variant[1])
+    name, overrides = variant_of(args)
     data = load_dataset("ecam")
     from common import load
     _, all_samples, _ = load("ecam")
