@@ -57,7 +57,9 @@ def amplicon_samples(table: biom.Table, sequences: pd.Series | None, token_limit
     """The table (optionally only ``sample_ids``, in that order) as core samples."""
     from .core.data import AmpliconSamples
     if table.is_empty():
-        raise ValueError("The feature table is empty.")
+        raise ValueError(f"The feature table is empty ({table.shape[0]} features x "
+                         f"{table.shape[1]} samples, no counts). Check the filtering that made "
+                         "it, e.g. with 'qiime feature-table summarize'.")
     if sample_ids is not None:
         table = table.filter(list(sample_ids), axis="sample", inplace=False)
         table = table.sort_order(list(sample_ids), axis="sample")
@@ -278,6 +280,10 @@ def _target_samples(table: biom.Table, metadata: qiime2.MetadataColumn,
     """The target of each table sample that has one, in table order."""
     series = metadata.to_series()
     table_ids = [str(i) for i in table.ids()]
+    if not table_ids:
+        raise ValueError("The feature table has no samples (shape "
+                         f"{table.shape[0]} features x 0 samples). Check the filtering that "
+                         "made it, e.g. with 'qiime feature-table summarize'.")
     absent = [i for i in table_ids if i not in series.index]
     if absent:
         if missing_samples == "error":

@@ -215,6 +215,38 @@ def test_feature_ids_that_are_not_dna_need_sequences(aam, ecam_subset):
         aam.actions.train(table=art, metadata=md.get_column("y"), epochs=1)
 
 
+def test_a_table_without_samples_is_named_as_such(aam, ecam_subset):
+    import biom
+    a = ecam_subset["artifacts"]
+    full = a["table"].view(biom.Table)
+    empty = full.filter([], axis="sample", inplace=False)
+    art = qiime2.Artifact.import_data("FeatureTable[Frequency]", empty)
+    with pytest.raises(ValueError, match="The feature table has no samples"):
+        aam.actions.train(table=art, sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"), epochs=1,
+                          **SMALL)
+
+
+def test_a_validation_fraction_that_leaves_too_few_to_train_names_the_counts(aam,
+                                                                          ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match=r"40 sample\(s\) with validation fraction 0.99 leave "
+                                         r"0 for training and 40 for validation.*"
+                                         r"--p-validation-fraction"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"),
+                          validation_fraction=0.99, epochs=1, **SMALL)
+
+
+def test_a_patch_longer_than_every_sequence_is_refused(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match=r"patch size \(512 nt, --p-patch-size\) is longer "
+                                         r"than the longest sequence"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"),
+                          epochs=1, **{**SMALL, "patch_size": 512})
+
+
 def test_missing_samples_error_or_ignore(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     md = ecam_subset["metadata"].to_dataframe()

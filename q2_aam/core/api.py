@@ -33,6 +33,20 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+#: Fewest samples an epoch may train on.
+MIN_TRAINING_SAMPLES = 2
+
+
+def _check_split(n: int, train_rows: np.ndarray, val_rows: np.ndarray, fraction: float) -> None:
+    """Refuse a split that leaves too few samples to train on, naming the counts."""
+    if len(train_rows) < MIN_TRAINING_SAMPLES:
+        raise ValueError(
+            f"{n} sample(s) with validation fraction {fraction:g} leave {len(train_rows)} for "
+            f"training and {len(val_rows)} for validation; training needs at least "
+            f"{MIN_TRAINING_SAMPLES}. Give more samples or a smaller validation fraction "
+            "(--p-validation-fraction).")
+
+
 def validation_split(n: int, fraction: float, seed: int,
                      groups: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows for training and for validation (early stopping).
@@ -147,6 +161,11 @@ def _architecture(overrides: dict | None, pretrained: ModelBundle | None, *, tas
     else:
         base = dict(overrides)
         patch = base.get("patch_size", ModelConfig.patch_size)
+        if patch > max_length:
+            raise ValueError(
+                f"The patch size ({patch} nt, --p-patch-size) is longer than the longest "
+                f"sequence ({max_length} nt), so every sequence would be one padded patch. "
+                f"Use a patch size of at most {max_length}.")
         base["max_sequence_length"] = int(math.ceil(max_length / patch) * patch)
     base.update(task=task, n_outputs=n_outputs, **head)
     return ModelConfig(**base)
@@ -189,6 +208,7 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
     torch.manual_seed(config.seed)
     model = AAMModel(model_config)
     train_rows, val_rows = validation_split(len(samples), validation_fraction, config.seed, groups)
+    _check_split(len(samples), train_rows, val_rows, validation_fraction)
     objective = Objective(task="encoder", target_weight=0.0, unifrac_weight=unifrac_weight,
                           mlm_weight=mlm_weight, mask_rate=mask_rate,
                           distances=None if distances is None else torch.as_tensor(distances))
@@ -315,6 +335,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
     tokens = _tokens(samples, max_length=pretrained.model_config["max_sequence_length"]
                      if pretrained else None, log=log)
     train_rows, val_rows = validation_split(len(samples), validation_fraction, config.seed, groups)
+    _check_split(len(samples), train_rows, val_rows, validation_fraction)
     target_info: dict = {"name": target_name}
     loss = RegressionLoss(kind=loss) if isinstance(loss, str) else loss
     weights = bounds = None
