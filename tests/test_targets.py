@@ -274,3 +274,49 @@ def test_untransformed_large_targets_warn_in_train():
     assert DEFAULT_TARGET_TRANSFORM == "zscore"
     assert bundle.target["transform"]["kind"] == "none"
     assert any("Consider 'zscore'" in m for m in messages)
+
+
+# --- odd targets are named before training ---------------------------------------------
+
+def test_a_class_with_one_sample_is_refused_with_its_name():
+    samples = random_samples(n_samples=12, seed=3)
+    labels = ["a"] * 6 + ["b"] * 5 + ["lonely"]
+    with pytest.raises(ValueError, match=r"1 class\(es\) have fewer: 'lonely' \(1\)"):
+        api.train(samples, labels, task="classification", architecture=dict(SMALL),
+                  config=TrainConfig(epochs=1, batch_size=8, device="cpu"), log=lambda m: None)
+
+
+def test_many_classes_warn_that_the_column_may_be_a_number():
+    samples = random_samples(n_samples=44, seed=4)
+    labels = [str(i // 2) for i in range(44)]  # 22 classes of 2
+    messages = []
+    api.train(samples, labels, task="classification", architecture=dict(SMALL),
+              validation_fraction=0.0, asv_min_samples=0,
+              config=TrainConfig(epochs=1, batch_size=8, device="cpu"), log=messages.append)
+    assert any("22 classes" in m and "--p-task regression" in m for m in messages), messages
+
+
+def _train_messages(samples, y):
+    messages = []
+    api.train(samples, y, task="regression", architecture=dict(SMALL),
+              config=TrainConfig(epochs=1, batch_size=8, device="cpu"), log=messages.append)
+    return messages
+
+
+def test_an_extreme_target_value_is_reported_with_its_sample():
+    samples = random_samples(n_samples=16, seed=5)
+    y = np.linspace(10, 300, 16)
+    y[7] = 1e12
+    flagged = [m for m in _train_messages(samples, y) if "extremely far" in m]
+    assert len(flagged) == 1 and f"{samples.sample_ids[7]} = 1e+12" in flagged[0], flagged
+    assert not any("extremely far" in m
+                   for m in _train_messages(samples, np.linspace(10, 300, 16)))
+
+
+def test_a_target_that_overflows_its_scaling_is_refused():
+    samples = random_samples(n_samples=16, seed=5)
+    y = np.linspace(10, 300, 16)
+    y[7] = 1e300
+    with pytest.raises(ValueError, match=r"cannot be scaled with 'zscore'.*up to 1e\+300|"
+                                         r"cannot be scaled with 'zscore'.*to 1e\+300\) overflow"):
+        _train_messages(samples, y)

@@ -35,6 +35,22 @@ def _stderr(message: str) -> None:
 
 #: Fewest samples an epoch may train on.
 MIN_TRAINING_SAMPLES = 2
+#: Above this many classes, training warns that the column may be a number.
+MANY_CLASSES = 20
+#: Target values further than this many median absolute deviations from the median are
+#: reported (real ages, weights, indices sit within a few tens).
+OUTLIER_SCALES = 1000.0
+
+
+def extreme_values(y: np.ndarray) -> np.ndarray:
+    """Indices of values more than ``OUTLIER_SCALES`` robust scales from the median (the
+    median absolute deviation, or the mean one when over half the values are equal)."""
+    centre = np.median(y)
+    deviation = np.abs(y - centre)
+    scale = np.median(deviation) or deviation.mean()
+    if not np.isfinite(scale) or scale == 0:
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(deviation > OUTLIER_SCALES * scale)
 
 
 def _check_split(n: int, train_rows: np.ndarray, val_rows: np.ndarray, fraction: float) -> None:
@@ -358,10 +374,26 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         warning = scale_warning(y[train_rows], transform.kind)
         if warning:
             log(f"Warning: {warning}")
-        transform.fit(y[train_rows], None if groups_all is None else groups_all[train_rows])
+        outliers = extreme_values(y)
+        if len(outliers):
+            log(f"Warning: {len(outliers)} target value(s) lie extremely far from the others "
+                f"(over {OUTLIER_SCALES:g} median absolute deviations from the median "
+                f"{np.median(y):g}): " + ", ".join(
+                    f"{samples.sample_ids[i]} = {y[i]:g}" for i in outliers[:5])
+                + ". Check them for unit or entry errors; the model will try to fit them.")
+        with np.errstate(over="ignore", invalid="ignore"):
+            transform.fit(y[train_rows], None if groups_all is None else groups_all[train_rows])
         if transform.uses_groups:
             transform.stats["columns"] = list(normalize_by)
-        encoded = transform.transform(y, groups_all).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            encoded = transform.transform(y, groups_all).astype(np.float32)
+        if not np.isfinite(encoded).all() or not all(
+                np.isfinite(v).all() for v in transform.stats.values()
+                if isinstance(v, (int, float, np.ndarray))):
+            raise ValueError(
+                f"The target cannot be scaled with {transform.kind!r}: its values (from "
+                f"{y.min():g} to {y.max():g}) overflow. Check the largest for unit or entry "
+                "errors.")
         bounds = check_regression_settings(encoded[train_rows].astype(np.float64), transform,
                                            output_constraint, normalize_by)
         n_outputs = loss.n_outputs
@@ -380,6 +412,15 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         if len(classes) < 2:
             raise ValueError(f"Classification needs at least 2 classes; the target has "
                              f"{classes}.")
+        sizes = np.bincount(encoded, minlength=len(classes))
+        rare = [f"{classes[k]!r} ({sizes[k]})" for k in np.flatnonzero(sizes < 2)]
+        if rare:
+            raise ValueError(f"Each class needs at least 2 samples; {len(rare)} class(es) have "
+                             f"fewer: {', '.join(rare[:5])}. Drop or merge rare classes first.")
+        if len(classes) > MANY_CLASSES:
+            log(f"Warning: the target has {len(classes)} classes (at most "
+                f"{sizes.min()} samples in the rarest). If it is a numeric column, "
+                "--p-task regression predicts it as a number.")
         if class_weights not in ("none", "balanced"):
             raise ValueError(f"class_weights must be 'none' or 'balanced', got {class_weights!r}.")
         if class_weights == "balanced":
