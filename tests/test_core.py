@@ -366,3 +366,16 @@ def test_response_of_a_group_normalised_regressor_is_in_each_groups_units():
     assert held.sum() > 100 and (np.isnan(raw) == ~held).all()
     np.testing.assert_allclose(days[held], (raw * sd[:, None, None])[held], rtol=1e-6)
     assert len(set(np.round(sd, 6))) == 2
+
+
+def test_a_sequence_longer_than_any_amplicon_is_refused_with_its_length():
+    samples = random_samples(n_samples=8)
+    sequences = list(samples.sequences)
+    sequences[3] = "ACGT" * 3000  # 12,000 nt
+    counts = np.ones((8, len(sequences)), dtype=int)
+    long = AmpliconSamples.from_counts(counts, samples.sample_ids, list(samples.feature_ids),
+                                       sequences, 16)
+    with pytest.raises(ValueError, match=r"1 feature sequence\(s\) are longer than the 2000 nt"
+                                         r".*'f3' \(12000 nt\).*Trim"):
+        api.train(long, np.arange(8.0), task="regression", config=TrainConfig(epochs=1),
+                  log=lambda m: None)

@@ -187,7 +187,23 @@ def _architecture(overrides: dict | None, pretrained: ModelBundle | None, *, tas
     return ModelConfig(**base)
 
 
+#: The longest sequence a new model accepts: past a full-length 16S gene (about 1,550 nt),
+#: a sequence is almost surely not an amplicon, and attention over it costs minutes an epoch.
+NEW_MODEL_MAX_LENGTH = 2000
+
+
 def _tokens(samples: AmpliconSamples, max_length: int | None = None, log=_stderr) -> np.ndarray:
+    if max_length is None:
+        lengths = np.fromiter(map(len, samples.sequences), dtype=np.int64,
+                              count=len(samples.sequences))
+        long = np.flatnonzero(lengths > NEW_MODEL_MAX_LENGTH)
+        if len(long):
+            raise ValueError(
+                f"{len(long)} feature sequence(s) are longer than the {NEW_MODEL_MAX_LENGTH} nt "
+                "a model reads (a full-length 16S gene is about 1,550 nt): " + ", ".join(
+                    f"{samples.feature_ids[i]!r} ({lengths[i]} nt)" for i in long[:3])
+                + ". Trim the sequences to the amplicon (e.g. 'qiime feature-classifier "
+                "extract-reads' or cutadapt) or filter these features from the table.")
     tokenized = tokenize(samples.sequences, names=samples.feature_ids, max_length=max_length)
     if tokenized.n_ambiguous:
         log(f"{tokenized.n_ambiguous} feature sequence(s) hold IUPAC ambiguity codes; each such "
