@@ -39,12 +39,14 @@ COLUMNS = ["dataset", "target", "split", "model", "mae", "r2", "accuracy",
            "balanced_accuracy", "seconds"]
 
 
-def features(samples, rows):
-    """Counts ``(n, n_asvs)`` of every ASV, and the ASVs held by >= 2 % of ``rows``."""
-    counts = np.zeros((len(samples), len(samples.feature_ids)))
-    for i in range(len(samples)):
-        held, n = samples.sample(i)
-        counts[i, held] = n
+def features(data, samples, rows):
+    """Read counts ``(n, n_asvs)`` of every ASV of the whole table (not only the ASVs q2-aam
+    reads per sample), samples in ``samples``' order, and the ASVs held by >= 2 % of
+    ``rows``."""
+    ids = list(samples.sample_ids)
+    table = data.table.filter(ids, axis="sample", inplace=False).sort_order(ids, axis="sample")
+    counts = table.matrix_data.T.toarray()
+    counts = counts[:, counts.sum(0) > 0]
     kept = (counts[rows] > 0).mean(0) >= 0.02
     return counts, kept
 
@@ -118,7 +120,7 @@ def main():
                     predicted = api.predict(bundle, samples.subset(test), log=lambda m: None)
                 else:
                     if counts is None:
-                        counts, kept = features(samples, train)
+                        counts, kept = features(data, samples, train)
                     predicted = classical(model, classification, counts, kept, train, test, y)
                 row = {**key, **scores(np.asarray(predicted), y[test], classification),
                        "seconds": round(time.perf_counter() - started)}

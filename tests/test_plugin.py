@@ -139,14 +139,18 @@ def test_frozen_encoder_keeps_its_weights(aam, ecam_subset, trained):
     assert changed
 
 
+def train_age(aam, ecam_subset, **kwargs):
+    """``train`` on the ECAM subset's training table and sequences, predicting age."""
+    a = ecam_subset["artifacts"]
+    return aam.actions.train(table=a["table"], sequences=a["sequences"],
+                             metadata=ecam_subset["metadata"].get_column("age_days"), **kwargs)
+
+
 def test_masked_nucleotide_loss_on_the_default_frozen_encoder_says_how_to_unfreeze(
         aam, ecam_subset, trained):
     encoder, _ = trained
-    a = ecam_subset["artifacts"]
     with pytest.raises(ValueError, match="--p-no-freeze-encoder"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"], pretrained=encoder,
-                          metadata=ecam_subset["metadata"].get_column("age_days"),
-                          mlm_weight=0.5, epochs=1)
+        train_age(aam, ecam_subset, pretrained=encoder, mlm_weight=0.5, epochs=1)
 
 
 def test_auxiliary_unifrac_loss_in_train(aam, ecam_subset):
@@ -229,22 +233,16 @@ def test_a_table_without_samples_is_named_as_such(aam, ecam_subset):
 
 def test_a_validation_fraction_that_leaves_too_few_to_train_names_the_counts(aam,
                                                                           ecam_subset):
-    a = ecam_subset["artifacts"]
     with pytest.raises(ValueError, match=r"40 sample\(s\) with validation fraction 0.99 leave "
                                          r"0 for training and 40 for validation.*"
                                          r"--p-validation-fraction"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"],
-                          metadata=ecam_subset["metadata"].get_column("age_days"),
-                          validation_fraction=0.99, epochs=1, **SMALL)
+        train_age(aam, ecam_subset, validation_fraction=0.99, epochs=1, **SMALL)
 
 
 def test_a_patch_longer_than_every_sequence_is_refused(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
     with pytest.raises(ValueError, match=r"patch size \(512 nt, --p-patch-size\) is longer "
                                          r"than the longest sequence"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"],
-                          metadata=ecam_subset["metadata"].get_column("age_days"),
-                          epochs=1, **{**SMALL, "patch_size": 512})
+        train_age(aam, ecam_subset, epochs=1, **{**SMALL, "patch_size": 512})
 
 
 def test_missing_samples_error_or_ignore(aam, ecam_subset):
@@ -375,11 +373,8 @@ def test_pretrain_masked_nucleotides_only_needs_no_tree(aam, ecam_subset):
 def test_architecture_differing_from_the_pretrained_encoder_is_refused(aam, ecam_subset,
                                                                         trained):
     encoder, _ = trained
-    a = ecam_subset["artifacts"]
     with pytest.raises(ValueError, match="embedding_dim=32 \\(pretrained: 16\\)"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"], pretrained=encoder,
-                          metadata=ecam_subset["metadata"].get_column("age_days"),
-                          embedding_dim=32, epochs=1)
+        train_age(aam, ecam_subset, pretrained=encoder, embedding_dim=32, epochs=1)
 
 
 # --- targets and outputs (issue 3) -----------------------------------------------------
