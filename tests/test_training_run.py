@@ -95,8 +95,11 @@ def test_run_with_a_killed_worker_fails_then_resumes_to_the_same_model(tmp_path,
     assert "A training worker failed. worker 1: killed by SIGKILL (exit code -9)" in killed.stderr
     assert (tmp_path / "ck" / "latest").read_text() == "epoch-2"
     assert not (tmp_path / "resumed").exists()
-    if distributed == "fsdp":
-        assert (tmp_path / "ck" / "epoch-2" / "sharded").is_dir()
+    saved = sorted(p.name for p in (tmp_path / "ck" / "epoch-2").iterdir())
+    weights = ["weights-0.safetensors", "weights-1.safetensors"][:2 if distributed == "fsdp"
+                                                                  else 1]
+    assert saved == sorted(["best.safetensors", "rng-0.safetensors", "rng-1.safetensors",
+                            "run.json", *weights])
     resumed = run_workers_child(tmp_path / "ck", tmp_path / "resumed", distributed=distributed)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = ModelBundle.load(tmp_path / "whole"), ModelBundle.load(tmp_path / "resumed")
@@ -219,3 +222,42 @@ def test_progress_bar_on_request_and_quiet_otherwise(capfd):
         err = capfd.readouterr().err
         # None: only on a terminal, and pytest's stderr is not one
         assert ("training: " in err and "epoch=2/2" in err) == (progress is True), err[-300:]
+
+
+class _Payload:
+    """Unpickling this touches a file: proof that something was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_no_file_of_a_checkpoint_is_ever_unpickled(tmp_path):
+    """A pickle payload planted in each file of a checkpoint folder (and in a torch.save
+    archive in its place) never runs on resume; the error names the file."""
+    import pickle
+    import shutil
+    samples = random_samples(n_samples=20, token_limit=8)
+    kwargs = dict(task="regression", architecture=SMALL, validation_fraction=0.2,
+                  config=TrainConfig(**{**CONFIG, "epochs": 1}), log=lambda m: None)
+    clean = tmp_path / "clean"
+    api.train(samples, np.linspace(0, 10, 20), checkpoint_dir=str(clean), **kwargs)
+    files = sorted(p.relative_to(clean) for p in clean.rglob("*") if p.is_file())
+    assert len(files) == 5, files  # latest, run.json, weights, rng, best
+    marker = tmp_path / "payload-ran"
+    for i, name in enumerate(files):
+        for how in ("pickle", "torch.save"):
+            planted = tmp_path / f"planted-{i}-{how}"
+            shutil.copytree(clean, planted)
+            with open(planted / name, "wb") as out:
+                if how == "pickle":
+                    pickle.dump(_Payload(marker), out)
+                else:
+                    torch.save({"state": _Payload(marker)}, out)
+            with pytest.raises(ValueError, match=str(name.name).replace(".", r"\.")) as error:
+                api.train(samples, np.linspace(0, 10, 20), checkpoint_dir=str(planted),
+                          **kwargs)
+            assert "delete the checkpoint directory" in str(error.value)
+            assert not marker.exists(), f"{name} ({how}) was unpickled"

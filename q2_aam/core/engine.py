@@ -1,8 +1,8 @@
 """The one training loop, shared by pretraining and training.
 
 Plain PyTorch with a few Accelerate calls: ``prepare``, ``accumulate``,
-``backward``, ``clip_grad_norm_``, ``gather_for_metrics``, ``save_state`` /
-``load_state`` and the TensorBoard tracker. It runs the same in one process
+``backward``, ``clip_grad_norm_``, ``gather_for_metrics`` and the TensorBoard
+tracker; checkpoints are written by ``checkpoint`` (safetensors and JSON only). It runs the same in one process
 and in each process of a distributed run (``launch.run_workers``,
 ``torchrun`` or ``accelerate launch``). Everything a task does differently
 lives in :class:`Objective`.
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .checkpoint import Checkpoints
 from .data import BatchCollator
 from .losses import (classification_loss, mask_nucleotides, masked_nucleotide_loss,
                      pairwise_unifrac_loss, RegressionLoss)
@@ -428,9 +429,11 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
                      "training_data": _fingerprint(train_collator),
                      "validation_data": _fingerprint(val_collator) if has_val else None,
                      "processes": world}
-        checkpoints = _Checkpoints(checkpoint_dir, accelerator, scheduler, state, signature,
-                                   sharded=(net, optimizer.optimizer) if fsdp else None)
-        if checkpoints.resume(say):
+        writable_directory(checkpoint_dir, "checkpoint", rank)
+        checkpoints = Checkpoints(checkpoint_dir, accelerator, net,
+                                  getattr(optimizer, "optimizer", optimizer), scheduler, state,
+                                  signature, sharded=fsdp)
+        if checkpoints.resume(say, _differences):
             model.train()
     tracker = _Tracker(accelerator, config, tensorboard_dir)
     bar = _progress_bar(accelerator, total_steps, progress, initial=state.epoch * steps_per_epoch)
@@ -553,9 +556,7 @@ class _LoopState:
         self.best, self.stale, self.history = values["best"], values["stale"], values["history"]
         self.stopped = values["stopped"]
 
-    # The global torch RNG (dropout) is among them: Accelerate 1.15's load_state fails to
-    # read its own random-state file under torch >= 2.6 (weights_only) and says so only at
-    # INFO level, so a resumed run would otherwise draw other dropout masks.
+    # The global torch RNG (dropout) is among them, saved per process by ``checkpoint``.
     def rng_state(self) -> dict:
         """This process's random generators: shuffling, masking, dropout."""
         return {"loader_rng": self.loader_rng.get_state(), "mask_rng": self.mask_rng.get_state(),
@@ -568,96 +569,6 @@ class _LoopState:
         torch.set_rng_state(values["torch_rng"])
         if values["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(values["cuda_rng"])
-
-
-class _Checkpoints:
-    """``DIR/epoch-K`` after every epoch (model, optimizer, scheduler, every process's RNGs,
-    the loop state) and ``DIR/latest`` naming the newest complete one."""
-
-    def __init__(self, directory: str, accelerator, scheduler, state: _LoopState,
-                 signature: dict, sharded: tuple | None = None):
-        import json
-        from pathlib import Path
-        self.dir, self.accelerator, self.state = Path(directory), accelerator, state
-        # FSDP: (sharded model, its optimizer). Each process holds only its shards of the
-        # weights and optimizer state, which torch.distributed.checkpoint saves and loads.
-        self.sharded = sharded
-        self.signature = json.loads(json.dumps(signature))  # as it reads back from disk
-        writable_directory(directory, "checkpoint", accelerator.process_index)
-        accelerator.register_for_checkpointing(scheduler)
-        accelerator.register_for_checkpointing(state)
-
-    def resume(self, log) -> bool:
-        import json
-        latest = self.dir / "latest"
-        if not latest.exists():
-            return False
-        path = self.dir / latest.read_text().strip()
-        if not (path / "run.json").exists():
-            raise ValueError(f"{latest} names {path.name}, which is missing or incomplete; "
-                             "delete the checkpoint directory to start afresh.")
-        saved = json.loads((path / "run.json").read_text())
-        differences = _differences(saved["signature"], self.signature)
-        if differences:
-            raise ValueError(
-                f"The checkpoint in {self.dir} was written by a run with other settings: "
-                + "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in differences)
-                + ". Run again with the checkpoint's settings to continue it, or give "
-                "another checkpoint directory to start afresh.")
-        rng = path / f"rng-{self.accelerator.process_index}.pt"
-        if not rng.exists():
-            raise ValueError(f"The checkpoint {path} has no random state for process "
-                             f"{self.accelerator.process_index} ({rng.name}): it was written "
-                             "by a run with another number of processes, or is incomplete. "
-                             "Resume with the same --p-num-processes, or delete the folder.")
-        self.accelerator.load_state(str(path))
-        if self.sharded is not None:
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-            # Accelerate restored the main process's optimizer file on every process: drop
-            # it, so that the state is rebuilt in this process's shard shapes and then read.
-            self.sharded[1].state.clear()
-            model_state, optimizer_state = get_state_dict(*self.sharded)
-            shards = {"model": model_state, "optimizer": optimizer_state}
-            dcp.load(shards, checkpoint_id=str(path / "sharded"))
-            set_state_dict(*self.sharded, model_state_dict=shards["model"],
-                           optim_state_dict=shards["optimizer"])
-        self.state.set_rng_state(torch.load(rng, weights_only=True))
-        best = path / "best.safetensors"
-        if best.exists():
-            from safetensors.torch import load_file
-            self.state.best_state = load_file(str(best))
-        log(f"Resuming from {path} (epoch {self.state.epoch} of the run, step "
-            f"{self.state.step}).")
-        return True
-
-    def save(self) -> None:
-        import json
-        import shutil
-        name = f"epoch-{self.state.epoch}"
-        path = self.dir / name
-        self.accelerator.save_state(str(path))
-        if self.sharded is not None:
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import get_state_dict
-            model_state, optimizer_state = get_state_dict(*self.sharded)
-            dcp.save({"model": model_state, "optimizer": optimizer_state},
-                     checkpoint_id=str(path / "sharded"))
-        torch.save(self.state.rng_state(), path / f"rng-{self.accelerator.process_index}.pt")
-        self.accelerator.wait_for_everyone()  # every process's part is written before 'latest'
-        if self.accelerator.is_main_process:
-            if self.state.best_state is not None:
-                from safetensors.torch import save_file
-                save_file({k: v.contiguous() for k, v in self.state.best_state.items()},
-                          str(path / "best.safetensors"))
-            (path / "run.json").write_text(json.dumps({"signature": self.signature}))
-            tmp = self.dir / "latest.tmp"
-            tmp.write_text(name)
-            tmp.replace(self.dir / "latest")  # atomic: a kill leaves the old or the new one
-            for old in self.dir.glob("epoch-*"):
-                if old.name != name:
-                    shutil.rmtree(old, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
 
 
 def writable_directory(path: str, what: str, rank: int = 0) -> None:
