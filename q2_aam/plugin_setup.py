@@ -109,12 +109,13 @@ PARAMETERS = {
     "freeze_encoder": "Keep the pretrained encoder's weights fixed and train only the target "
                       "branch (default). Its outputs are then computed once, which is much "
                       "faster. No effect without --i-pretrained: the whole model is trained.",
-    "linear_readout": "Add a linear model of the log abundances of the ASVs held by "
-                      "--p-asv-min-samples or more training samples: a ridge (regression) "
-                      "or L2 logistic (classification) regression fitted in closed form "
-                      "before training, its penalty chosen by cross-validation (by subject "
-                      "with --m-subjects-*), then kept fixed; the network learns what it "
-                      "leaves. See the README's 'Accuracy' section. Default: on.",
+    "linear_readout": "Add a linear model of the log abundances and presences of the ASVs "
+                      "held by --p-asv-min-samples or more training samples, fitted before "
+                      "training and then kept fixed; the network learns what it leaves. "
+                      "Cross-validation on the training samples (by subject with "
+                      "--m-subjects-*) picks the penalty: ridge (L2: many ASVs carry a "
+                      "little) or lasso / elastic net (L1: a few ASVs carry the signal), "
+                      "and its strength. See the README's 'Accuracy' section. Default: on.",
     "asv_min_samples": "ASVs held by this many training samples or more get an identity "
                        "embedding (and a linear-readout coefficient) of their own, so the "
                        "model can single out one ASV even when its sequence is nearly that "

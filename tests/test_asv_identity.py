@@ -118,6 +118,54 @@ def test_linear_readout_is_the_sum_of_coefficient_times_log_abundance():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
 
 
+def test_linear_readout_adds_the_presence_coefficient_of_each_asv_present():
+    torch.manual_seed(0)
+    model = AAMModel(ModelConfig(task="regression", n_outputs=1, asv_vocabulary_size=3,
+                                 linear_readout=True, linear_presence=True, **SMALL)).eval()
+    with torch.no_grad():
+        model.linear.weight[:] = torch.tensor([[0.0], [1.0], [-2.0], [0.5]])
+        model.linear_presence.weight[:] = torch.tensor([[0.0], [0.25], [4.0], [-1.0]])
+        model.linear_bias.fill_(3.0)
+    counts = np.array([[10, 30, 0, 60], [5, 0, 5, 0]])
+    samples = AmpliconSamples.from_counts(counts, ["s0", "s1"], list("abcd"),
+                                          ["AAAA", "CCCC", "GGGG", "TTTT"], 4)
+    batch = BatchCollator(samples, tokenize(samples.sequences).tokens,
+                          vocabulary=np.array([1, 2, 3, 0]))([0, 1])
+    level = lambda rel: 1 + np.log10(rel) / 6
+    expected = [3 + 1.0 * level(0.1) + 0.25 - 2.0 * level(0.3) + 4.0,
+                3 + 1.0 * level(0.5) + 0.25 + 0.5 * level(0.5) - 1.0]
+    with torch.no_grad():
+        got = model(batch)["prediction"][:, 0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
+def _sparse_design(n=300, p=120, seed=0):
+    """Readout columns (log levels, then presences) of ``p`` ASVs, each in half the samples."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng(seed)
+    present = rng.random((n, p)) < 0.5
+    level = np.where(present, rng.uniform(0.3, 0.9, (n, p)), 0.0)
+    return sp.csr_matrix(np.hstack([level, present * 1.0])), level, present, rng
+
+
+def test_readout_chooses_lasso_when_a_few_asvs_carry_the_signal():
+    from q2_aam.core.linear import fit_regression
+    x, level, present, rng = _sparse_design()
+    y = 4 * present[:, 3] - 4 * present[:, 7] + 3 * level[:, 11] + rng.normal(0, 0.3, 300)
+    coef, _, how = fit_regression(x, y)
+    assert how.startswith("lasso") or how.startswith("elastic net"), how
+    top = set(np.argsort(-np.abs(coef))[:3])
+    assert top == {120 + 3, 120 + 7, 11}, (top, how)
+
+
+def test_readout_chooses_ridge_when_many_asvs_each_carry_a_little():
+    from q2_aam.core.linear import fit_regression
+    x, level, present, rng = _sparse_design()
+    y = level @ rng.normal(0, 1, 120) + rng.normal(0, 0.5, 300)
+    _, _, how = fit_regression(x, y)
+    assert how.startswith("ridge"), how
+
+
 def _planted(n=160, seed=0):
     """Counts over 40 ASVs; the target is linear in two ASVs' log abundances."""
     rng = np.random.default_rng(seed)

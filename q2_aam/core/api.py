@@ -353,8 +353,9 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
             training rows map to the 'unknown' embedding.
         asv_min_samples: ASVs held by this many training samples or more get
             an identity embedding of their own (0: none; see ``data.asv_vocabulary``).
-        linear_readout: add a linear model of these ASVs' log abundances, fitted in
-            closed form before training (see ``linear``); the network learns the rest.
+        linear_readout: add a linear model of these ASVs' log abundances and presences,
+            fitted in closed form before training (ridge or lasso, whichever
+            cross-validates better; see ``linear``); the network learns the rest.
         config, checkpoint_dir, tensorboard_dir, progress: see :func:`_distributable`.
     """
     if task not in ("regression", "classification"):
@@ -472,7 +473,8 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
                                  max_length=tokens.shape[1], output_constraint=output_constraint,
                                  output_bounds=bounds, categorical_cardinalities=cardinalities,
                                  asv_vocabulary_size=len(vocabulary),
-                                 linear_readout=linear_readout and bool(vocabulary))
+                                 linear_readout=linear_readout and bool(vocabulary),
+                                 linear_presence=linear_readout and bool(vocabulary))
     torch.manual_seed(config.seed)
     model = AAMModel(model_config)
     if pretrained is not None:

@@ -57,6 +57,9 @@ class ModelConfig:
     # 1..n; row 0: every other ASV); the vocabulary itself is saved with the model's target.
     asv_vocabulary_size: int = 0
     linear_readout: bool = False
+    # The readout also has a coefficient per ASV on its presence (models saved before it
+    # existed have none).
+    linear_presence: bool = False
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -309,13 +312,17 @@ class AAMModel(nn.Module):
                                                config.dropout)
                                    if config.target_layers else None)
             self.target_pool = AttentionPooling(d)
-        # Per vocabulary ASV and output, a coefficient on its log abundance (fitted in closed
-        # form by ridge regression before training, then fixed); row 0 stays 0.
+        # Per vocabulary ASV and output, a coefficient on its log abundance and one on its
+        # presence (fitted in closed form before training, then fixed); row 0 stays 0.
         self.linear = (nn.Embedding(config.asv_vocabulary_size + 1, config.n_outputs)
                        if config.linear_readout and config.asv_vocabulary_size else None)
+        self.linear_presence = (nn.Embedding(config.asv_vocabulary_size + 1, config.n_outputs)
+                                if self.linear is not None and config.linear_presence else None)
         if self.linear is not None:
             nn.init.zeros_(self.linear.weight)
             self.linear_bias = nn.Parameter(torch.zeros(config.n_outputs))
+        if self.linear_presence is not None:
+            nn.init.zeros_(self.linear_presence.weight)
         # One learned vector per ASV seen in training (row 0: every other ASV), added to the
         # encoder's slot outputs: sequence embeddings of near-identical 16S sequences are
         # near-identical, so without it the branch cannot single out one ASV.
@@ -425,12 +432,17 @@ class AAMModel(nn.Module):
         return out
 
     def _linear_term(self, batch: dict) -> torch.Tensor | None:
-        """``(B, n_outputs)``: sum over slots of each ASV's coefficient x its log abundance."""
+        """``(B, n_outputs)``: sum over slots of each ASV's coefficient x its log abundance,
+        plus its presence coefficient."""
         if self.linear is None:
             return None
-        level = batch["abundance"][..., 2] * batch["asv_mask"]  # (B, S) log-abundance level
-        return torch.einsum("bs,bso->bo", level.to(self.linear.weight.dtype),
-                            self.linear(batch["asv_vocab"])) + self.linear_bias
+        dtype, vocab = self.linear.weight.dtype, batch["asv_vocab"]
+        held = batch["asv_mask"].to(dtype)
+        level = batch["abundance"][..., 2].to(dtype) * held  # (B, S) log-abundance level
+        out = torch.einsum("bs,bso->bo", level, self.linear(vocab)) + self.linear_bias
+        if self.linear_presence is not None:
+            out = out + torch.einsum("bs,bso->bo", held, self.linear_presence(vocab))
+        return out
 
     def _readout(self, x: torch.Tensor, mask: torch.Tensor, c_vec, c_tokens, categories,
                  offset: torch.Tensor | None = None) -> dict:
