@@ -274,6 +274,31 @@ def test_malformed_config_is_refused(samples, tmp_path):
         validate_directory(tmp_path / "m")
 
 
+@pytest.mark.parametrize("use", ["predict", "pretrained"])
+def test_edited_config_is_refused_naming_the_model_and_the_setting(samples, tmp_path, use):
+    from q2_aam.core.bundle import ModelBundle
+    config = TrainConfig(epochs=1, batch_size=4, device="cpu")
+    if use == "predict":
+        bundle, _ = tiny_train(samples)
+    else:
+        d = np.zeros((len(samples), len(samples)))
+        bundle = api.pretrain(samples, d, architecture=dict(SMALL), config=config,
+                              log=lambda m: None)
+    bundle.save(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    values = json.loads(path.read_text())
+    values["model"]["embedding_dim"] *= 2
+    path.write_text(json.dumps(values))
+    edited = ModelBundle.load(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"The weights of .*m do not match its config.json: "
+                       r".* is \(.*\) in model.safetensors but .* Check .*embedding_dim"):
+        if use == "predict":
+            api.predict(edited, samples, log=lambda m: None)
+        else:
+            api.train(samples, np.linspace(0, 1, len(samples)), task="regression",
+                      pretrained=edited, config=config, log=lambda m: None)
+
+
 def test_pretrain_then_train_frozen_classifier(samples):
     d = np.random.default_rng(0).random((len(samples), len(samples)))
     d = (d + d.T) / 2

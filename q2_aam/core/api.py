@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bundle import ModelBundle, library_versions
+from .bundle import ModelBundle, check_weights, library_versions
 from .data import (AmpliconSamples, BatchCollator, asv_vocabulary, encode_categories,
                    fit_vocabularies, vocabulary_index)
 from .engine import Objective, TrainConfig, embed_features, fit, make_accelerator
@@ -480,6 +480,8 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
     if pretrained is not None:
         encoder_state = {k: v for k, v in pretrained.state_dict.items()
                          if k.startswith(ENCODER_PREFIXES)}
+        check_weights(model, encoder_state, pretrained.model_config, pretrained.source,
+                      prefixes=ENCODER_PREFIXES)
         missing, _ = model.load_state_dict(encoder_state, strict=False)
         absent = [k for k in missing if k.startswith(ENCODER_PREFIXES)]
         if absent:

@@ -119,10 +119,13 @@ class ModelBundle:
     training: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
 
+    source: str = field(default="the model", compare=False)
+
     def build_model(self):
         """The ``AAMModel`` with these weights loaded (strict), in eval mode."""
         from .model import AAMModel, ModelConfig
         model = AAMModel(ModelConfig.from_dict(self.model_config))
+        check_weights(model, self.state_dict, self.model_config, self.source)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
@@ -158,7 +161,40 @@ class ModelBundle:
         config = validate_directory(path)
         return cls(kind=config["kind"], model_config=config["model"],
                    state_dict=load_file(str(path / WEIGHTS_FILE)), target=config["target"],
-                   training=config.get("training", {}), versions=config.get("versions", {}))
+                   training=config.get("training", {}), versions=config.get("versions", {}),
+                   source=str(path))
+
+
+def check_weights(model, state_dict: dict, model_config: dict, source: str,
+                  prefixes: tuple = ()) -> None:
+    """Refuse weights that the settings in ``model_config`` do not describe (an edited
+    ``config.json``, or files of two models), naming the tensors and the likely settings,
+    instead of torch's size-mismatch traceback. ``prefixes``: check only these tensors
+    (and do not require the rest)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
+                if not prefixes or k.startswith(prefixes)}
+    saved = {k: tuple(v.shape) for k, v in state_dict.items()
+             if not prefixes or k.startswith(prefixes)}
+    wrong = [(k, saved[k], expected[k]) for k in sorted(expected)
+             if k in saved and saved[k] != expected[k]]
+    missing = sorted(set(expected) - set(saved))
+    extra = sorted(set(saved) - set(expected))
+    if not (wrong or missing or extra):
+        return
+    detail = "; ".join(f"{k} is {a} in {WEIGHTS_FILE} but {b} for these settings"
+                       for k, a, b in wrong[:3])
+    if missing or extra:
+        detail += ("; " if detail else "") + (
+            f"{len(missing)} tensor(s) missing (e.g. {missing[0]})" if missing else "") + (
+            ", " if missing and extra else "") + (
+            f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "")
+    suspects = sorted({name for name, value in model_config.items()
+                       if isinstance(value, int) and not isinstance(value, bool) and value > 1
+                       and any(value in b and value not in a for _, a, b in wrong)})
+    hint = f" Check {', '.join(suspects)} in {CONFIG_FILE}." if suspects else ""
+    raise ValueError(f"The weights of {source} do not match its {CONFIG_FILE}: {detail}. "
+                     "The settings were edited, or the files come from two different "
+                     f"models.{hint} Use the model as it was saved.")
 
 
 def _json_default(value):
