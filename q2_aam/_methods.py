@@ -64,6 +64,15 @@ def amplicon_samples(table: biom.Table, sequences: pd.Series | None, token_limit
         table = table.filter(list(sample_ids), axis="sample", inplace=False)
         table = table.sort_order(list(sample_ids), axis="sample")
     counts = table.matrix_data.T.tocsr()  # (samples, features)
+    fractional = np.flatnonzero(np.mod(counts.data, 1) != 0) if counts.nnz else []
+    if len(fractional):
+        row = int(np.searchsorted(counts.indptr, fractional[0], side="right") - 1)
+        _log(f"The feature table holds {len(fractional)} non-integer value(s) (e.g. "
+             f"{counts.data[fractional[0]]:g} in sample {str(table.ids()[row])!r}), so it is "
+             "not a table of read counts: each sample is read as relative abundances (values "
+             "/ the sample's total), and the model's log-count input no longer reflects read "
+             "depth. Give a table of read counts (FeatureTable[Frequency] from DADA2 or "
+             "Deblur) if you have one.")
     return AmpliconSamples.from_counts(
         counts, [str(i) for i in table.ids()], [str(i) for i in table.ids(axis="observation")],
         feature_sequences(table, sequences), token_limit)

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import biom
 import numpy as np
 import pandas as pd
 import pytest
@@ -267,6 +268,18 @@ def test_empty_targets_are_dropped_and_counted(aam, ecam_subset, capfd):
                                **SMALL)
     assert model.view(ModelBundle).training["n_samples"] == 38
     assert "Leaving out 2 sample(s) whose 'age_days' is missing" in capfd.readouterr().err
+
+
+def test_non_integer_counts_are_named_and_read_as_relative_abundances(aam, ecam_subset,
+                                                                        capfd):
+    a = ecam_subset["artifacts"]
+    table = a["table"].view(biom.Table).norm(axis="sample", inplace=False)
+    given = qiime2.Artifact.import_data("FeatureTable[Frequency]", table)
+    capfd.readouterr()
+    aam.actions.train(table=given, sequences=a["sequences"], epochs=1,
+                      metadata=ecam_subset["metadata"].get_column("age_days"), **SMALL)
+    err = capfd.readouterr().err
+    assert "non-integer value(s) (e.g. 0." in err and "relative abundances" in err, err[-500:]
 
 
 def test_categorical_target_needs_classification_task(aam, ecam_subset):
