@@ -109,6 +109,40 @@ def test_run_with_a_killed_worker_fails_then_resumes_to_the_same_model(tmp_path,
         [r["val_target"] for r in b.training["history"]]
 
 
+@pytest.mark.parametrize("name,processes", [("TERM", 2), ("INT", 2), ("TERM", 1)])
+def test_a_signalled_run_writes_no_model_stops_its_workers_and_resumes(tmp_path, name,
+                                                                         processes):
+    """SIGTERM (what kill and schedulers send) or SIGINT (Ctrl-C) in epoch 3: the run fails
+    with a message that says what to do, writes no model, leaves no worker running, keeps
+    epoch 2's checkpoint, and the same command then finishes the run."""
+    config = {**CONFIG, "num_processes": processes}
+    script = CHILD.format(tests=str(Path(__file__).parent), small=SMALL, config=config)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "kill_hook"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    signalled = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "ck"), str(tmp_path / "model")],
+        env={**env, "AAM_SIGNAL": name, "AAM_PID_DIR": str(pids),
+             "AAM_SIGNAL_PARENT_AFTER": str(2 * STEPS_PER_EPOCH)},
+        capture_output=True, text=True, timeout=600)
+    assert signalled.returncode == 1, signalled.stderr[-3000:]
+    assert f"Training was stopped by SIG{name}" in signalled.stderr, signalled.stderr[-3000:]
+    assert "running the same command again resumes" in signalled.stderr
+    assert not (tmp_path / "model").exists()
+    assert (tmp_path / "ck" / "latest").read_text() == "epoch-2"
+    workers = [int(p.name) for p in pids.iterdir()]
+    assert len(workers) == processes
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    resumed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "ck"), str(tmp_path / "model")],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    from q2_aam.core.bundle import ModelBundle
+    assert len(ModelBundle.load(tmp_path / "model").training["history"]) == CONFIG["epochs"]
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     samples = random_samples(n_samples=20, token_limit=8)
     y = np.linspace(0, 10, 20)

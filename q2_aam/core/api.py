@@ -5,6 +5,7 @@ These are what the plugin actions call, and what a script launched with
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -19,7 +20,7 @@ from .bundle import ModelBundle, check_weights, library_versions
 from .data import (AmpliconSamples, BatchCollator, asv_vocabulary, encode_categories,
                    fit_vocabularies, vocabulary_index)
 from .engine import Objective, TrainConfig, embed_features, fit, make_accelerator
-from .launch import in_distributed_run, run_workers
+from .launch import Interrupted, in_distributed_run, run_workers
 from .losses import RegressionLoss
 from .model import AAMModel, ModelConfig
 from .targets import (CENTRED_TRANSFORMS, DEFAULT_TARGET_TRANSFORM, TargetTransform,
@@ -118,8 +119,31 @@ def _distributable(action):
         if config.num_processes > 1 and not in_distributed_run():
             return run_in_workers(action.__name__, bound.args, bound.kwargs, config)
         bound.arguments["log"] = _main_process_only(bound.arguments["log"])
-        return action(*bound.args, **bound.kwargs)
+        if in_distributed_run():
+            return action(*bound.args, **bound.kwargs)
+        with _sigterm_raises():
+            return action(*bound.args, **bound.kwargs)
     return run
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """In one process, SIGTERM (what ``kill`` and schedulers send) stops training like
+    Ctrl-C: with an error (``launch.Interrupted``) that unwinds cleanly, instead of
+    ending the process on the spot."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted("SIGTERM")
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_in_workers(action: str, args: tuple, keywords: dict,

@@ -6,7 +6,8 @@ each gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT``, so ``accelerate.Accelerator`` inside it joins one process
 group (gloo on the CPU, NCCL on GPUs). It returns rank 0's return value. A
 worker that raises makes the whole run raise, with that worker's error, and
-the other workers are stopped: no hang.
+the other workers are stopped: no hang. SIGTERM or SIGINT to this process
+stops every worker and raises :class:`Interrupted`.
 
 Outside QIIME 2, launch the same code with ``torchrun`` or ``accelerate
 launch`` instead (see the README); ``in_distributed_run()`` is then true and
@@ -36,6 +37,17 @@ class WorkerFailed(RuntimeError):
     """A worker process of a multi-process run failed; the message holds its error."""
 
 
+class Interrupted(RuntimeError):
+    """Training was stopped by a signal (SIGTERM, SIGINT); nothing was written."""
+
+    def __init__(self, signal_name: str, workers: int = 1):
+        where = f"its {workers} worker processes were stopped and " if workers > 1 else ""
+        super().__init__(
+            f"Training was stopped by {signal_name}: {where}no model was written. If "
+            "--p-checkpoint-dir was given, running the same command again resumes from the "
+            "last complete epoch.")
+
+
 def run_workers(function, args: tuple, num_processes: int):
     """Run ``function(*args)`` in ``num_processes`` processes; return rank 0's result."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -57,10 +69,13 @@ def run_workers(function, args: tuple, num_processes: int):
                     "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // num_processes))}
         added = [k for k in settings if k not in os.environ]
         os.environ.update({k: settings[k] for k in added})
+        from torch.distributed.elastic.multiprocessing.api import SignalException
         try:
             results = elastic_launch(config, _worker)(function, logs, *args)
         except ChildFailedError as error:
             raise WorkerFailed(_failure_message(error, logs)) from None
+        except SignalException as error:  # the launcher has stopped every worker
+            raise Interrupted(signal.Signals(error.sigval).name, num_processes) from None
         finally:
             for key in added:
                 os.environ.pop(key, None)

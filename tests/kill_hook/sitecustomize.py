@@ -23,3 +23,27 @@ if os.environ.get("AAM_KILL_AFTER"):
         return _original(self, *args, **kwargs)
 
     torch.optim.AdamW.step = _step
+
+if os.environ.get("AAM_SIGNAL_PARENT_AFTER"):
+    # Rank 0 sends AAM_SIGNAL (TERM or INT) to the process that launched the workers after
+    # that many optimizer steps, as a scheduler or Ctrl-C would; every worker writes its
+    # PID to AAM_PID_DIR so that a test can check that none outlives the run.
+    import signal
+
+    import torch
+
+    _original_step, _count = torch.optim.AdamW.step, [0]
+
+    def _signalling_step(self, *args, **kwargs):
+        _count[0] += 1
+        if _count[0] == 1 and os.environ.get("AAM_PID_DIR"):
+            with open(os.path.join(os.environ["AAM_PID_DIR"], f"{os.getpid()}"), "w"):
+                pass
+        if os.environ.get("RANK", "0") == "0" and \
+                _count[0] == int(os.environ["AAM_SIGNAL_PARENT_AFTER"]) + 1:
+            # (one process: the run's own process)
+            target = os.getppid() if "WORLD_SIZE" in os.environ else os.getpid()
+            os.kill(target, getattr(signal, "SIG" + os.environ["AAM_SIGNAL"]))
+        return _original_step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = _signalling_step
