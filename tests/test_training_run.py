@@ -66,6 +66,73 @@ def test_killed_run_resumes_to_the_same_model(tmp_path):
         [r["val_target"] for r in b.training["history"]]
 
 
+def test_a_run_killed_while_saving_a_checkpoint_resumes_from_the_one_before(tmp_path):
+    from q2_aam.core.bundle import ModelBundle
+    script = CHILD.format(tests=str(Path(__file__).parent), small=SMALL, config=CONFIG)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "kill_hook"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    args = [sys.executable, "-c", script, str(tmp_path / "ck"), str(tmp_path / "resumed")]
+    killed = subprocess.run(args, env={**env, "AAM_KILL_IN_SAVE": "epoch-3/rng"},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (tmp_path / "ck" / "latest").read_text() == "epoch-2"
+    assert (tmp_path / "ck" / "epoch-3" / "weights-0.safetensors").exists()  # half-saved
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = run_child(tmp_path / "ck-whole", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    a, b = ModelBundle.load(tmp_path / "whole"), ModelBundle.load(tmp_path / "resumed")
+    for key, value in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[key], value, rtol=0, atol=0, msg=key)
+
+
+def _disk_full_in(monkeypatch, where: str) -> None:
+    """safetensors' writer fails as it does on a full disk, for paths holding ``where``
+    (after writing part of the file, as a real full disk does)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+    original = safetensors.torch.save_file
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if where in str(filename):
+            Path(filename).write_bytes(b"\x00" * 64)
+            raise SafetensorError("Error while serializing: I/O error: No space left on "
+                                  "device (os error 28)")
+        return original(tensors, filename, *args, **kwargs)
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    samples = random_samples(n_samples=20, token_limit=8)
+    kwargs = dict(task="regression", architecture=SMALL, validation_fraction=0.2,
+                  config=TrainConfig(**CONFIG), checkpoint_dir=str(tmp_path / "ck"),
+                  log=lambda m: None)
+    with monkeypatch.context() as patch:
+        _disk_full_in(patch, "epoch-3")
+        with pytest.raises(OSError, match=r"Could not write the checkpoint .*epoch-3 \(No "
+                           r"space left on device\); .*latest still names epoch-2, which "
+                           r"resumes. Free some space"):
+            api.train(samples, np.linspace(0, 10, 20), **kwargs)
+    assert (tmp_path / "ck" / "latest").read_text() == "epoch-2"
+    assert not (tmp_path / "ck" / "epoch-3").exists()
+    bundle = api.train(samples, np.linspace(0, 10, 20), **kwargs)  # space again: resumes
+    assert len(bundle.training["history"]) == CONFIG["epochs"]
+
+
+def test_a_full_disk_while_saving_the_model_leaves_nothing_half_written(tmp_path,
+                                                                         monkeypatch):
+    samples = random_samples(n_samples=20, token_limit=8)
+    bundle = api.train(samples, np.linspace(0, 10, 20), task="regression",
+                       architecture=SMALL, config=TrainConfig(**{**CONFIG, "epochs": 1}),
+                       log=lambda m: None)
+    _disk_full_in(monkeypatch, "model.safetensors")
+    with pytest.raises(OSError, match=r"Could not write the model to .*out \(No space left "
+                       r"on device\); nothing was written there"):
+        bundle.save(tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def run_workers_child(checkpoints, output, kill_after=0, distributed="ddp"):
     """The same run in 2 worker processes (over gloo); worker 1 SIGKILLs itself in the
     optimizer step after ``kill_after`` steps (see kill_hook/sitecustomize.py)."""

@@ -135,23 +135,33 @@ class ModelBundle:
         Files are written under temporary names and renamed, so a failure
         leaves no half-written model.
         """
-        from safetensors.torch import save_file
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict.items()}
         tmp_weights = path / (WEIGHTS_FILE + ".partial")
-        save_file(tensors, str(tmp_weights))
-        config = {
-            "format_version": FORMAT_VERSION, "kind": self.kind,
-            "model": self.model_config, "target": self.target, "training": self.training,
-            "versions": self.versions or library_versions(),
-            "weights_sha256": sha256_of(tmp_weights),
-        }
-        validate_config(config)
-        with tempfile.NamedTemporaryFile("w", dir=path, delete=False, suffix=".partial") as tmp:
-            json.dump(config, tmp, indent=2, sort_keys=True, default=_json_default)
-        os.replace(tmp.name, path / CONFIG_FILE)
-        os.replace(tmp_weights, path / WEIGHTS_FILE)
+        tmp_config = None
+        try:
+            write_safetensors(tensors, tmp_weights)
+            config = {
+                "format_version": FORMAT_VERSION, "kind": self.kind,
+                "model": self.model_config, "target": self.target, "training": self.training,
+                "versions": self.versions or library_versions(),
+                "weights_sha256": sha256_of(tmp_weights),
+            }
+            validate_config(config)
+            with tempfile.NamedTemporaryFile("w", dir=path, delete=False,
+                                             suffix=".partial") as tmp:
+                tmp_config = tmp.name
+                json.dump(config, tmp, indent=2, sort_keys=True, default=_json_default)
+            os.replace(tmp_config, path / CONFIG_FILE)
+            os.replace(tmp_weights, path / WEIGHTS_FILE)
+        except OSError as error:  # a full disk: no half-written model is left behind
+            for partial in (tmp_weights, tmp_config):
+                if partial and os.path.exists(partial):
+                    os.remove(partial)
+            raise OSError(error.errno, f"Could not write the model to {path} "
+                          f"({error.strerror or error}); nothing was written there. Free some "
+                          "space, or save it elsewhere.") from None
 
     @classmethod
     def load(cls, path) -> "ModelBundle":
@@ -163,6 +173,22 @@ class ModelBundle:
                    state_dict=load_file(str(path / WEIGHTS_FILE)), target=config["target"],
                    training=config.get("training", {}), versions=config.get("versions", {}),
                    source=str(path))
+
+
+def write_safetensors(tensors: dict, path) -> None:
+    """``safetensors.torch.save_file``, with its I/O failures (a full disk: "No space left
+    on device (os error 28)") raised as ``OSError`` with their errno."""
+    import re
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as error:
+        found = re.search(r"os error (\d+)", str(error))
+        if not found:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def check_weights(model, state_dict: dict, model_config: dict, source: str,

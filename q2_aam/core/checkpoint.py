@@ -73,8 +73,8 @@ def read_json(path: Path) -> dict:
 
 
 def write_tensors(tensors: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    from .bundle import write_safetensors
+    write_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
 
 
 class Checkpoints:
@@ -120,6 +120,19 @@ class Checkpoints:
 
     def save(self) -> None:
         name = f"epoch-{self.state.epoch}"
+        try:
+            self._write(name)
+        except OSError as error:  # a full disk, a quota, a folder that went away
+            shutil.rmtree(self.dir / name, ignore_errors=True)
+            latest = self.dir / "latest"
+            kept = (f"{latest} still names {latest.read_text().strip()}, which resumes"
+                    if latest.exists() else "no earlier checkpoint was complete")
+            raise OSError(error.errno, f"Could not write the checkpoint {self.dir / name} "
+                          f"({error.strerror or error}); {kept}. Free some space (or give "
+                          "another --p-checkpoint-dir) and run the same command again."
+                          ) from None
+
+    def _write(self, name: str) -> None:
         path = self.dir / name
         path.mkdir(parents=True, exist_ok=True)
         tensors, meta = self._tensors_and_meta()

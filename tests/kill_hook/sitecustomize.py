@@ -47,3 +47,21 @@ if os.environ.get("AAM_SIGNAL_PARENT_AFTER"):
         return _original_step(self, *args, **kwargs)
 
     torch.optim.AdamW.step = _signalling_step
+
+if os.environ.get("AAM_KILL_IN_SAVE"):
+    # SIGKILL halfway through writing a checkpoint file whose path holds AAM_KILL_IN_SAVE
+    # (e.g. "epoch-3/rng"): a run killed in the middle of saving.
+    import signal
+
+    import safetensors.torch
+
+    _original_save = safetensors.torch.save_file
+
+    def _killing_save(tensors, filename, *args, **kwargs):
+        if os.environ["AAM_KILL_IN_SAVE"] in str(filename):
+            with open(filename, "wb") as out:
+                out.write(b"\x00" * 64)  # a partial file
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _original_save(tensors, filename, *args, **kwargs)
+
+    safetensors.torch.save_file = _killing_save
