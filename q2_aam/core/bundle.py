@@ -214,9 +214,12 @@ def check_weights(model, state_dict: dict, model_config: dict, source: str,
             f"{len(missing)} tensor(s) missing (e.g. {missing[0]})" if missing else "") + (
             ", " if missing and extra else "") + (
             f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "")
-    suspects = sorted({name for name, value in model_config.items()
-                       if isinstance(value, int) and not isinstance(value, bool) and value > 1
-                       and any(value in b and value not in a for _, a, b in wrong)})
+    # The settings whose value sizes the most mismatched tensors (and not their saved shape).
+    counts = {name: sum(value in b and value not in a for _, a, b in wrong)
+              for name, value in model_config.items()
+              if isinstance(value, int) and not isinstance(value, bool) and value > 1}
+    most = max(counts.values(), default=0)
+    suspects = sorted(name for name, n in counts.items() if most and n == most)
     hint = f" Check {', '.join(suspects)} in {CONFIG_FILE}." if suspects else ""
     raise ValueError(f"The weights of {source} do not match its {CONFIG_FILE}: {detail}. "
                      "The settings were edited, or the files come from two different "

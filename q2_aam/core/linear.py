@@ -146,14 +146,24 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
     candidates = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" in a fold
         for name, columns, options in (("L2", slice(0, n_vocabulary), dict(max_iter=2000)),
                                        ("L1", slice(None), l1)):
-            model = LogisticRegressionCV(Cs=CS, cv=folds, scoring="neg_log_loss",
-                                         class_weight=class_weight,
-                                         **{"max_iter": 2000, **options}
-                                         ).fit(dense[:, columns], classes)
+            try:
+                model = LogisticRegressionCV(Cs=CS, cv=folds, scoring="neg_log_loss",
+                                             class_weight=class_weight,
+                                             **{"max_iter": 2000, **options}
+                                             ).fit(dense[:, columns], classes)
+            except ValueError:  # a fold lacks a class (many classes of a few samples each)
+                continue
             score = float(np.mean(list(model.scores_.values())[0], axis=0).max())
             candidates[name] = (score, columns, model)
+        if not candidates:
+            from sklearn.linear_model import LogisticRegression
+            model = LogisticRegression(C=1.0, max_iter=2000, class_weight=class_weight)
+            model.C_ = [1.0]
+            candidates["L2"] = (np.nan, slice(0, n_vocabulary),
+                                model.fit(dense[:, :n_vocabulary], classes))
     name = max(candidates, key=lambda k: candidates[k][0])
     score, columns, model = candidates[name]
     fitted = np.zeros((dense.shape[1], n_classes))
@@ -167,8 +177,13 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
         fitted[:, present] = coef
         intercept[present] = model.intercept_
     other = "L1" if name == "L2" else "L2"
-    how = (f"{name} logistic regression (C {model.C_[0]:.3g}; cross-validated log-loss "
-           f"{-score:.3g} vs {other} {-candidates[other][0]:.3g})")
+    if np.isnan(score):
+        how = ("L2 logistic regression (C 1: too few samples per class for "
+               "cross-validation)")
+    else:
+        versus = (f" vs {other} {-candidates[other][0]:.3g}" if other in candidates else "")
+        how = (f"{name} logistic regression (C {model.C_[0]:.3g}; cross-validated log-loss "
+               f"{-score:.3g}{versus})")
     return fitted, intercept, how
 
 

@@ -1,0 +1,517 @@
+"""Bad and odd input, case by case: what a user sees (issue 14).
+
+Each case runs the plugin's actions (``qiime2.plugins.aam``; the CLI shows the
+same messages) or the Python API on a real ECAM subset with something wrong,
+and checks the key words of the error or warning. ``docs/bad-input.md`` is
+generated from these cases (case, then the message); the last test fails when
+it is stale. Regenerate it with::
+
+    AAM_WRITE_BAD_INPUT_DOC=1 .venv/bin/python -m pytest tests/test_bad_input.py
+
+Faults that need a child process (a kill, SIGTERM, a full disk) are tested in
+``test_training_run.py``; their messages are listed here too where one runs in
+process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import biom
+import numpy as np
+import pandas as pd
+import pytest
+import qiime2
+import skbio
+
+DOC = Path(__file__).parent.parent / "docs" / "bad-input.md"
+SMALL = dict(token_limit=32, embedding_dim=16, attention_heads=2, nucleotide_layers=1,
+             sample_layers=1, batch_size=8)
+SEEN: dict[str, str] = {}
+
+
+@dataclass
+class Case:
+    name: str  # what is wrong, as a user would say it
+    expect: str  # regex of the key words of the message
+    run: Callable  # run(c): does the wrong thing
+    warns: bool = False  # a warning (training goes on) rather than a refusal
+
+
+class Context:
+    """What the cases need: the plugin, the ECAM subset, a scratch folder."""
+
+    def __init__(self, aam, subset, tmp_path, trained):
+        self.aam, self.subset, self.tmp = aam, subset, tmp_path
+        self.a, self.md = subset["artifacts"], subset["metadata"]
+        self.trained = trained
+
+    @property
+    def age(self):
+        return self.md.get_column("age_days")
+
+    @property
+    def table(self) -> biom.Table:
+        return self.a["table"].view(biom.Table)
+
+    def table_artifact(self, table: biom.Table):
+        return qiime2.Artifact.import_data("FeatureTable[Frequency]", table)
+
+    def metadata(self, frame: pd.DataFrame) -> qiime2.Metadata:
+        frame = frame.copy()
+        frame.index.name = "sample-id"
+        return qiime2.Metadata(frame)
+
+    def train(self, **kwargs):
+        args = dict(table=self.a["table"], sequences=self.a["sequences"], metadata=self.age,
+                    epochs=1, **SMALL)
+        args.update(kwargs)
+        return self.aam.actions.train(**args)
+
+    def pretrain(self, **kwargs):
+        args = dict(table=self.a["full_table"], sequences=self.a["sequences"], epochs=1,
+                    **SMALL)
+        args.update(kwargs)
+        return self.aam.actions.pretrain(**args)
+
+    def predict(self, model, **kwargs):
+        return self.aam.actions.predict(model=model, table=self.a["new_table"],
+                                        sequences=self.a["sequences"], **kwargs)
+
+    def column(self, values: dict, name="target", numeric=True):
+        frame = pd.DataFrame({name: pd.Series(values)})
+        md = self.metadata(frame)
+        return md.get_column(name)
+
+    def ids(self):
+        return [str(i) for i in self.table.ids()]
+
+    def exported(self, model) -> Path:
+        d = self.tmp / "exported"
+        model.export_data(str(d))
+        return d
+
+
+# -- helpers that make bad input -------------------------------------------------------------
+
+def _subset_table(c, ids):
+    return c.table_artifact(c.table.filter(ids, inplace=False))
+
+
+def _renamed_features(c):
+    t = c.table.copy()
+    t.update_ids({f: f"asv{i}" for i, f in enumerate(t.ids(axis="observation"))},
+                 axis="observation", inplace=True)
+    return c.table_artifact(t)
+
+
+def _sequences(c, change: Callable):
+    series = c.a["sequences"].view(pd.Series)
+    series = change(series.copy())
+    return qiime2.Artifact.import_data("FeatureData[Sequence]", series)
+
+
+def _ages(c, change: Callable, name="target"):
+    ids = c.ids()
+    values = {i: float(v) for i, v in zip(ids, c.age.to_series().loc[ids])}
+    change(values)
+    return c.column(values, name)
+
+
+def _classes(c, labels):
+    ids = c.ids()
+    frame = pd.DataFrame({"group": [labels(i, k) for k, i in enumerate(ids)]}, index=ids)
+    return c.metadata(frame).get_column("group")
+
+
+def _model_folder_edit(c, edit):
+    """Export the trained regressor, damage it with ``edit(folder)``, import it again."""
+    d = c.exported(c.trained[1])
+    edit(d)
+    return qiime2.Artifact.import_data("AAMModel[AAMRegressor]", str(d))
+
+
+def _config_edit(change):
+    def edit(d):
+        config = json.loads((d / "config.json").read_text())
+        change(config)
+        (d / "config.json").write_text(json.dumps(config))
+    return edit
+
+
+def _distance_matrix(c, ids):
+    n = len(ids)
+    values = np.ones((n, n)) - np.eye(n)
+    return qiime2.Artifact.import_data("DistanceMatrix", skbio.DistanceMatrix(values, ids))
+
+
+def _api_train(c, **kwargs):
+    """The core API (for what the plugin's types already rule out)."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import random_samples
+    from q2_aam.core import api
+    from q2_aam.core.engine import TrainConfig
+    samples = random_samples(n_samples=20, token_limit=8)
+    config = {"epochs": 1, "batch_size": 4, "device": "cpu", **kwargs.pop("config", {})}
+    target = kwargs.pop("y", np.linspace(0, 10, 20))
+    return api.train(samples, target, task=kwargs.pop("task", "regression"),
+                     architecture=dict(embedding_dim=16, attention_heads=2,
+                                       nucleotide_layers=1, sample_layers=1,
+                                       max_sequence_length=40),
+                     config=TrainConfig(**config), log=lambda m: None, **kwargs)
+
+
+def _checkpointed(c, damage):
+    """A 1-epoch run with a checkpoint, the checkpoint damaged, then the same run again."""
+    folder = c.tmp / "ck"
+    _api_train(c, checkpoint_dir=str(folder), validation_fraction=0.2)
+    damage(folder)
+    _api_train(c, checkpoint_dir=str(folder), validation_fraction=0.2)
+
+
+def _payload(folder):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(folder / "payload-ran"), "w"))
+    (folder / "epoch-1" / "run.json").write_bytes(pickle.dumps(Payload()))
+
+
+def _many_classes(c):
+    """Numbers as classes: 26 values, 2 samples each, over the 52 samples of the table."""
+    ids = [str(i) for i in c.a["full_table"].view(biom.Table).ids()]
+    frame = pd.DataFrame({"score": [str(k // 2) for k in range(len(ids))]}, index=ids)
+    return c.metadata(frame).get_column("score")
+
+
+CASES = [
+    # -- the feature table
+    Case("a table with no samples", r"feature table has no samples.*0 samples",
+         lambda c: c.train(table=_subset_table(c, []))),
+    Case("a table whose samples are all missing from the metadata",
+         r"40 sample\(s\) of the table are not in the metadata.*--p-missing-samples ignore",
+         lambda c: c.train(metadata=c.column({"x1": 1.0, "x2": 2.0}))),
+    Case("table samples missing from the metadata, --p-missing-samples ignore",
+         r"Leaving out 2 sample\(s\) that are not in the metadata",
+         lambda c: c.train(metadata=_ages(c, lambda v: [v.pop(k) for k in list(v)[:2]]),
+                           missing_samples="ignore"), warns=True),
+    Case("a sample with no reads", r"1 sample\(s\) have no reads.*filter-samples",
+         lambda c: c.train(table=c.table_artifact(_zero_sample(c)))),
+    Case("non-integer counts", r"non-integer value\(s\).*read as relative abundances",
+         lambda c: c.train(table=c.table_artifact(c.table.norm(inplace=False))), warns=True),
+    Case("feature IDs that are not DNA, no --i-sequences", r"are not DNA sequences.*"
+         r"FeatureData\[Sequence\]", lambda c: c.train(table=_renamed_features(c),
+                                                      sequences=None)),
+    Case("--i-sequences lacking some of the table's features",
+         r"features have no sequence in --i-sequences",
+         lambda c: c.train(sequences=_sequences(c, lambda s: s.iloc[5:]))),
+    Case("a sequence longer than 2,000 nt (a new model)", r"2,000|2000",
+         lambda c: c.train(sequences=_sequences(c, lambda s: _lengthen(s)))),
+    Case("--p-patch-size longer than every sequence", r"patch size.*--p-patch-size.*longer",
+         lambda c: c.train(patch_size=512)),
+    # -- the target
+    Case("a categorical target with --p-task regression",
+         r"is categorical, but --p-task is 'regression'.*--p-task classification",
+         lambda c: c.train(metadata=c.md.get_column("delivery"))),
+    Case("no sample of the table has a target value", r"No sample of the table has a value",
+         lambda c: c.train(metadata=_ages(c, lambda v: v.update({k: np.nan for k in v})))),
+    Case("some targets missing", r"Leaving out 3 sample\(s\) whose 'target' is missing",
+         lambda c: c.train(metadata=_ages(c, lambda v: v.update(
+             {k: np.nan for k in list(v)[:3]}))), warns=True),
+    Case("a class with a single sample", r"class.*'lonely'.*1 sample|'lonely'",
+         lambda c: c.train(task="classification", metadata=_classes(
+             c, lambda i, k: "lonely" if k == 0 else ("a" if k % 2 else "b")))),
+    Case("a numeric column with more than 20 distinct values as classes",
+         r"the target has 26 classes.*--p-task regression", lambda c: c.train(
+             task="classification", table=c.a["full_table"], metadata=_many_classes(c)),
+         warns=True),
+    Case("an extreme target value (1e6 among ages of 0-800 days)", r"extremely far from the others.*median absolute deviations",
+         lambda c: c.train(metadata=_ages(c, lambda v: v.update({c.ids()[0]: 1e6}))),
+         warns=True),
+    Case("a target whose scaling overflows (1e300)", r"1e\+300|overflow",
+         lambda c: c.train(metadata=_ages(c, lambda v: v.update({c.ids()[0]: 1e300})))),
+    Case("--p-validation-fraction 0.99", r"validation fraction 0.99 leave 0 for training.*"
+         r"--p-validation-fraction",
+         lambda c: c.train(validation_fraction=0.99)),
+    Case("a single training sample", r"validation|fewer than 2|1 sample",
+         lambda c: c.train(table=_subset_table(c, c.ids()[:1]))),
+    Case("--p-output-constraint nonnegative with --p-target-transform zscore",
+         r"centres the target at 0", lambda c: c.train(target_transform="zscore",
+                                                       output_constraint="nonnegative")),
+    Case("regression settings for a classifier", r"--p-loss.*apply to numeric targets",
+         lambda c: c.train(task="classification", metadata=c.md.get_column("delivery"),
+                           loss="huber")),
+    Case("--p-class-weights for a regression", r"--p-class-weights applies to --p-task "
+         r"classification only", lambda c: c.train(class_weights="balanced")),
+    Case("the asymmetric loss without penalties", r"asymmetric loss needs --p-over-penalty",
+         lambda c: c.train(loss="asymmetric")),
+    Case("--p-normalize-by without --m-sample-metadata-file",
+         r"--p-normalize-by delivery needs the metadata.*--m-sample-metadata-file",
+         lambda c: c.train(normalize_by=["delivery"], target_transform="zscore-category")),
+    # -- UniFrac, phylogeny, distances
+    Case("pretrain without a phylogeny or distance matrix",
+         r"UniFrac needs a rooted phylogeny.*or a distance", lambda c: c.pretrain()),
+    Case("both a phylogeny and a distance matrix",
+         r"either a phylogeny or a distance matrix, not both",
+         lambda c: c.pretrain(phylogeny=c.a["tree"],
+                              distance_matrix=_distance_matrix(c, c.ids()))),
+    Case("a distance matrix lacking some samples",
+         r"sample\(s\) of the table are not in the distance",
+         lambda c: c.pretrain(distance_matrix=_distance_matrix(c, c.ids()[:10]))),
+    Case("a phylogeny lacking some features", r"feature\(s\) are not tips of the phylogeny",
+         lambda c: c.pretrain(phylogeny=_small_tree(c))),
+    Case("a phylogeny given to train without --p-unifrac-weight",
+         r"--p-unifrac-weight", lambda c: c.train(phylogeny=c.a["tree"])),
+    Case("--p-mlm-weight with the (default) frozen pretrained encoder",
+         r"--p-no-freeze-encoder", lambda c: c.train(pretrained=c.trained[0], mlm_weight=0.5)),
+    # -- subjects and metadata columns
+    Case("a subjects column with missing values",
+         r"sample\(s\) have no value in the subjects column",
+         lambda c: c.train(subjects=_subjects(c, missing=3))),
+    Case("--p-categorical-columns without --m-sample-metadata-file",
+         r"--p-categorical-columns delivery needs the metadata",
+         lambda c: c.train(categorical_columns=["delivery"])),
+    Case("a categorical column the metadata lacks", r"names \['nonesuch'\], which the sample "
+         r"metadata does not have", lambda c: c.train(categorical_columns=["nonesuch"],
+                                                      sample_metadata=c.md)),
+    Case("a numeric column as a categorical column", r"columns must be categorical.*"
+         r"\['age_days'\] are numeric", lambda c: c.train(categorical_columns=["age_days"],
+                                                         sample_metadata=c.md)),
+    Case("sample metadata lacking some samples", r"sample\(s\) are not in the sample metadata",
+         lambda c: c.train(categorical_columns=["delivery"],
+                           sample_metadata=c.md.filter_ids(c.ids()[:10]))),
+    Case("columns with --p-categorical-fusion none", r"would not be used.*'gmu'",
+         lambda c: c.train(categorical_columns=["delivery"], sample_metadata=c.md,
+                           categorical_fusion="none")),
+    Case("a fusion mode without columns", r"No --p-categorical-columns were given.*no-op",
+         lambda c: c.train(categorical_fusion="concat"), warns=True),
+    Case("FiLM together with a fusion mode", r"--p-film-conditioning and "
+         r"--p-categorical-fusion concat both", lambda c: c.train(
+             categorical_columns=["delivery"], sample_metadata=c.md, categorical_fusion="concat",
+             film_conditioning=True), warns=True),
+    Case("sample metadata that nothing uses", r"was given but nothing uses it",
+         lambda c: c.train(sample_metadata=c.md)),
+    # -- models
+    Case("predict with an encoder", r"encoder|AAMEncoder|not .*AAMRegressor",
+         lambda c: c.predict(c.trained[0])),
+    Case("a pretrained encoder with another --p-embedding-dim",
+         r"embedding_dim=32 \(pretrained: 16\)",
+         lambda c: c.train(pretrained=c.trained[0], embedding_dim=32)),
+    Case("a model whose weights were changed", r"sha256",
+         lambda c: _model_folder_edit(c, _flip_byte)),
+    Case("a model whose config.json is not JSON", r"not valid JSON|Not an AAM model config",
+         lambda c: _model_folder_edit(c, lambda d: (d / "config.json").write_text("{oops"))),
+    Case("a model whose config.json lacks its keys", r"lacks",
+         lambda c: _model_folder_edit(c, lambda d: (d / "config.json").write_text(
+             json.dumps({"kind": "regressor"})))),
+    Case("a model without its weights file", r"model\.safetensors",
+         lambda c: _model_folder_edit(c, lambda d: (d / "model.safetensors").unlink())),
+    Case("a model written by a newer q2-aam (format_version)", r"format_version",
+         lambda c: _model_folder_edit(c, _config_edit(
+             lambda v: v.update(format_version=99)))),
+    Case("a model whose config.json was edited (embedding_dim 16 -> 32)",
+         r"do not match its config\.json.*Check .*embedding_dim",
+         lambda c: c.predict(_model_folder_edit(c, _config_edit(
+             lambda v: v["model"].update(embedding_dim=32))))),
+    Case("a model config with an unknown setting", r"Unknown model config keys.*newer q2-aam",
+         lambda c: c.predict(_model_folder_edit(c, _config_edit(
+             lambda v: v["model"].update(future_setting=1))))),
+    # -- how to train
+    Case("--p-mixed-precision fp16 on a machine without a GPU", r"'fp16' needs a GPU",
+         lambda c: c.train(mixed_precision="fp16")),
+    Case("a batch size that does not split over the processes",
+         r"batch size \(9\).*must be a multiple of 2", lambda c: c.train(
+             batch_size=9, num_processes=2, **{k: v for k, v in SMALL.items()
+                                               if k != "batch_size"})),
+    Case("a checkpoint folder that is a file", r"checkpoint directory .* is a file",
+         lambda c: c.train(checkpoint_dir=str(_a_file(c)))),
+    Case("a TensorBoard folder that is a file", r"TensorBoard directory .* is a file",
+         lambda c: c.train(tensorboard_dir=str(_a_file(c)))),
+    Case("a checkpoint folder that cannot be written", r"cannot be written",
+         lambda c: c.train(checkpoint_dir="/proc/q2-aam-checkpoints")),
+    Case("resuming with other settings", r"other settings: config\.learning_rate",
+         lambda c: (_api_train(c, checkpoint_dir=str(c.tmp / "ck")),
+                    _api_train(c, checkpoint_dir=str(c.tmp / "ck"),
+                               config={"learning_rate": 0.01}))),
+    Case("resuming on other data", r"other settings: training_data",
+         lambda c: (_api_train(c, checkpoint_dir=str(c.tmp / "ck")),
+                    _api_train(c, checkpoint_dir=str(c.tmp / "ck"),
+                               y=np.linspace(10, 0, 20)))),
+    Case("a checkpoint whose 'latest' names a missing epoch", r"latest names 'epoch-7', "
+         r"which is missing", lambda c: _checkpointed(
+             c, lambda f: (f / "latest").write_text("epoch-7"))),
+    Case("a checkpoint file replaced by a pickle (it is never unpickled)",
+         r"run\.json cannot be read", lambda c: _checkpointed(c, _payload)),
+    Case("a damaged checkpoint weights file", r"weights-0\.safetensors cannot be read",
+         lambda c: _checkpointed(c, lambda f: (f / "epoch-1" / "weights-0.safetensors")
+                                 .write_bytes(b"\x00" * 10))),
+    Case("a checkpoint of a 2-process run resumed in 1 process", r"processes: checkpoint 2, "
+         r"now 1|--p-num-processes", lambda c: _checkpointed(
+             c, lambda f: _edit_json(f / "epoch-1" / "run.json",
+                                     lambda v: v["signature"].update(processes=2)))),
+    Case("a full disk while checkpointing", r"Could not write the checkpoint .*No space left",
+         lambda c: _full_disk(c)),
+    Case("a numeric target given as text in the metadata file",
+         r"is categorical, but --p-task is 'regression'",
+         lambda c: c.train(metadata=c.md.get_column("subject"))),
+    Case("classification with only one class", r"class|2 classes|one class",
+         lambda c: c.train(task="classification",
+                           metadata=_classes(c, lambda i, k: "only"))),
+    Case("a token limit of 0 (core API)", r"token_limit must be at least 1",
+         lambda c: _bad_samples(token_limit=0)),
+    Case("negative counts (core API)", r"negative or non-finite counts",
+         lambda c: _bad_samples(counts=-1)),
+    Case("NaN counts (core API)", r"negative or non-finite counts",
+         lambda c: _bad_samples(counts=np.nan)),
+    Case("sample IDs that do not fit the count matrix (core API)",
+         r"Count matrix is 2 samples x 2 features, but got 3 sample IDs",
+         lambda c: _bad_samples(ids=3)),
+    Case("an unknown task (core API)", r"task must be 'regression' or 'classification'|task",
+         lambda c: _api_train(c, task="clustering")),
+    Case("--p-validation-fraction 1 (core API)", r"validation",
+         lambda c: _api_train(c, validation_fraction=1.0)),
+]
+
+
+def _zero_sample(c):
+    t = c.table
+    first = t.ids()[0]
+    frame = t.to_dataframe(dense=True)
+    frame[first] = 0
+    return biom.Table(frame.values, frame.index, frame.columns)
+
+
+def _lengthen(series):
+    series.iloc[0] = skbio.DNA("ACGT" * 600)
+    return series
+
+
+def _small_tree(c):
+    tree = c.a["tree"].view(skbio.TreeNode)
+    tips = [t.name for t in tree.tips()][: len(list(tree.tips())) // 2]
+    small = tree.shear(tips)
+    return qiime2.Artifact.import_data("Phylogeny[Rooted]", small)
+
+
+def _subjects(c, missing):
+    ids = c.ids()
+    series = c.md.get_column("subject").to_series().loc[ids].astype(object)
+    series.iloc[:missing] = np.nan
+    frame = pd.DataFrame({"subject": series})
+    return c.metadata(frame).get_column("subject")
+
+
+def _flip_byte(d):
+    raw = bytearray((d / "model.safetensors").read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (d / "model.safetensors").write_bytes(bytes(raw))
+
+
+def _a_file(c):
+    path = c.tmp / "taken"
+    path.write_text("not a folder")
+    return path
+
+
+def _edit_json(path, change):
+    values = json.loads(path.read_text())
+    change(values)
+    path.write_text(json.dumps(values))
+
+
+def _full_disk(c):
+    import safetensors.torch
+    from safetensors import SafetensorError
+    original = safetensors.torch.save_file
+
+    def full(tensors, filename, *args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+    safetensors.torch.save_file = full
+    try:
+        _api_train(c, checkpoint_dir=str(c.tmp / "ck"))
+    finally:
+        safetensors.torch.save_file = original
+
+
+def _bad_samples(token_limit=4, counts=1.0, ids=2):
+    from q2_aam.core.data import AmpliconSamples
+    matrix = np.array([[counts, 2.0], [3.0, 4.0]])
+    AmpliconSamples.from_counts(matrix, [f"s{i}" for i in range(ids)], ["a", "b"],
+                                ["ACGT", "CCGT"], token_limit)
+
+
+@pytest.fixture(scope="module")
+def aam():
+    from qiime2.plugins import aam
+    return aam
+
+
+@pytest.fixture(scope="module")
+def trained(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    encoder, = aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                                    phylogeny=a["tree"], epochs=1, **SMALL)
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"],
+                               metadata=ecam_subset["metadata"].get_column("age_days"),
+                               epochs=1, **SMALL)
+    return encoder, model
+
+
+def _normalised(message: str, tmp: Path) -> str:
+    """The message with this run's scratch paths replaced, so that the doc is stable."""
+    import tempfile
+    message = message.replace(str(tmp), "<folder>")
+    for root in {"/tmp", tempfile.gettempdir()}:
+        message = re.sub(re.escape(root) + r"/\S*?(?=[\s,;:)'\"]|$)", "<temporary folder>",
+                         message)
+    message = re.sub(r"\b[0-9a-f]{64}\b", "<sha256>", message)  # differ with the weights
+    return " ".join(message.split())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case, aam, ecam_subset, trained, tmp_path, capfd):
+    c = Context(aam, ecam_subset, tmp_path, trained)
+    capfd.readouterr()
+    if case.warns:
+        case.run(c)
+        err = capfd.readouterr().err
+        lines = [line for line in err.splitlines() if re.search(case.expect, line)]
+        assert lines, f"no warning matching {case.expect!r} in:\n{err[-2000:]}"
+        message = lines[0]
+    else:
+        with pytest.raises(Exception) as error:
+            case.run(c)
+        message = str(error.value)
+        assert re.search(case.expect, message, re.S), message
+        assert "Traceback" not in message
+    assert not (tmp_path / "ck" / "payload-ran").exists()
+    SEEN[case.name] = _normalised(message, tmp_path)
+
+
+def test_bad_input_doc_is_current():
+    """docs/bad-input.md lists every case with the message it gave in this run."""
+    if len(SEEN) < len(CASES):
+        pytest.skip("only some cases ran")
+    lines = ["# Bad input: what q2-aam says", "",
+             "Generated by `tests/test_bad_input.py` from its cases (each run on a real "
+             "ECAM subset through the plugin's actions, or the core API where noted); a test "
+             "fails when this file is stale. Regenerate with "
+             "`AAM_WRITE_BAD_INPUT_DOC=1 .venv/bin/python -m pytest tests/test_bad_input.py`.",
+             "", f"{len(CASES)} cases; *warning* marks input that is accepted with a message.",
+             ""]
+    for case in CASES:
+        kind = " *(warning)*" if case.warns else ""
+        lines += [f"## {case.name}{kind}", "", "```", SEEN[case.name], "```", ""]
+    text = "\n".join(lines)
+    if os.environ.get("AAM_WRITE_BAD_INPUT_DOC"):
+        DOC.write_text(text)
+    assert DOC.exists() and DOC.read_text() == text, (
+        "docs/bad-input.md is stale; regenerate it with AAM_WRITE_BAD_INPUT_DOC=1 (see the "
+        "module docstring)")
