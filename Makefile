@@ -8,7 +8,7 @@ STAMP := $(VENV)/.q2-aam-installed
 
 install: $(STAMP)
 
-$(STAMP): scripts/setup-env.sh requirements.txt constraints.txt setup.py q2_aam/plugin_setup.py
+$(STAMP): scripts/setup-env.sh requirements.lock setup.py q2_aam/plugin_setup.py
 	VENV=$(VENV) bash scripts/setup-env.sh
 	touch $@
 

@@ -25,8 +25,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-# Pins keep Debian's numpy/pandas/scikit-bio/biom/click, and the CPU torch wheel.
-"${PIP[@]}" install -c constraints.txt -r requirements.txt
+# Exactly the files of requirements.lock (versions and sha256; made from requirements.txt
+# and constraints.txt by scripts/lock.py), so that every machine gets the same libraries.
+# Nothing else is resolved: Debian's numpy/pandas/scikit-bio/biom/click stay.
+"${PIP[@]}" install --require-hashes --no-deps -r requirements.lock
 # accelerate may pull a newer click into the venv; q2cli 2022.11 needs Debian's 8.1.3.
 if "$VENV/bin/python" -c "import click, sys; sys.exit(0 if click.__file__.startswith('/usr/lib') else 1)"; then :; else
   "${PIP[@]}" uninstall -y click
