@@ -24,7 +24,9 @@ plugin = Plugin(
     version=__version__,
     website="https://github.com/q2-aam/q2-aam",
     package="q2_aam",
-    citations=[citations["vaswani2017attention"], citations["lozupone2005unifrac"]],
+    citations=[citations["bolyen2019qiime2"], citations["aam_tensorflow"],
+               citations["aam_pytorch"], citations["vaswani2017attention"],
+               citations["paszke2019pytorch"]],
     short_description="Attention All Microbes: transformers over ASV sequences.",
     description=(
         "Attention All Microbes (AAM) reads each sample as a bag of DNA sequences (ASVs) with "
@@ -254,6 +256,11 @@ plugin.methods.register_function(
         "so that distances between their embeddings match UniFrac distances (all pairs in a "
         "batch), and to recover masked nucleotides of the ASVs. Needs a rooted phylogeny or "
         "a distance matrix. Progress is printed with --verbose."),
+    citations=[citations["aam_tensorflow"], citations["aam_pytorch"],
+               citations["vaswani2017attention"], citations["paszke2019pytorch"],
+               citations["gugger2022accelerate"],
+               citations["lozupone2005unifrac"], citations["mcdonald2018striped"],
+               citations["scikitbio"]],
 )
 
 # q2cli 2022.11 cannot offer a type-mapped MetadataColumn as --m-* options, so the
@@ -313,6 +320,12 @@ plugin.methods.register_function(
         "readout) the MAE change against no conditioning was gmu -3.7 / "
         "-0.5 days, cross-attention -9.6 / +3.7, add -5.5 / +6.4, concat -3.7 / +5.5, "
         "perceiver +2.6 / +0.7, FiLM -1.5 / +2.3."),
+    citations=[citations["aam_tensorflow"], citations["aam_pytorch"],
+               citations["vaswani2017attention"], citations["paszke2019pytorch"],
+               citations["gugger2022accelerate"],
+               citations["pedregosa2011scikit"], citations["lozupone2005unifrac"],
+               citations["mcdonald2018striped"], citations["arevalo2017gated"],
+               citations["perez2018film"], citations["jaegle2021perceiver"]],
 )
 
 T_model_in, T_predictions = TypeMap({
@@ -336,6 +349,8 @@ plugin.methods.register_function(
     description=(
         "Apply a trained model to samples, including ASVs it never saw (the model reads "
         "sequences). Each distinct ASV is encoded once."),
+    citations=[citations["aam_tensorflow"], citations["aam_pytorch"],
+               citations["paszke2019pytorch"]],
 )
 
 # --- visualizers --------------------------------------------------------------------------

@@ -231,7 +231,8 @@ CASES = [
          r"the target has 26 classes.*--p-task regression", lambda c: c.train(
              task="classification", table=c.a["full_table"], metadata=_many_classes(c)),
          warns=True),
-    Case("an extreme target value (1e6 among ages of 0-800 days)", r"extremely far from the others.*median absolute deviations",
+    Case("an extreme target value (1e6 among ages of 0-800 days)",
+         r"extremely far from the others.*median absolute deviations",
          lambda c: c.train(metadata=_ages(c, lambda v: v.update({c.ids()[0]: 1e6}))),
          warns=True),
     Case("a target whose scaling overflows (1e300)", r"1e\+300|overflow",

@@ -37,6 +37,20 @@ def test_train_help_explains_parameters():
     assert "most abundant" in out
 
 
+def test_train_citations_list_what_it_uses():
+    assert "using QIIME 2" in qiime("aam", "--citations").stdout.replace("{", "").replace(
+        "}", "")
+    out = qiime("aam", "train", "--citations").stdout
+    entries = [line for line in out.splitlines() if line.startswith("@")]
+    assert len(entries) >= 8, out
+    # (q2cli renames the keys, so the titles are checked)
+    for title in ("github.com/jbk708/aam", "PyTorch: An Imperative",
+                  "Accelerate: Training", "Striped UniFrac", "Gated Multimodal Units",
+                  "FiLM: Visual Reasoning", "Perceiver: General Perception", "Scikit-learn"):
+        assert title.replace("{", "").replace("}", "") in out.replace("{", "").replace(
+            "}", ""), title
+
+
 def test_pretrain_train_predict_from_the_command_line(ecam_subset, tmp_path):
     p = ecam_subset["paths"]
     qiime("aam", "pretrain", "--i-table", p["full_table"], "--i-sequences", p["sequences"],

@@ -2,10 +2,10 @@
 
 Plain PyTorch with a few Accelerate calls: ``prepare``, ``accumulate``,
 ``backward``, ``clip_grad_norm_``, ``gather_for_metrics`` and the TensorBoard
-tracker; checkpoints are written by ``checkpoint`` (safetensors and JSON only). It runs the same in one process
-and in each process of a distributed run (``launch.run_workers``,
-``torchrun`` or ``accelerate launch``). Everything a task does differently
-lives in :class:`Objective`.
+tracker; checkpoints are written by ``checkpoint`` (safetensors and JSON only).
+It runs the same in one process and in each process of a distributed run
+(``launch.run_workers``, ``torchrun`` or ``accelerate launch``). Everything a
+task does differently lives in :class:`Objective`.
 """
 from __future__ import annotations
 
