@@ -258,6 +258,18 @@ def test_tensorboard_has_losses_metrics_lr_and_fusion_views(tmp_path, fusion, sc
         assert image in found["images"]
 
 
+def test_two_runs_into_one_tensorboard_folder_stay_apart(tmp_path):
+    samples = random_samples(n_samples=20, token_limit=8)
+    for _ in range(2):
+        api.train(samples, np.linspace(0, 10, 20), task="regression", architecture=SMALL,
+                  config=TrainConfig(**{**CONFIG, "epochs": 1}), validation_fraction=0.2,
+                  tensorboard_dir=str(tmp_path), log=lambda m: None)
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert len(runs) == 2 and all(r.startswith("aam-") for r in runs), runs
+    for run in runs:
+        assert len(list((tmp_path / run).glob("events.out.tfevents.*"))) == 1, run
+
+
 def test_gradient_accumulation_is_the_same_global_batch():
     """4 samples per step as 1 x 4 or 2 x 2 accumulated: the same run up to float rounding."""
     samples = random_samples(n_samples=20, token_limit=8)

@@ -612,6 +612,18 @@ def _differences(saved, current, prefix=""):
     return out
 
 
+def run_name(directory: str) -> str:
+    """A new subfolder name for this run's TensorBoard logs (``aam-YYYYmmdd-HHMMSS``, with
+    ``-2``, ``-3``, ... if taken), so that runs logged into one folder stay apart."""
+    from pathlib import Path
+    base = time.strftime("aam-%Y%m%d-%H%M%S")
+    name, k = base, 1
+    while (Path(directory) / name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name
+
+
 class _Tracker:
     """TensorBoard scalars and images on the main process (nothing without a directory)."""
 
@@ -620,7 +632,7 @@ class _Tracker:
         if directory and accelerator.is_main_process:
             flat = {k: v for k, v in config.to_dict().items()
                     if isinstance(v, (int, float, str, bool))}
-            accelerator.init_trackers("aam", config=flat)
+            accelerator.init_trackers(run_name(directory), config=flat)
             self.writer = accelerator.get_tracker("tensorboard", unwrap=True)
 
     def step(self, step, loss, scheduler, norms, gates):
