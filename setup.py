@@ -11,9 +11,10 @@ setup(
     # qiime2, q2-types, q2-sample-classifier (and its scikit-learn), biom-format,
     # scikit-bio, unifrac come from QIIME 2's own distribution (Debian packages or conda),
     # not from PyPI.
-    install_requires=["torch>=2.1", "accelerate>=0.30", "safetensors>=0.4",
-                      "tensorboard>=2.12", "numpy", "scipy", "pandas",
-                      "matplotlib"],
+    install_requires=["torch>=2.1", "accelerate>=0.30", "safetensors>=0.4", "numpy",
+                      "scipy", "pandas", "matplotlib"],
+    # Only for --p-tensorboard-dir: pip install 'q2-aam[tensorboard]'.
+    extras_require={"tensorboard": ["tensorboard>=2.12"]},
     entry_points={"qiime2.plugins": ["q2-aam=q2_aam.plugin_setup:plugin"]},
     zip_safe=False,
 )

@@ -258,6 +258,15 @@ def test_tensorboard_has_losses_metrics_lr_and_fusion_views(tmp_path, fusion, sc
         assert image in found["images"]
 
 
+def test_tensorboard_dir_without_tensorboard_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard fails
+    with pytest.raises(ValueError, match=r"needs the tensorboard package.*q2-aam\[tensorboard\]"):
+        api.train(random_samples(n_samples=20, token_limit=8), np.linspace(0, 10, 20),
+                  task="regression", architecture=SMALL, config=TrainConfig(**CONFIG),
+                  tensorboard_dir=str(tmp_path / "tb"), log=lambda m: None)
+    assert not (tmp_path / "tb").exists()
+
+
 def test_two_runs_into_one_tensorboard_folder_stay_apart(tmp_path):
     samples = random_samples(n_samples=20, token_limit=8)
     for _ in range(2):

@@ -217,6 +217,13 @@ def global_batch(embedding: torch.Tensor, index: torch.Tensor):
 def make_accelerator(device: str, mixed_precision: str = "no",
                      gradient_accumulation_steps: int = 1, tensorboard_dir: str | None = None):
     from accelerate import Accelerator
+    if tensorboard_dir:
+        try:
+            import tensorboard  # noqa: F401  (optional: only logging needs it)
+        except ImportError:
+            raise ValueError("--p-tensorboard-dir needs the tensorboard package, which is "
+                             "not installed: pip install 'q2-aam[tensorboard]' (or conda "
+                             "install tensorboard), or leave the option out.") from None
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; "
