@@ -123,15 +123,13 @@ PARAMETERS = {
                        "model can single out one ASV even when its sequence is nearly that "
                        "of another; rarer and unseen ASVs share one. 0 turns both off.",
     "target_transform": "How a numeric target is scaled for learning (statistics from the "
-                        "training samples only, stored in the model; predictions are always "
-                        "in the original units): 'none'; 'minmax' to [0, 1]; 'zscore' (mean "
-                        "0, sd 1); 'zscore-category' (z-score within each group of "
-                        "--p-normalize-by; a group unseen in training uses the global "
-                        "statistics); 'log-minmax' / 'log-zscore' of log(y + 1), for y > -1. "
-                        "The linear readout is fitted on this scale, so a log transform makes "
-                        "it linear in log(y). Default: zscore; with log-zscore the age MAE on "
-                        "ECAM development folds rose from 104 to 142 days "
-                        "(benchmarks/results/ablation.md). Numeric targets only.",
+                        "training samples only; predictions are always in the original "
+                        "units): 'none'; 'minmax' to [0, 1]; 'zscore' (mean 0, sd 1; the "
+                        "default); 'zscore-category' (within each group of "
+                        "--p-normalize-by); 'log-minmax' / 'log-zscore' of log(y + 1), for "
+                        "y > -1, when the target spans orders of magnitude (the linear "
+                        "readout then becomes linear in log(y)). Numeric targets only; see "
+                        "the README's 'The target' section.",
     "normalize_by": "Categorical column(s) of --m-sample-metadata-file whose groups get their "
                     "own z-score; only with --p-target-transform zscore-category, which "
                     "requires it. Several columns form combined groups.",
@@ -158,21 +156,15 @@ PARAMETERS = {
                            "the prediction on (e.g. country, delivery mode). Missing values "
                            "and values not seen in training use an 'unknown' embedding. "
                            "'predict' then needs the same columns.",
-    "categorical_fusion": "How the categorical columns enter the model: 'gmu' (default "
-                          "when columns are given) gates sequence vs metadata after pooling "
-                          "(residual form h + z*tanh(W c): better than the canonical Arevalo "
-                          "unit on 9 of 10 benchmark splits); it was the only mode not worse "
-                          "than no conditioning on average on both benchmark datasets "
-                          "(age MAE against none: ECAM -3.7, karelia -0.5 days; "
-                          "benchmarks/results/fusion.md). 'concat' or 'add' put one "
-                          "categorical vector on every ASV before the target encoder "
-                          "(ECAM -3.7 / -5.5, karelia +5.5 / +6.4 days); "
-                          "'cross-attention' lets each ASV attend to one token per column "
-                          "(plus a null token), so taxa can respond to different conditions "
-                          "(best on ECAM, -9.6 days, but +3.7 on karelia); "
-                          "'perceiver' has learned latents attend to the ASVs and metadata "
-                          "tokens instead of the target encoder; 'none' leaves it to FiLM "
-                          "or output scaling.",
+    "categorical_fusion": "How the categorical columns enter the model: 'gmu' (the default "
+                          "when columns are given) gates sequence against metadata after "
+                          "pooling; 'concat' or 'add' put one categorical vector on every "
+                          "ASV; 'cross-attention' lets each ASV attend to one token per "
+                          "column, so taxa can respond to different conditions; 'perceiver' "
+                          "has learned latents attend to the ASVs and metadata tokens; "
+                          "'none' leaves it to FiLM or output scaling. See the README's "
+                          "'Conditioning on categorical metadata' section for measured "
+                          "differences.",
     "cross_attn_heads": "Attention heads of cross-attention fusion; must divide the "
                         "embedding dim.",
     "perceiver_num_latents": "Learned latents of perceiver fusion.",
@@ -315,11 +307,8 @@ plugin.methods.register_function(
         "(--p-validation-fraction); pass --m-subjects-* for longitudinal data. The model "
         "stores everything 'predict' needs. Progress is printed with --verbose. "
         "Categorical metadata columns (--p-categorical-columns) can condition the prediction. "
-        + _methods.FUSION_GUIDANCE + " On the benchmark (age; ECAM / karelia, 5 splits each: "
-        "benchmarks/results/fusion.md, measured before the identity embedding and the linear "
-        "readout) the MAE change against no conditioning was gmu -3.7 / "
-        "-0.5 days, cross-attention -9.6 / +3.7, add -5.5 / +6.4, concat -3.7 / +5.5, "
-        "perceiver +2.6 / +0.7, FiLM -1.5 / +2.3."),
+        + _methods.FUSION_GUIDANCE + " Measured accuracy of each option: the README's "
+        "'Accuracy' and 'Conditioning on categorical metadata' sections."),
     citations=[citations["aam_tensorflow"], citations["aam_pytorch"],
                citations["vaswani2017attention"], citations["paszke2019pytorch"],
                citations["gugger2022accelerate"],
