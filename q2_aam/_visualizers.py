@@ -125,7 +125,9 @@ def training_history(output_dir: str, model: ModelBundle) -> None:
     intro = [f"A {model.kind} trained by '{model.training.get('action', '?')}' for "
              f"{len(history)} epoch(s) on {model.training.get('n_train', '?')} samples "
              f"(validation: {model.training.get('n_validation', '?')}); batch size "
-             f"{config.get('batch_size', '?')}, learning rate {config.get('learning_rate', '?')}."]
+             f"{config.get('batch_size', '?')}, learning rate {config.get('learning_rate', '?')}"
+             f"; device {model.training.get('device', config.get('device', '?'))}, "
+             f"{config.get('num_processes', 1)} process(es)."]
     if chosen is not None:
         intro.append(f"The saved weights are those of epoch {chosen} (dotted line): the best "
                      "validation score; training stops after 'patience' epochs without a new best.")

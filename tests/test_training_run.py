@@ -417,3 +417,15 @@ def test_one_seed_gives_one_model_for_a_thread_count_and_nearly_one_across_them(
     for key, value in models["a"].items():
         torch.testing.assert_close(models["b"][key], value, rtol=0, atol=0, msg=key)
         torch.testing.assert_close(models["c"][key], value, rtol=0, atol=1e-4, msg=key)
+
+
+def test_the_device_that_ran_is_said_and_recorded():
+    messages = []
+    bundle = api.train(random_samples(n_samples=20, token_limit=8), np.linspace(0, 10, 20),
+                       task="regression", architecture=SMALL,
+                       config=TrainConfig(**{**CONFIG, "epochs": 1, "device": "auto"}),
+                       log=messages.append)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"Device: {expected} (--p-device auto), 1 process(es), mixed precision no." \
+        in messages
+    assert bundle.training["device"] == expected

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from .bundle import ModelBundle, check_weights, library_versions
 from .data import (AmpliconSamples, BatchCollator, asv_vocabulary, encode_categories,
                    fit_vocabularies, vocabulary_index)
-from .engine import Objective, TrainConfig, embed_features, fit, make_accelerator
+from .engine import (Objective, TrainConfig, embed_features, fit, make_accelerator,
+                     resolved_device)
 from .launch import Interrupted, in_distributed_run, run_workers
 from .losses import RegressionLoss
 from .model import AAMModel, ModelConfig
@@ -279,6 +280,7 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
         kind="encoder", model_config=model_config.to_dict(),
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         training={"action": "pretrain", "config": config.to_dict(),
+                  "device": resolved_device(config.device),
                   "objective": {"unifrac_weight": unifrac_weight, "mlm_weight": mlm_weight,
                                 "mask_rate": mask_rate},
                   "token_limit": samples.token_limit, "n_samples": len(samples),
@@ -550,6 +552,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         target=target_info,
         training={"action": "train", "config": config.to_dict(),
+                  "device": resolved_device(config.device),
                   "objective": {"unifrac_weight": unifrac_weight, "mlm_weight": mlm_weight,
                                 "mask_rate": mask_rate},
                   "pretrained": pretrained is not None, "freeze_encoder": freeze_encoder,

@@ -214,6 +214,12 @@ def global_batch(embedding: torch.Tensor, index: torch.Tensor):
     return torch.cat(all_gather(embedding.contiguous())), torch.cat(indices)
 
 
+def resolved_device(device: str) -> str:
+    """The device a run with ``device`` ('auto', 'cpu', 'cuda') trains on."""
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) \
+        else "cpu"
+
+
 def make_accelerator(device: str, mixed_precision: str = "no",
                      gradient_accumulation_steps: int = 1, tensorboard_dir: str | None = None):
     from accelerate import Accelerator
@@ -385,6 +391,8 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
                          "accumulation step(s).")
     micro = config.batch_size // (world * config.gradient_accumulation_steps)
     say = log if accelerator.is_main_process else (lambda message: None)
+    say(f"Device: {resolved_device(config.device)} (--p-device {config.device}), {world} "
+        f"process(es), mixed precision {config.mixed_precision}.")
     fsdp = config.distributed == "fsdp" and world > 1
     _freeze_unused(model, objective, freeze_encoder)
     loader_rng = torch.Generator().manual_seed(config.seed)
