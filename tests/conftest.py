@@ -27,6 +27,13 @@ def samples():
 
 
 @pytest.fixture(scope="session")
+def aam():
+    """The plugin's actions, as the QIIME 2 Python API gives them."""
+    from qiime2.plugins import aam
+    return aam
+
+
+@pytest.fixture(scope="session")
 def ecam_subset(tmp_path_factory):
     """A small real fixture: ECAM samples of 6 subjects, as QIIME 2 artifacts.
 

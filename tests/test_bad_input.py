@@ -449,12 +449,6 @@ def _bad_samples(token_limit=4, counts=1.0, ids=2):
 
 
 @pytest.fixture(scope="module")
-def aam():
-    from qiime2.plugins import aam
-    return aam
-
-
-@pytest.fixture(scope="module")
 def trained(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     encoder, = aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],

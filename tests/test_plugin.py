@@ -19,12 +19,6 @@ SMALL = dict(token_limit=32, embedding_dim=16, attention_heads=2, nucleotide_lay
 
 
 @pytest.fixture(scope="module")
-def aam():
-    from qiime2.plugins import aam
-    return aam
-
-
-@pytest.fixture(scope="module")
 def trained(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     encoder, = aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],

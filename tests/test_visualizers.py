@@ -29,12 +29,6 @@ OUTPUT = Path(os.environ.get("AAM_TEST_OUTPUT", Path(__file__).parent.parent / "
 
 
 @pytest.fixture(scope="module")
-def aam():
-    from qiime2.plugins import aam
-    return aam
-
-
-@pytest.fixture(scope="module")
 def models(aam, ecam_subset):
     """A regressor per fusion with gates or attention, plus a classifier and a concat model."""
     a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
