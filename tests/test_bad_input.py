@@ -211,7 +211,8 @@ CASES = [
     Case("--i-sequences lacking some of the table's features",
          r"features have no sequence in --i-sequences",
          lambda c: c.train(sequences=_sequences(c, lambda s: s.iloc[5:]))),
-    Case("a sequence longer than 2,000 nt (a new model)", r"2,000|2000",
+    Case("a sequence longer than 2,000 nt (a new model)",
+         r"longer than the 2000 nt a model reads.*\(2400 nt\)",
          lambda c: c.train(sequences=_sequences(c, lambda s: _lengthen(s)))),
     Case("--p-patch-size longer than every sequence", r"patch size.*--p-patch-size.*longer",
          lambda c: c.train(patch_size=512)),
@@ -224,7 +225,7 @@ CASES = [
     Case("some targets missing", r"Leaving out 3 sample\(s\) whose 'target' is missing",
          lambda c: c.train(metadata=_ages(c, lambda v: v.update(
              {k: np.nan for k in list(v)[:3]}))), warns=True),
-    Case("a class with a single sample", r"class.*'lonely'.*1 sample|'lonely'",
+    Case("a class with a single sample", r"Each class needs at least 2 samples.*'lonely' \(1\)",
          lambda c: c.train(task="classification", metadata=_classes(
              c, lambda i, k: "lonely" if k == 0 else ("a" if k % 2 else "b")))),
     Case("a numeric column with more than 20 distinct values as classes",
@@ -235,12 +236,13 @@ CASES = [
          r"extremely far from the others.*median absolute deviations",
          lambda c: c.train(metadata=_ages(c, lambda v: v.update({c.ids()[0]: 1e6}))),
          warns=True),
-    Case("a target whose scaling overflows (1e300)", r"1e\+300|overflow",
+    Case("a target whose scaling overflows (1e300)", r"from 0 to 1e\+300\) overflow",
          lambda c: c.train(metadata=_ages(c, lambda v: v.update({c.ids()[0]: 1e300})))),
     Case("--p-validation-fraction 0.99", r"validation fraction 0.99 leave 0 for training.*"
          r"--p-validation-fraction",
          lambda c: c.train(validation_fraction=0.99)),
-    Case("a single training sample", r"validation|fewer than 2|1 sample",
+    Case("a single training sample",
+         r"leave 1 for training and 0 for validation; training needs at least 2",
          lambda c: c.train(table=_subset_table(c, c.ids()[:1]))),
     Case("--p-output-constraint nonnegative with --p-target-transform zscore",
          r"centres the target at 0", lambda c: c.train(target_transform="zscore",
@@ -299,7 +301,7 @@ CASES = [
     Case("sample metadata that nothing uses", r"was given but nothing uses it",
          lambda c: c.train(sample_metadata=c.md)),
     # -- models
-    Case("predict with an encoder", r"encoder|AAMEncoder|not .*AAMRegressor",
+    Case("predict with an encoder", r"AAMModel\[AAMEncoder\] was passed",
          lambda c: c.predict(c.trained[0])),
     Case("a pretrained encoder with another --p-embedding-dim",
          r"embedding_dim=32 \(pretrained: 16\)",
@@ -353,7 +355,7 @@ CASES = [
          lambda c: _checkpointed(c, lambda f: (f / "epoch-1" / "weights-0.safetensors")
                                  .write_bytes(b"\x00" * 10))),
     Case("a checkpoint of a 2-process run resumed in 1 process", r"processes: checkpoint 2, "
-         r"now 1|--p-num-processes", lambda c: _checkpointed(
+         r"now 1", lambda c: _checkpointed(
              c, lambda f: _edit_json(f / "epoch-1" / "run.json",
                                      lambda v: v["signature"].update(processes=2)))),
     Case("a full disk while checkpointing", r"Could not write the checkpoint .*No space left",
@@ -361,7 +363,8 @@ CASES = [
     Case("a numeric target given as text in the metadata file",
          r"is categorical, but --p-task is 'regression'",
          lambda c: c.train(metadata=c.md.get_column("subject"))),
-    Case("classification with only one class", r"class|2 classes|one class",
+    Case("classification with only one class",
+         r"Classification needs at least 2 classes; the target has \['only'\]",
          lambda c: c.train(task="classification",
                            metadata=_classes(c, lambda i, k: "only"))),
     Case("a token limit of 0 (core API)", r"token_limit must be at least 1",
@@ -373,9 +376,10 @@ CASES = [
     Case("sample IDs that do not fit the count matrix (core API)",
          r"Count matrix is 2 samples x 2 features, but got 3 sample IDs",
          lambda c: _bad_samples(ids=3)),
-    Case("an unknown task (core API)", r"task must be 'regression' or 'classification'|task",
+    Case("an unknown task (core API)",
+         r"task must be 'regression' or 'classification', got 'clustering'",
          lambda c: _api_train(c, task="clustering")),
-    Case("--p-validation-fraction 1 (core API)", r"validation",
+    Case("--p-validation-fraction 1 (core API)", r"validation fraction must be in \[0, 1\)",
          lambda c: _api_train(c, validation_fraction=1.0)),
 ]
 
