@@ -21,9 +21,11 @@ def key(name: str) -> str:
 
 def main():
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    frozen = [line for line in subprocess.run(pip + ["freeze", "--local"], check=True,
+    # --all: setuptools too (torch requires a newer one than a new venv has); pip itself is
+    # left to the venv.
+    frozen = [line for line in subprocess.run(pip + ["freeze", "--local", "--all"], check=True,
                                               capture_output=True, text=True).stdout.splitlines()
-              if line and not line.startswith(("#", "-e "))]
+              if line and not line.startswith(("#", "-e ", "pip=="))]
     with tempfile.TemporaryDirectory() as work:
         pins = Path(work) / "pins.txt"
         pins.write_text("\n".join(frozen) + "\n")

@@ -47,6 +47,11 @@ sys.exit(qiime())
 WRAPPER
 chmod +x "$VENV/bin/qiime"
 # q2cli caches plugin signatures and refreshes only on a version change.
-"$VENV/bin/qiime" dev refresh-cache >/dev/null 2>&1
+# Its output is shown only when it fails (a plugin that cannot load says why here).
+if ! refresh_log=$("$VENV/bin/qiime" dev refresh-cache 2>&1); then
+  echo "$refresh_log" >&2
+  echo "!! 'qiime dev refresh-cache' failed in $VENV: QIIME 2 could not load its plugins (above)." >&2
+  exit 1
+fi
 "$VENV/bin/qiime" aam --help >/dev/null
 echo ">> Environment ready: source $VENV/bin/activate"
