@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo-output
 STAMP := $(VENV)/.q2-aam-installed
 
-.PHONY: install demo test test-all bench clean-demo
+.PHONY: install demo test test-all bench bench-speed clean-demo
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ test-all: install
 # benchmarks/results/*.tsv are kept (delete a file to rerun it); about 2 h on 2 CPU cores.
 bench: install
 	cd benchmarks && ../$(BIN)/python suite.py && ../$(BIN)/python accuracy.py
+
+# The speed benchmarks of issue 13 (not part of `make test`): samples/s, peak memory and
+# FLOP/s per phase at issue 13's size (results/speed.md, about 15 min), and one pretraining
+# epoch on synthetic studies of 10k-100k samples (results/scale.md, about 1 h on 2 cores).
+bench-speed: install
+	cd benchmarks && ../$(BIN)/python speed.py && ../$(BIN)/python scale.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -7,7 +7,9 @@ No model math here: this module checks and converts inputs, calls
 ``q2_aam.core.api`` and returns what QIIME 2 wraps.
 """
 
+import os
 import sys
+import tempfile
 
 import biom
 import numpy as np
@@ -78,9 +80,17 @@ def amplicon_samples(table: biom.Table, sequences: pd.Series | None, token_limit
         feature_sequences(table, sequences), token_limit)
 
 
+#: Up to this many samples, UniFrac is computed once as a full matrix (fastest); past it,
+#: per batch from the tree (core.unifrac.TreeDistances), since n x n doubles outgrow memory
+#: (5,000 samples: 200 MB; 100,000: 80 GB).
+UNIFRAC_MATRIX_MAX_SAMPLES = 5000
+
+
 def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
-                      distance_matrix: skbio.DistanceMatrix | None, metric: str) -> np.ndarray:
-    """``(n, n)`` distances between ``samples``, in their order.
+                      distance_matrix: skbio.DistanceMatrix | None, metric: str):
+    """``(n, n)`` distances between ``samples``, in their order, or, past
+    ``UNIFRAC_MATRIX_MAX_SAMPLES`` samples with a phylogeny, a ``TreeDistances`` that computes
+    each batch's pairs.
 
     From the given matrix, or UniFrac computed on the counts the model sees
     (each sample's ``token_limit`` most abundant ASVs).
@@ -110,10 +120,26 @@ def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
         raise ValueError(f"{len(missing)} feature(s) are not tips of the phylogeny "
                          f"({_examples(missing)}). Use a tree built from these sequences "
                          "(e.g. qiime phylogeny align-to-tree-mafft-fasttree).")
+    if len(ids) > UNIFRAC_MATRIX_MAX_SAMPLES:
+        from .core.unifrac import TreeDistances
+        _log(f"{len(ids)} samples: {metric} UniFrac is computed for each batch's pairs as "
+             f"training needs them (past {UNIFRAC_MATRIX_MAX_SAMPLES} samples the full matrix "
+             "is not held in memory).")
+        return TreeDistances(samples, phylogeny, metric)
     table = biom.Table(kept[used], feature_ids, ids)
-    compute = unifrac.unweighted if metric == "unweighted" else unifrac.weighted_normalized
     _log(f"Computing {metric} UniFrac for {len(ids)} samples on the ASVs the model sees.")
-    result = compute(table, phylogeny)
+    if metric == "unweighted":
+        result = unifrac.unweighted(table, phylogeny)
+    else:
+        # unifrac 1.2 reads weighted UniFrac's inputs from files only (it passes str(table)
+        # on), so they go through a BIOM HDF5 file and a Newick file.
+        with tempfile.TemporaryDirectory(prefix="q2-aam-unifrac-") as folder:
+            table_path, tree_path = os.path.join(folder, "table.biom"), \
+                os.path.join(folder, "tree.nwk")
+            with biom.util.biom_open(table_path, "w") as handle:
+                table.to_hdf5(handle, "q2-aam")
+            phylogeny.write(tree_path, format="newick")
+            result = unifrac.weighted_normalized(table_path, tree_path)
     return result.filter(ids).data
 
 
@@ -132,7 +158,7 @@ OPTIMISATION = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup
                 "patience", "num_processes", "distributed", "mixed_precision",
                 "gradient_accumulation_steps")
 ARCHITECTURE = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample_layers",
-                "patch_size", "target_layers", "dropout")
+                "patch_size", "target_layers", "dropout", "nucleotide_dropout")
 
 
 def _settings(params: dict):
@@ -166,7 +192,7 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
              unifrac_metric: str = "unweighted", token_limit: int = 256,
              embedding_dim: int = 64, attention_heads: int = 4, nucleotide_layers: int = 2,
              sample_layers: int = 2, patch_size: int = 4, dropout: float = 0.1,
-             epochs: int = 10, batch_size: int = 16, learning_rate: float = 1e-3,
+             nucleotide_dropout: float = 0.0, epochs: int = 10, batch_size: int = 16, learning_rate: float = 1e-3,
              weight_decay: float = 0.01, warmup_fraction: float = 0.05, patience: int = 10,
              validation_fraction: float = 0.1, unifrac_weight: float = 1.0,
              mlm_weight: float = 1.0, mask_rate: float = 0.15, random_seed: int = 0,
@@ -332,7 +358,8 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           mlm_weight: float = 0.0, mask_rate: float = 0.15, token_limit: int = None,
           embedding_dim: int = None, attention_heads: int = None,
           nucleotide_layers: int = None, sample_layers: int = None, patch_size: int = None,
-          target_layers: int = 1, dropout: float = None, epochs: int = 40, batch_size: int = 16,
+          target_layers: int = 1, dropout: float = None, nucleotide_dropout: float = None,
+          epochs: int = 40, batch_size: int = 16,
           learning_rate: float = 1e-3, weight_decay: float = 0.01,
           warmup_fraction: float = 0.05, patience: int = 15, validation_fraction: float = 0.2,
           random_seed: int = 0, device: str = "auto", num_processes: int = 1,

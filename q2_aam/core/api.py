@@ -24,6 +24,7 @@ from .engine import (Objective, TrainConfig, embed_features, fit, make_accelerat
 from .launch import Interrupted, in_distributed_run, run_workers
 from .losses import RegressionLoss
 from .model import AAMModel, ModelConfig
+from .unifrac import MatrixDistances, TreeDistances
 from .targets import (CENTRED_TRANSFORMS, DEFAULT_TARGET_TRANSFORM, TargetTransform,
                       balanced_class_weights, encode_classes, scale_warning)
 from .tokenizer import tokenize
@@ -187,6 +188,8 @@ def _architecture(overrides: dict | None, pretrained: ModelBundle | None, *, tas
     if pretrained is not None:
         base = {k: v for k, v in pretrained.model_config.items() if k in ENCODER_SETTINGS}
         base["dropout"] = pretrained.model_config["dropout"]
+        base["nucleotide_dropout"] = ModelConfig.from_dict(
+            pretrained.model_config).nucleotide_dropout
         conflicts = {k: (v, base[k]) for k, v in overrides.items()
                      if k in ENCODER_SETTINGS and base[k] != v}
         if conflicts:
@@ -236,8 +239,21 @@ def _tokens(samples: AmpliconSamples, max_length: int | None = None, log=_stderr
     return tokenized.tokens
 
 
+def pair_distances(distances, n: int) -> MatrixDistances | TreeDistances | None:
+    """``distances`` (an ``(n, n)`` array, or a :class:`TreeDistances`) as the loss reads
+    them, checked to cover the ``n`` samples."""
+    if distances is None:
+        return None
+    if not isinstance(distances, (MatrixDistances, TreeDistances)):
+        distances = MatrixDistances(distances)
+    if len(distances) != n:
+        raise ValueError(f"The distances cover {len(distances)} samples, but there are {n} "
+                         "samples; they must hold exactly the same samples.")
+    return distances
+
+
 @_distributable
-def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
+def pretrain(samples: AmpliconSamples, distances, *,
              architecture: dict | None = None, config: TrainConfig = TrainConfig(),
              unifrac_weight: float = 1.0, mlm_weight: float = 1.0, mask_rate: float = 0.15,
              validation_fraction: float = 0.1, groups: Sequence | None = None,
@@ -248,17 +264,15 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
 
     Args:
         samples: the samples (all are used; no labels needed).
-        distances: ``(n, n)`` UniFrac distances between ``samples``, same order
+        distances: ``(n, n)`` UniFrac distances between ``samples``, same order, or a
+            :class:`~q2_aam.core.unifrac.TreeDistances` that computes each batch's pairs
             (``None`` only with ``unifrac_weight=0``).
         config, checkpoint_dir, tensorboard_dir, progress: see :func:`_distributable`.
     """
     if unifrac_weight > 0 and distances is None:
         raise ValueError("unifrac_weight > 0 needs UniFrac distances (a phylogeny or a "
                          "distance matrix).")
-    distances = None if distances is None else np.asarray(distances, dtype=np.float32)
-    if distances is not None and distances.shape != (len(samples), len(samples)):
-        raise ValueError(f"The distance matrix is {distances.shape}, but there are "
-                         f"{len(samples)} samples; it must hold exactly the same samples.")
+    distances = pair_distances(distances, len(samples))
     tokens = _tokens(samples, log=log)
     model_config = _architecture(architecture, None, task="encoder", n_outputs=0,
                                  max_length=tokens.shape[1])
@@ -268,7 +282,7 @@ def pretrain(samples: AmpliconSamples, distances: np.ndarray | None, *,
     _check_split(len(samples), train_rows, val_rows, validation_fraction)
     objective = Objective(task="encoder", target_weight=0.0, unifrac_weight=unifrac_weight,
                           mlm_weight=mlm_weight, mask_rate=mask_rate,
-                          distances=None if distances is None else torch.as_tensor(distances))
+                          distances=distances)
     log(f"Pretraining on {len(train_rows)} samples ({len(val_rows)} for validation), "
         f"{len(samples.feature_ids)} ASVs, token limit {samples.token_limit}.")
     history = fit(model, BatchCollator(samples.subset(train_rows), tokens, global_index=train_rows),
@@ -351,7 +365,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
           output_constraint: str = "none", normalize_groups: Sequence | None = None,
           normalize_by: Sequence[str] | None = None, class_weights: str = "none",
           categorical: dict | None = None,
-          distances: np.ndarray | None = None, unifrac_weight: float = 0.0,
+          distances=None, unifrac_weight: float = 0.0,
           mlm_weight: float = 0.0, mask_rate: float = 0.15,
           validation_fraction: float = 0.2, groups: Sequence | None = None,
           asv_min_samples: int = 2, linear_readout: bool = True,
@@ -525,7 +539,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         if distances is None:
             raise ValueError("unifrac_weight > 0 needs UniFrac distances (a phylogeny or a "
                              "distance matrix).")
-        dist = torch.as_tensor(np.asarray(distances, dtype=np.float32))
+        dist = pair_distances(distances, len(samples))
     objective = Objective(task=task, target_weight=1.0, unifrac_weight=unifrac_weight,
                           mlm_weight=mlm_weight, mask_rate=mask_rate, regression_loss=loss,
                           class_weights=weights, distances=dist)

@@ -26,6 +26,7 @@ from .data import BatchCollator
 from .losses import (classification_loss, mask_nucleotides, masked_nucleotide_loss,
                      pairwise_unifrac_loss, RegressionLoss)
 from .model import AAMModel
+from .unifrac import MatrixDistances
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -117,11 +118,14 @@ class Objective:
     regression_loss: RegressionLoss = RegressionLoss()
     class_weights: torch.Tensor | None = None  # (n_classes,) for cross-entropy
     mask_rate: float = 0.15
-    distances: torch.Tensor | None = None  # (N, N), indexed by batch["sample_index"]
+    # MatrixDistances or TreeDistances (core.unifrac): pairs by batch["sample_index"]
+    distances: object | None = None
 
     def __post_init__(self):
         if not 0 < self.mask_rate < 1:
             raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}.")
+        if isinstance(self.distances, (torch.Tensor, np.ndarray)):
+            self.distances = MatrixDistances(self.distances)
         if self.unifrac_weight > 0 and self.distances is None:
             raise ValueError("A UniFrac loss weight was given but no distances: supply a "
                              "phylogeny or a distance matrix, or set the weight to 0.")
@@ -153,8 +157,7 @@ class Objective:
         if self.unifrac_weight > 0:
             # Over all pairs of the global batch: every process's embeddings, with gradient.
             embedding, idx = global_batch(out["unifrac_embedding"], batch["sample_index"])
-            idx = idx.to(self.distances.device)
-            dist = self.distances[idx][:, idx].to(embedding.device)
+            dist = self.distances.between(idx).to(embedding.device)
             parts["unifrac"] = pairwise_unifrac_loss(embedding, dist)
         if labels is not None:
             parts["mlm"] = masked_nucleotide_loss(out["mlm_logits"], labels)
@@ -742,10 +745,8 @@ def evaluate(model, loader, objective: Objective, config: TrainConfig, accelerat
     if "target_loss" in values:
         result["target"] = float(values["target_loss"].mean())
     if objective.unifrac_weight > 0:
-        idx = values["index"].to(objective.distances.device)
-        dist = objective.distances[idx][:, idx]
-        result["unifrac"] = float(pairwise_unifrac_loss(values["embedding"],
-                                                        dist.to(values["embedding"].device)))
+        result["unifrac"] = validation_unifrac(values["embedding"], values["index"],
+                                               objective.distances)
     if "mlm" in values:
         result["mlm"] = float(values["mlm"].mean())
     weights = {"target": objective.target_weight, "unifrac": objective.unifrac_weight,
@@ -755,6 +756,27 @@ def evaluate(model, loader, objective: Objective, config: TrainConfig, accelerat
         result.update(metrics(values["prediction"].cpu().numpy(),
                               values["target"].cpu().numpy(), values["index"].cpu().numpy()))
     return result, _mean_attention(maps)
+
+
+#: Validation samples over which the UniFrac loss takes all pairs at once; a larger
+#: validation set is taken in consecutive blocks of this many (memory stays bounded).
+VALIDATION_PAIR_BLOCK = 2048
+
+
+def validation_unifrac(embedding: torch.Tensor, index: torch.Tensor, distances) -> float:
+    """The UniFrac loss over all pairs of the validation set, or, past
+    ``VALIDATION_PAIR_BLOCK`` samples, over all pairs within consecutive blocks (each
+    block weighted by its number of pairs)."""
+    total = pairs = 0.0
+    for start in range(0, len(index), VALIDATION_PAIR_BLOCK):
+        block = slice(start, start + VALIDATION_PAIR_BLOCK)
+        n = len(index[block])
+        if n < 2:
+            continue
+        dist = distances.between(index[block]).to(embedding.device)
+        total += float(pairwise_unifrac_loss(embedding[block], dist)) * n * (n - 1) / 2
+        pairs += n * (n - 1) / 2
+    return total / pairs if pairs else float("nan")
 
 
 def _mean_attention(attention: dict) -> dict:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import transformer
+
 FUSION_MODES = ("none", "concat", "add", "gmu", "cross-attention", "perceiver")
 UNKNOWN = 0
 
@@ -162,10 +164,8 @@ class PerceiverFusion(nn.Module):
         self.cross_norm = nn.LayerNorm(dim)
         self.feed_forward = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
                                           nn.Dropout(dropout), nn.Linear(4 * dim, dim))
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.layers = (nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-                       if num_layers else None)
+        layers = transformer(dim, heads, num_layers, dropout)  # draws its first layer even
+        self.layers = layers if num_layers else None           # for 0 (seeded weights kept)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor | None):

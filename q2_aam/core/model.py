@@ -15,6 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .data import N_ABUNDANCE_FEATURES
+from .layers import transformer
 from .fusion import (FUSION_MODES, AddFusion, CategoricalEmbedding, ConcatFusion,
                      ConditionalOutputScaling, CrossAttentionFusion, FiLM, GatedMultimodalUnit,
                      PerceiverFusion)
@@ -39,6 +40,10 @@ class ModelConfig:
     patch_size: int = 4
     max_sequence_length: int = 256
     dropout: float = 0.1
+    # The nucleotide encoder's own rate. Its activations are (distinct ASVs x patches x width):
+    # drawing a dropout mask over them took half of a pretraining step on the CPU, and the
+    # masks keep attention off its fused kernel (benchmarks/results/speed.md).
+    nucleotide_dropout: float = 0.0
     task: str = "encoder"
     n_outputs: int = 0
     output_constraint: str = "none"
@@ -103,8 +108,9 @@ class ModelConfig:
                      "patch_size", "max_sequence_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        for name in ("dropout", "nucleotide_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
         if self.task != "encoder" and self.n_outputs < 1:
             raise ValueError(f"A {self.task} model needs n_outputs >= 1, got {self.n_outputs}.")
 
@@ -118,6 +124,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"Unknown model config keys {sorted(unknown)}; the model was "
                              "written by a newer q2-aam.")
+        if "nucleotide_dropout" not in values and "dropout" in values:
+            # Saved before the encoder had a rate of its own: it used the model's.
+            values = dict(values, nucleotide_dropout=values["dropout"])
         return cls(**values)
 
 
@@ -145,12 +154,6 @@ class AttentionPooling(nn.Module):
         return self.norm(torch.einsum("nt,ntd->nd", weights, x))
 
 
-def transformer(dim: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout,
-                                       activation="gelu", batch_first=True, norm_first=True)
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-
 class NucleotideEncoder(nn.Module):
     """One embedding per ASV from its nucleotides.
 
@@ -169,7 +172,7 @@ class NucleotideEncoder(nn.Module):
         self.patch = nn.Linear(p * d, d)
         self.position = nn.Embedding(self.max_patches, d)
         self.encoder = transformer(d, config.attention_heads, config.nucleotide_layers,
-                                   config.dropout)
+                                   config.nucleotide_dropout)
         self.norm = nn.LayerNorm(d)
         self.pool = AttentionPooling(d)
         self.mlm_head = nn.Linear(d, p * NUCLEOTIDE_CLASSES)
