@@ -55,6 +55,74 @@ def model_factory():
     return qiime2.Artifact.import_data("AAMModel[AAMRegressor]", bundle)
 
 
+def tree_factory():
+    """A rooted tree over the example's ASVs (random topology and branch lengths)."""
+    import qiime2
+    import skbio
+    _, _, sequences, _ = _data()
+    rng = np.random.default_rng(1)
+    nodes = [skbio.TreeNode(name=s, length=float(rng.uniform(0.01, 0.2))) for s in sequences]
+    while len(nodes) > 1:
+        a, b = nodes.pop(int(rng.integers(len(nodes)))), nodes.pop(int(rng.integers(len(nodes))))
+        nodes.append(skbio.TreeNode(children=[a, b], length=float(rng.uniform(0.01, 0.2))))
+    root = nodes[0]
+    root.length = None
+    return qiime2.Artifact.import_data("Phylogeny[Rooted]", root)
+
+
+#: Architecture and training settings that make the examples run in seconds (real data
+#: keeps the defaults).
+TINY = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
+            patch_size=8, batch_size=8)
+
+
+def pretrain(use):
+    table = use.init_artifact("table", table_factory)
+    tree = use.init_artifact("phylogeny", tree_factory)
+    use.comment("Self-supervised: UniFrac between samples and masked nucleotides; no labels. "
+                "The small architecture and 3 epochs keep the example fast; on real data keep "
+                "the defaults (and pass --i-sequences when the feature IDs are hashes).")
+    use.action(use.UsageAction(plugin_id="aam", action_id="pretrain"),
+               use.UsageInputs(table=table, phylogeny=tree, epochs=3, **TINY),
+               use.UsageOutputNames(model="encoder"))
+
+
+def train_regressor(use):
+    table = use.init_artifact("table", table_factory)
+    metadata = use.init_metadata("sample_metadata", metadata_factory)
+    age = use.get_metadata_column("age", "age", metadata)
+    use.comment("Predict a numeric column. With --i-pretrained ENCODER the encoder starts "
+                "from pretraining (and the architecture is the encoder's).")
+    use.action(use.UsageAction(plugin_id="aam", action_id="train"),
+               use.UsageInputs(table=table, metadata=age, task="regression", epochs=3,
+                               **TINY),
+               use.UsageOutputNames(model="regressor"))
+
+
+def train_cross_attention(use):
+    table = use.init_artifact("table", table_factory)
+    metadata = use.init_metadata("sample_metadata", metadata_factory)
+    age = use.get_metadata_column("age", "age", metadata)
+    use.comment("Condition on a categorical column: each ASV attends to the sample's season, "
+                "so an ASV can count differently in summer and winter. explain-conditioning "
+                "then shows which ASVs respond.")
+    use.action(use.UsageAction(plugin_id="aam", action_id="train"),
+               use.UsageInputs(table=table, metadata=age, task="regression",
+                               sample_metadata=metadata, categorical_columns=["season"],
+                               categorical_fusion="cross-attention", cross_attn_heads=2,
+                               epochs=3, **TINY),
+               use.UsageOutputNames(model="conditioned_regressor"))
+
+
+def predict(use):
+    model, table, metadata = _inputs(use)
+    use.comment("The model was trained with --p-categorical-columns season, so predict "
+                "reads season from the sample metadata too.")
+    use.action(use.UsageAction(plugin_id="aam", action_id="predict"),
+               use.UsageInputs(model=model, table=table, sample_metadata=metadata),
+               use.UsageOutputNames(predictions="predictions"))
+
+
 def _inputs(use):
     model = use.init_artifact("model", model_factory)
     table = use.init_artifact("table", table_factory)

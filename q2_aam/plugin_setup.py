@@ -11,7 +11,7 @@ from q2_types.sample_data import SampleData
 from q2_types.tree import Phylogeny, Rooted
 from q2_sample_classifier import ClassifierPredictions, RegressorPredictions
 
-from . import __version__, _methods, _transformers
+from . import __version__, _examples, _methods, _transformers
 from ._formats import (AAMModelConfigFormat, AAMModelDirectoryFormat,
                        AAMModelWeightsFormat)
 from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
@@ -259,6 +259,7 @@ plugin.methods.register_function(
                citations["gugger2022accelerate"],
                citations["lozupone2005unifrac"], citations["mcdonald2018striped"],
                citations["scikitbio"]],
+    examples={"pretrain": _examples.pretrain},
 )
 
 # q2cli 2022.11 cannot offer a type-mapped MetadataColumn as --m-* options, so the
@@ -321,6 +322,8 @@ plugin.methods.register_function(
                citations["pedregosa2011scikit"], citations["lozupone2005unifrac"],
                citations["mcdonald2018striped"], citations["arevalo2017gated"],
                citations["perez2018film"], citations["jaegle2021perceiver"]],
+    examples={"train_regressor": _examples.train_regressor,
+              "train_cross_attention": _examples.train_cross_attention},
 )
 
 T_model_in, T_predictions = TypeMap({
@@ -346,12 +349,13 @@ plugin.methods.register_function(
         "sequences). Each distinct ASV is encoded once."),
     citations=[citations["aam_tensorflow"], citations["aam_pytorch"],
                citations["paszke2019pytorch"]],
+    examples={"predict": _examples.predict},
 )
 
 # --- visualizers --------------------------------------------------------------------------
 from q2_types.feature_data import Taxonomy  # noqa: E402
 
-from . import _examples, _visualizers  # noqa: E402
+from . import _visualizers  # noqa: E402
 
 TRAINED_MODEL = AAMModel[AAMRegressor | AAMClassifier]
 VIEW_PARAMETERS = {

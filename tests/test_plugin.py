@@ -44,8 +44,8 @@ class TestRegistration(TestPluginBase):
 
     def test_usage_examples_run(self):
         """The examples --help shows: their factories train a tiny model and they run."""
-        self.assertTrue(all(self.plugin.visualizers[name].examples for name in
-                            ("training_history", "accuracy", "explain_conditioning")))
+        self.assertTrue(all(self.plugin.actions[name].examples for name in self.plugin.actions))
+        self.assertEqual(len(self.plugin.actions["train"].examples), 2)
         self.execute_examples()
 
     def test_no_name_clash_with_sample_classifier(self):
