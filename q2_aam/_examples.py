@@ -123,6 +123,33 @@ def predict(use):
                use.UsageOutputNames(predictions="predictions"))
 
 
+def classifier_factory():
+    import qiime2
+    from .core import api
+    from .core.data import AmpliconSamples
+    from .core.engine import TrainConfig
+    counts, ids, sequences, metadata = _data()
+    samples = AmpliconSamples.from_counts(counts, ids, sequences, sequences, token_limit=16)
+    bundle = api.train(
+        samples, metadata["season"].tolist(), task="classification", target_name="season",
+        architecture=dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1,
+                          sample_layers=1, patch_size=8, max_sequence_length=64),
+        config=TrainConfig(epochs=3, batch_size=8, seed=0), log=lambda message: None)
+    return qiime2.Artifact.import_data("AAMModel[AAMClassifier]", bundle)
+
+
+def predict_classification(use):
+    model = use.init_artifact("classifier", classifier_factory)
+    table = use.init_artifact("table", table_factory)
+    use.comment("A classifier trained on season. The probabilities go to q2-sample-classifier:"
+                " qiime sample-classifier confusion-matrix --i-predictions predictions.qza "
+                "--i-probabilities probabilities.qza --m-truth-file sample-metadata.tsv "
+                "--m-truth-column season --o-visualization confusion.qzv")
+    use.action(use.UsageAction(plugin_id="aam", action_id="predict_classification"),
+               use.UsageInputs(model=model, table=table),
+               use.UsageOutputNames(predictions="predictions", probabilities="probabilities"))
+
+
 def _inputs(use):
     model = use.init_artifact("model", model_factory)
     table = use.init_artifact("table", table_factory)

@@ -443,12 +443,10 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
         tensorboard_dir=tensorboard_dir, log=_log)
 
 
-def predictions(model: ModelBundle, table: biom.Table, sequences: pd.Series | None,
-                sample_metadata: qiime2.Metadata | None, batch_size: int, device: str,
-                sample_ids=None) -> pd.Series:
-    """The model's predictions for the table's samples (only ``sample_ids``, in that order,
-    when given): original units or class names, indexed by sample ID."""
-    from .core import api
+def _prediction_inputs(model: ModelBundle, table: biom.Table, sequences: pd.Series | None,
+                       sample_metadata: qiime2.Metadata | None, sample_ids=None):
+    """The table's samples as the model reads them, with the metadata it needs: ``(samples,
+    normalize groups, categorical columns)``."""
     samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
                                sample_ids=sample_ids)
     columns = model.target.get("normalize_by") or None
@@ -462,6 +460,17 @@ def predictions(model: ModelBundle, table: biom.Table, sequences: pd.Series | No
                          "pass --m-sample-metadata-file with them.")
     categorical = _categorical(sample_metadata, conditioned, samples.sample_ids, required=False,
                                parameter=MODEL_COLUMNS)
+    return samples, groups, categorical
+
+
+def predictions(model: ModelBundle, table: biom.Table, sequences: pd.Series | None,
+                sample_metadata: qiime2.Metadata | None, batch_size: int, device: str,
+                sample_ids=None) -> pd.Series:
+    """The model's predictions for the table's samples (only ``sample_ids``, in that order,
+    when given): original units or class names, indexed by sample ID."""
+    from .core import api
+    samples, groups, categorical = _prediction_inputs(model, table, sequences,
+                                                      sample_metadata, sample_ids)
     values = api.predict(model, samples, normalize_groups=groups, batch_size=batch_size,
                          device=device, categorical=categorical, log=_log)
     series = pd.Series(values, index=pd.Index(samples.sample_ids, name="SampleID"),
@@ -478,3 +487,23 @@ def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
             sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
             device: str = "auto") -> pd.Series:
     return predictions(model, table, sequences, sample_metadata, batch_size, device)
+
+
+def predict_classification(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
+                           sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
+                           device: str = "auto") -> (pd.Series, pd.DataFrame):
+    """A classifier's predicted classes and class probabilities (softmax of its outputs)."""
+    from .core import api
+    if model.kind != "classifier":
+        raise ValueError(f"predict-classification needs a classifier; this model is a "
+                         f"{model.kind}. Use 'predict' for it.")
+    samples, _, categorical = _prediction_inputs(model, table, sequences, sample_metadata)
+    logits = api.predict_raw(model, samples, batch_size=batch_size, device=device,
+                             categorical=categorical, log=_log)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    index = pd.Index(samples.sample_ids, name="SampleID")
+    classes = [str(c) for c in model.target["classes"]]
+    predicted = pd.Series(np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)],
+                          index=index, name="prediction")
+    return predicted, pd.DataFrame(probabilities, index=index, columns=classes)

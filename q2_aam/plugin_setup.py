@@ -9,7 +9,7 @@ from q2_types.feature_data import FeatureData, Sequence
 from q2_types.feature_table import FeatureTable, Frequency
 from q2_types.sample_data import SampleData
 from q2_types.tree import Phylogeny, Rooted
-from q2_sample_classifier import ClassifierPredictions, RegressorPredictions
+from q2_sample_classifier import ClassifierPredictions, Probabilities, RegressorPredictions
 
 from . import __version__, _examples, _methods, _transformers
 from ._formats import (AAMModelConfigFormat, AAMModelDirectoryFormat,
@@ -350,6 +350,31 @@ plugin.methods.register_function(
     citations=[citations["aam_tensorflow"], citations["aam_pytorch"],
                citations["paszke2019pytorch"]],
     examples={"predict": _examples.predict},
+)
+plugin.methods.register_function(
+    function=_methods.predict_classification,
+    inputs={"model": AAMModel[AAMClassifier], "table": FeatureTable[Frequency],
+            "sequences": FeatureData[Sequence]},
+    parameters=predict_params,
+    outputs=[("predictions", SampleData[ClassifierPredictions]),
+             ("probabilities", SampleData[Probabilities])],
+    input_descriptions=_describe(["model", "table", "sequences"]),
+    parameter_descriptions={"batch_size": "Samples per forward pass.",
+                            "device": PARAMETERS["device"],
+                            "sample_metadata": PARAMETERS["sample_metadata"]},
+    output_descriptions={
+        "predictions": "Predicted classes (the most probable), as from 'predict'.",
+        "probabilities": "Each class's probability per sample, for q2-sample-classifier's "
+                         "confusion-matrix (--i-probabilities draws ROC curves)."},
+    name="Predict classes and class probabilities",
+    description=(
+        "Apply a trained classifier to samples and also return each class's probability (the "
+        "softmax of the model's outputs), like q2-sample-classifier's "
+        "predict-classification. 'predict' gives the classes alone, for either kind of "
+        "model."),
+    citations=[citations["aam_tensorflow"], citations["aam_pytorch"],
+               citations["paszke2019pytorch"]],
+    examples={"predict_classification": _examples.predict_classification},
 )
 
 # --- visualizers --------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class TestRegistration(TestPluginBase):
 
     def test_actions(self):
         self.assertEqual(set(self.plugin.actions), {"pretrain", "train", "predict",
+                                                    "predict_classification",
                                                     "training_history", "accuracy",
                                                     "explain_conditioning"})
 
