@@ -220,16 +220,37 @@ def _short_id(feature: str) -> str:
     return feature[:16]
 
 
+#: Longest taxon name in a label; the full lineage stays in the TSVs.
+LABEL_NAME_LENGTH = 40
+
+
+def _taxon_name(taxon: str) -> str:
+    """The deepest named rank of a QIIME 2 taxon string. A species epithet alone
+    ('g__Clostridium; s__perfringens', Greengenes style) is given its genus; names past
+    ``LABEL_NAME_LENGTH`` characters are cut with an ellipsis."""
+    ranks = [part.strip().split("__", 1) for part in taxon.split(";")]
+    named = [(r[0] if len(r) == 2 else "", r[-1].strip()) for r in ranks if r[-1].strip()]
+    if not named:
+        return ""
+    rank, name = named[-1]
+    genus = next((n for r, n in reversed(named) if r == "g"), None)
+    if rank == "s" and genus and not name.replace("_", " ").startswith(genus):
+        name = f"{genus} {name}"
+    if len(name) > LABEL_NAME_LENGTH:
+        name = name[:LABEL_NAME_LENGTH - 1].rstrip() + "\u2026"
+    return name
+
+
 def _taxon_labels(feature_ids, taxonomy: pd.DataFrame | None) -> dict:
-    """``{feature: (full taxon, short label)}``; the label names the deepest named rank."""
+    """``{feature: (full taxon, short label)}``; the label is the taxon's deepest named rank
+    (see ``_taxon_name``) and a short feature ID."""
     labels = {}
     for feature in feature_ids:
         taxon = ""
         if taxonomy is not None and feature in taxonomy.index:
             taxon = str(taxonomy.loc[feature, "Taxon"])
-        named = [r for r in (part.strip().split("__", 1)[-1] for part in taxon.split(";")) if r]
-        short = _short_id(feature)
-        labels[feature] = (taxon, f"{named[-1]} ({short})" if named else short)
+        name, short = _taxon_name(taxon), _short_id(feature)
+        labels[feature] = (taxon, f"{name} ({short})" if name else short)
     return labels
 
 

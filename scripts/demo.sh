@@ -72,7 +72,7 @@ have "$OUT/accuracy.qzv" || qiime aam accuracy \
 have "$OUT/cross-attention.qzv" || qiime aam explain-conditioning \
   --i-model "$OUT/model-cross-attention.qza" --i-table "$DATA/test-table.qza" \
   --i-sequences "$DATA/rep-seqs.qza" --m-sample-metadata-file "$DATA/metadata.tsv" \
-  --o-visualization "$OUT/cross-attention.qzv"
+  --i-taxonomy "$DATA/taxonomy.qza" --o-visualization "$OUT/cross-attention.qzv"
 
 cat <<DONE
 

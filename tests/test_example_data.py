@@ -290,6 +290,13 @@ def test_cli_ecam(tmp_path):
     import skbio
     assert {t.name for t in tree.view(skbio.TreeNode).tips()} == features
 
+    taxonomy = qiime2.Artifact.load(str(out / "taxonomy.qza"))
+    assert str(taxonomy.type) == "FeatureData[Taxonomy]"
+    taxa = taxonomy.view(pd.DataFrame)["Taxon"]
+    assert set(taxa.index) == features
+    assert taxa.str.startswith("k__Bacteria").mean() > 0.9
+    assert taxa.str.contains("g__Bifidobacterium").sum() > 10  # infant gut
+
     md = qiime2.Metadata.load(str(out / "metadata.tsv"))
     assert md.id_count == 897
     types = {name: col.type for name, col in md.columns.items()}

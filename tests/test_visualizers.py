@@ -18,6 +18,7 @@ import qiime2
 import torch
 
 from q2_aam import _methods
+from q2_aam._visualizers import _taxon_name
 from q2_aam.core import api
 from q2_aam.core.bundle import ModelBundle
 from q2_aam.core.targets import TargetTransform
@@ -55,11 +56,11 @@ def models(aam, ecam_subset):
 
 @pytest.fixture(scope="module")
 def taxonomy(ecam_subset):
-    """Labels for the first three features of the table, in QIIME 2's format."""
-    features = list(ecam_subset["artifacts"]["full_table"].view(pd.DataFrame).columns)[:3]
-    frame = pd.DataFrame({"Taxon": [f"k__Bacteria; p__Firmicutes; g__Testgenus{i}"
-                                    for i in range(3)], "Confidence": "0.9"},
-                         index=pd.Index(features, name="Feature ID"))
+    """The real DADA2 taxonomy the example data ships (as the demo passes it), for all but
+    three features of the table: those stay unlabelled, to show the fallback."""
+    from q2_aam.example_data import load_dataset
+    features = list(ecam_subset["artifacts"]["full_table"].view(pd.DataFrame).columns)
+    frame = load_dataset("ecam", build_tree=False).taxonomy.loc[features[3:]]
     return qiime2.Artifact.import_data("FeatureData[Taxonomy]", frame)
 
 
@@ -322,13 +323,29 @@ def test_cross_attention_heatmap_ranks_and_labels_asvs(pages, taxonomy):
     svg = (pages["cross-attention"] / "cross-attention-mean.svg").read_text()
     for rank, feature, label in zip(top.index, top["feature_id"], top["label"]):
         assert label in page and f"{rank}. {label}" in svg
-        if feature in labelled.index:
-            assert label.startswith("Testgenus")
-            assert top.set_index("feature_id").loc[feature, "taxon"] == \
-                labelled.loc[feature, "Taxon"]
+        if feature in labelled.index:  # the deepest named rank, then a short ID
+            taxon = labelled.loc[feature, "Taxon"]
+            assert label.startswith(_taxon_name(taxon) + " (")
+            assert top.set_index("feature_id").loc[feature, "taxon"] == taxon
+        else:
+            assert "(" not in label  # the short ID alone
     full = read(pages["cross-attention"], "cross-attention.tsv")
     labelled_rows = full[full["feature_id"].isin(labelled.index)]
-    assert labelled_rows["taxon"].str.startswith("k__Bacteria").all()
+    assert labelled_rows["taxon"].str.startswith("k__").all()
+    assert (full[~full["feature_id"].isin(labelled.index)]["taxon"].fillna("") == "").all()
+
+
+@pytest.mark.parametrize("taxon, name", [
+    ("k__Bacteria; g__Clostridium; s__perfringens/thermophilus",
+     "Clostridium perfringens/thermophilus"),  # Greengenes-style epithet: genus added
+    ("k__Bacteria; g__Escherichia; s__Escherichia_coli", "Escherichia_coli"),  # SILVA style
+    ("k__Bacteria; p__Firmicutes; c__; o__", "Firmicutes"),  # empty ranks skipped
+    ("D_0__Bacteria;D_5__Escherichia", "Escherichia"),
+    ("k__B; g__Enterococcus; s__azikeevi/caccae/canintestini/canis/casseliflavus/dispar",
+     "Enterococcus azikeevi/caccae/canintesti\u2026"),  # cut at 40 characters
+    ("", "")])
+def test_taxon_names_in_labels(taxon, name):
+    assert _taxon_name(taxon) == name
 
 
 def test_perceiver_table_is_the_models_attention(pages, models, ecam_subset):
@@ -397,6 +414,10 @@ def test_page_opens_in_headless_chromium(pages, name):
     taken = subprocess.run(flags + ["--window-size=1400,1600", f"--screenshot={shot}", url],
                            capture_output=True, text=True, timeout=120)
     assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr[-2000:]
+    if name == "cross-attention":  # the rendered page names taxa (the real taxonomy)
+        top = read(pages[name], "top-asvs.tsv", index_col="rank")
+        named = [label for label in top["label"] if "(" in label]
+        assert named and all(label.split(" (")[0] in dom.stdout for label in named)
 
 
 def test_metadata_problems_are_named_or_shown(aam, models, ecam_subset):

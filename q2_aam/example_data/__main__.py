@@ -5,7 +5,8 @@
 
 Writes into DIR: ``table.qza`` (FeatureTable[Frequency]), ``rep-seqs.qza``
 (FeatureData[Sequence], IDs = the sequences), ``tree.qza``
-(Phylogeny[Rooted]), ``metadata.tsv`` (QIIME 2 metadata with a ``#q2:types``
+(Phylogeny[Rooted]), ``taxonomy.qza`` (FeatureData[Taxonomy], the DADA2
+assignments shipped with the data), ``metadata.tsv`` (QIIME 2 metadata with a ``#q2:types``
 row), and for the chosen split ``train-table.qza`` and ``test-table.qza``
 (the full table's samples of each side; all features kept, so both sides
 share one feature set).  A small ``.q2-aam-example-data.json`` records what
@@ -25,10 +26,10 @@ from pathlib import Path
 
 from .mitre import FOLDERS, SDIST_SHA256
 
-OUTPUTS = ("table.qza", "rep-seqs.qza", "tree.qza", "metadata.tsv",
+OUTPUTS = ("table.qza", "rep-seqs.qza", "tree.qza", "taxonomy.qza", "metadata.tsv",
            "train-table.qza", "test-table.qza")
 STAMP = ".q2-aam-example-data.json"
-STAMP_VERSION = 1
+STAMP_VERSION = 2  # 2: taxonomy.qza
 
 
 def _stamp(name, split):
@@ -90,6 +91,8 @@ def write_outputs(dataset, split, directory):
         str(directory / "rep-seqs.qza"))
     qiime2.Artifact.import_data("Phylogeny[Rooted]", dataset.tree).save(
         str(directory / "tree.qza"))
+    qiime2.Artifact.import_data("FeatureData[Taxonomy]", dataset.taxonomy).save(
+        str(directory / "taxonomy.qza"))
     write_metadata(dataset.metadata, directory / "metadata.tsv")
     train_ids, test_ids = split_samples(dataset.metadata, split)
     for ids, filename in ((train_ids, "train-table.qza"),

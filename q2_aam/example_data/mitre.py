@@ -246,6 +246,7 @@ class Dataset:
     ``tree``: rooted skbio.TreeNode whose tips are exactly the table's
     feature IDs.
     ``info``: counts recorded while loading (what was dropped, placements).
+    ``taxonomy``: see the field.
     """
 
     name: str
@@ -253,6 +254,9 @@ class Dataset:
     metadata: pd.DataFrame
     tree: object
     info: dict = field(default_factory=dict)
+    #: ``Taxon`` per feature ID (QIIME 2's FeatureData[Taxonomy] layout), from the DADA2
+    #: assignments the source ships in ``dada2_placements.csv``.
+    taxonomy: pd.DataFrame | None = None
 
     @property
     def sample_ids(self):
@@ -312,6 +316,32 @@ def read_sample_metadata(path):
     out.index.name = None
     out["age_days"] = out["age_days"].astype(float)
     return out, int(no_id.sum()), len(frame) - len(dedup)
+
+
+#: Ranks of ``dada2_placements.csv`` and their QIIME 2 (Greengenes-style) prefixes.
+RANKS = (("Kingdom", "k"), ("Phylum", "p"), ("Class", "c"), ("Order", "o"),
+         ("Family", "f"), ("Genus", "g"), ("Species", "s"))
+
+
+def read_taxonomy(path, feature_ids):
+    """DADA2's taxonomy in ``dada2_placements.csv`` (one row per ASV sequence) as a
+    DataFrame with a ``Taxon`` column ('k__Bacteria; p__Firmicutes; ...', down to the
+    deepest assigned rank) indexed by ``Feature ID``, for ``feature_ids`` in order."""
+    frame = pd.read_csv(path, index_col=0, dtype=str)
+    frame.index = frame.index.str.upper()
+    missing = [f for f in feature_ids if f not in frame.index]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} ASVs have no taxonomy row")
+    taxa = []
+    for _, row in frame.loc[list(feature_ids)].iterrows():
+        parts = []
+        for rank, prefix in RANKS:
+            value = row.get(rank)
+            if not isinstance(value, str) or not value or value == "NA":
+                break
+            parts.append(f"{prefix}__{value}")
+        taxa.append("; ".join(parts) or "Unassigned")
+    return pd.DataFrame({"Taxon": taxa}, index=pd.Index(list(feature_ids), name="Feature ID"))
 
 
 def read_fasta(path):
@@ -437,8 +467,9 @@ def load_dataset(name, cache_dir=None, build_tree=True):
         if tree_info["unplaced"]:
             _log(f"{name}: {tree_info['unplaced']} ASVs had no placement and "
                  "were attached to the root")
+    taxonomy = read_taxonomy(folder / "dada2_placements.csv", list(counts.columns))
     return Dataset(name=name, table=table, metadata=metadata, tree=tree,
-                   info=info)
+                   info=info, taxonomy=taxonomy)
 
 
 def describe(dataset):
