@@ -16,11 +16,11 @@ demo: install
 	VENV=$(VENV) DEMO_DIR=$(DEMO_DIR) bash scripts/demo.sh
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" tests q2_aam/tests
 
 # Everything, including slow real-data tests and benchmarks' checks.
 test-all: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests q2_aam/tests
 
 # The accuracy benchmarks of issue 12 (not part of `make test`): the signal suite and real
 # data, q2-aam beside classical models on the same splits. Rows already in

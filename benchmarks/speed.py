@@ -120,6 +120,8 @@ def run_phase(phase: str, samples_n: int, epochs: int, patch: int, precision: st
         out["seconds"] = seconds
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     out["threads"] = torch.get_num_threads()
+    import q2_aam
+    out["q2_aam"] = str(Path(q2_aam.__file__).resolve())
     return out
 
 
@@ -144,6 +146,10 @@ def main():
     parser.add_argument("--patch", type=int, default=4, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="no", help=argparse.SUPPRESS)
     parser.add_argument("--work", default=str(HERE / "output" / "speed"), help=argparse.SUPPRESS)
+    parser.add_argument("--before", metavar="REV",
+                        help="instead: run patch-4 fp32 phases of git revision REV (a worktree "
+                             "under output/) and of this tree, interleaved, into "
+                             "results/speed-before.md")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -151,6 +157,8 @@ def main():
         print(json.dumps(run_phase(args.phase, args.samples, args.epochs, args.patch,
                                    args.precision, work)))
         return
+    if args.before:
+        return before_and_after(args)
     rows = []
     for patch in (4, 1):
         for phase in ("pretrain", "train-frozen", "train-finetune", "predict", "explain"):
@@ -164,17 +172,50 @@ def main():
     write(rows, peaks, args, torch.get_num_threads())
 
 
-def child(phase: str, patch: int, precision: str, args) -> dict:
-    """Run one phase in a fresh process (its own peak memory)."""
+def before_and_after(args) -> None:
+    """The same phases with the code of ``args.before`` and of this tree, side by side."""
+    tree = HERE / "output" / f"speed-tree-{args.before}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.before],
+                       check=True, cwd=HERE.parent)
+    rows = []
+    for phase in ("pretrain", "train-frozen", "train-finetune", "predict", "explain"):
+        for label, code in ((args.before, tree), ("this tree", HERE.parent)):
+            row = child(phase, 4, "no", args, code=code,
+                        work=str(Path(args.work) / ("before" if code == tree else "now")))
+            rows.append(dict(row, code=label))
+    lines = ["| phase | code | samples/s | peak RSS GB | ratio now / before |", "|---|---|---|---|---|"]
+    for before, now in zip(rows[::2], rows[1::2]):
+        for row in (before, now):
+            ratio = now["samples_per_second"] / before["samples_per_second"]
+            lines.append(f"| {row['phase']} | {row['code']} | {row['samples_per_second']:.1f} | "
+                         f"{row['peak_rss_gb']:.2f} | {'' if row is before else f'{ratio:.2f}'} |")
+    text = (f"# Speed before and after: {args.before} vs this tree, side by side\n\n"
+            f"Made by `benchmarks/speed.py --before {args.before}` in one run (phases "
+            "interleaved, each in its own process): ECAM, embedding 128, 4 heads, 2 + 2 layers, "
+            f"patch 4, token limit {TOKEN_LIMIT}, batch {BATCH}, {args.samples} samples, "
+            f"{args.epochs} epochs, fp32, CPU.\n\n" + "\n".join(lines) + "\n")
+    (RESULTS / "speed-before.md").write_text(text)
+    print(text)
+
+
+def child(phase: str, patch: int, precision: str, args, code: Path = HERE.parent,
+          work: str | None = None) -> dict:
+    """Run one phase in a fresh process (its own peak memory), with q2_aam from ``code``."""
+    import os
     command = [sys.executable, __file__, "--phase", phase, "--patch", str(patch),
                "--precision", precision, "--samples", str(args.samples),
-               "--epochs", str(args.epochs), "--work", args.work]
-    log(f"{phase}, patch {patch}, precision {precision}")
+               "--epochs", str(args.epochs), "--work", work or args.work]
+    log(f"{phase}, patch {patch}, precision {precision}, code {code}")
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(code)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"{phase} failed:\n{done.stderr[-3000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
+    if not row.get("q2_aam", "").startswith(str(code)):
+        raise SystemExit(f"{phase} imported q2_aam from {row.get('q2_aam')}, not {code}")
     row["wall_s"] = time.perf_counter() - started
     log(f"  {row}")
     return row
