@@ -29,10 +29,12 @@ bench: install
 	cd benchmarks && ../$(BIN)/python suite.py && ../$(BIN)/python accuracy.py
 
 # The speed benchmarks of issue 13 (not part of `make test`): samples/s, peak memory and
-# FLOP/s per phase at issue 13's size (results/speed.md, about 15 min), and one pretraining
-# epoch on synthetic studies of 10k-100k samples (results/scale.md, about 1 h on 2 cores).
+# FLOP/s per phase at issue 13's size (results/speed.md, about 10 min), one pretraining
+# epoch on synthetic studies of 10k-100k samples (results/scale.md, about 5 min), and cost
+# per sample at 64-4096 ASVs per sample (results/token-limits.md, about 6 min), 2 cores.
 bench-speed: install
-	cd benchmarks && ../$(BIN)/python speed.py && ../$(BIN)/python scale.py
+	cd benchmarks && ../$(BIN)/python speed.py && ../$(BIN)/python scale.py && \
+		../$(BIN)/python token_limits.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -375,7 +375,7 @@ def _conditioning_response(model, samples, categorical, sample_metadata, batch_s
     passes = len(samples.indices) * sum(max(len(v) - 1, 1) for v in vocabularies.values())
     _log(f"Measuring each ASV's response to {', '.join(vocabularies)}: about {passes} passes "
          f"of the layers after the fusion ({len(samples.indices)} held ASVs x other values); "
-         f"the demo's 190 samples take about 30 s on 2 CPU cores.")
+         f"the demo's 190 samples take about 7 s on 2 CPU cores.")
     return api.conditioning_response(model, samples, categorical=categorical,
                                      normalize_groups=groups, batch_size=batch_size,
                                      device=device, log=_log)

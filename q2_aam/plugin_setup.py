@@ -81,7 +81,9 @@ PARAMETERS = {
                        "target is empty are always left out, and counted in the log.",
     "unifrac_metric": "UniFrac variant computed from the phylogeny.",
     "token_limit": "Most ASVs read per sample: the most abundant ones, ties broken by "
-                   "sequence. Default 256, or the pretrained model's.",
+                   "sequence. A larger limit reads rarer ASVs; time and memory per sample "
+                   "grow with the ASVs a sample holds (see the README's 'Speed and scale'). "
+                   "Default 256, or the pretrained model's.",
     "embedding_dim": "Width of every embedding and transformer layer (feed-forward width is "
                      "4x this). Default 64, or the pretrained model's.",
     "attention_heads": "Attention heads per transformer layer; must divide embedding-dim. "

@@ -22,7 +22,7 @@ CONFIG = dict(embedding_dim=128, attention_heads=4, nucleotide_layers=2, sample_
               task="regression", n_outputs=1)
 
 
-def outputs():
+def outputs(batch_size=8):
     from q2_aam._methods import amplicon_samples
     from q2_aam.core import api
     from q2_aam.core.bundle import ModelBundle
@@ -36,7 +36,8 @@ def outputs():
     model = AAMModel(ModelConfig(**CONFIG))
     bundle = ModelBundle(kind="regressor", model_config=model.config.to_dict(),
                          state_dict=model.state_dict())
-    out = api.model_outputs(bundle, samples, batch_size=8, device="cpu", log=lambda m: None)
+    out = api.model_outputs(bundle, samples, batch_size=batch_size, device="cpu",
+                            log=lambda m: None)
     return out["prediction"][:, 0], out["sample_embedding"][:4]
 
 
@@ -55,3 +56,12 @@ def test_forward_matches_golden():
         assert error.max() < 1e-4, f"{name} moved by {error.max():.2e} relative"
     # The test can fail: a different model gives different outputs.
     assert not np.allclose(prediction, np.asarray(golden["prediction"]) + 1e-2, rtol=1e-4)
+
+
+def test_outputs_do_not_depend_on_the_batches():
+    """Prediction batches group samples of similar length; each sample's outputs must be
+    the same alone (batch 1) as in any batch, and come back in the table's order."""
+    alone, embedding_alone = outputs(batch_size=1)
+    batched, embedding_batched = outputs(batch_size=32)
+    np.testing.assert_allclose(batched, alone, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(embedding_batched, embedding_alone, rtol=1e-5, atol=1e-6)
