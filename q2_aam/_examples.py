@@ -38,21 +38,31 @@ def metadata_factory():
     return qiime2.Metadata(_data()[3])
 
 
-def model_factory():
+def _tiny_model(task: str, target: str, semantic: str, **settings):
+    """A model trained in seconds on the example data (``settings``: architecture extras and
+    ``categorical``), as an artifact of type ``semantic``."""
     import qiime2
     from .core import api
     from .core.data import AmpliconSamples
     from .core.engine import TrainConfig
     counts, ids, sequences, metadata = _data()
     samples = AmpliconSamples.from_counts(counts, ids, sequences, sequences, token_limit=16)
+    categorical = settings.pop("categorical", None)
+    values = metadata[target]
     bundle = api.train(
-        samples, metadata["age"].to_numpy(), task="regression", target_name="age",
+        samples, values.to_numpy() if task == "regression" else values.tolist(), task=task,
+        target_name=target,
         architecture=dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1,
-                          sample_layers=1, patch_size=8, max_sequence_length=64,
-                          categorical_fusion="cross-attention", cross_attn_heads=2),
+                          sample_layers=1, patch_size=8, max_sequence_length=64, **settings),
         config=TrainConfig(epochs=3, batch_size=8, seed=0),
-        categorical={"season": metadata["season"].tolist()}, log=lambda message: None)
-    return qiime2.Artifact.import_data("AAMModel[AAMRegressor]", bundle)
+        categorical=None if categorical is None else
+        {c: metadata[c].tolist() for c in categorical}, log=lambda message: None)
+    return qiime2.Artifact.import_data(semantic, bundle)
+
+
+def model_factory():
+    return _tiny_model("regression", "age", "AAMModel[AAMRegressor]", categorical=["season"],
+                       categorical_fusion="cross-attention", cross_attn_heads=2)
 
 
 def tree_factory():
@@ -124,18 +134,7 @@ def predict(use):
 
 
 def classifier_factory():
-    import qiime2
-    from .core import api
-    from .core.data import AmpliconSamples
-    from .core.engine import TrainConfig
-    counts, ids, sequences, metadata = _data()
-    samples = AmpliconSamples.from_counts(counts, ids, sequences, sequences, token_limit=16)
-    bundle = api.train(
-        samples, metadata["season"].tolist(), task="classification", target_name="season",
-        architecture=dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1,
-                          sample_layers=1, patch_size=8, max_sequence_length=64),
-        config=TrainConfig(epochs=3, batch_size=8, seed=0), log=lambda message: None)
-    return qiime2.Artifact.import_data("AAMModel[AAMClassifier]", bundle)
+    return _tiny_model("classification", "season", "AAMModel[AAMClassifier]")
 
 
 def predict_classification(use):
