@@ -98,8 +98,10 @@ PARAMETERS = {
     "dropout": "Dropout rate in every layer but the nucleotide encoder's. Default 0.1, or the "
                "pretrained model's.",
     "nucleotide_dropout": "Dropout rate in the nucleotide encoder. Its masks cover every "
-                          "patch of every distinct ASV; at 0.1, drawing them took half of a "
-                          "CPU training step. Default 0, or the pretrained model's.",
+                          "patch of every distinct ASV and keep attention off its fused "
+                          "kernel, which made CPU pretraining about twice as slow at 0.1 "
+                          "(see the README's 'Speed and scale'). Default 0, or the "
+                          "pretrained model's.",
     "epochs": "Maximum passes over the training samples.",
     "batch_size": "Samples per optimisation step. The UniFrac loss covers all pairs in a "
                   "batch.",

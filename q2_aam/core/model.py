@@ -41,8 +41,9 @@ class ModelConfig:
     max_sequence_length: int = 256
     dropout: float = 0.1
     # The nucleotide encoder's own rate. Its activations are (distinct ASVs x patches x width):
-    # drawing a dropout mask over them took half of a pretraining step on the CPU, and the
-    # masks keep attention off its fused kernel (benchmarks/results/speed.md).
+    # drawing a dropout mask over them took a quarter of a CPU pretraining step, and the masks
+    # keep attention off its fused kernel; a step took 4.27 s with dropout 0.1, 2.26 s with 0
+    # (profile at embedding 128; README, 'Speed and scale').
     nucleotide_dropout: float = 0.0
     task: str = "encoder"
     n_outputs: int = 0

@@ -112,7 +112,8 @@ class TreeDistances:
     def between(self, index: torch.Tensor) -> torch.Tensor:
         """``(k, k)`` UniFrac distances among the samples at ``index``."""
         rows = np.asarray(index.detach().cpu(), dtype=np.int64)
-        branch = (self.ancestors @ self._columns(rows)).tocsr()  # (branches, k)
+        columns = self._columns(rows)  # (features, k) relative abundances
+        branch = (self.ancestors @ columns).tocsr()  # (branches, k)
         touched = np.flatnonzero(np.diff(branch.indptr))  # branches under any sample
         values = branch[touched].toarray()
         lengths = self.lengths[touched]
@@ -126,7 +127,7 @@ class TreeDistances:
         else:
             numerator = np.stack([lengths @ np.abs(values - values[:, [i]])
                                   for i in range(len(rows))])
-            depth = self.tip_depth @ self._columns(rows).toarray()  # (k,)
+            depth = columns.T @ self.tip_depth  # (k,) abundance-weighted root-to-tip depth
             denominator = depth[:, None] + depth[None, :]
             with np.errstate(invalid="ignore", divide="ignore"):
                 distances = np.where(denominator > 0, numerator / denominator, 0.0)
