@@ -18,7 +18,9 @@ on the split's training subjects only and scored on its test subjects:
 * ``q2-aam <variant>``: the encoder pretrained once per dataset on all of its
   samples' tables and UniFrac, no labels (``common.pretrained_encoder``), then
   ``api.train`` with ``qiime aam train``'s defaults (``common.train_defaults``),
-  or those changed by ``--variant``; early stopping on training subjects only.
+  or those changed by ``--variant``, and the dataset's phylogeny
+  (``--i-phylogeny``: the readout's clades, for regression); early stopping on
+  training subjects only.
 
 Rows go to ``results/accuracy.tsv`` as they finish (a rerun skips them) and the
 table (mean ± sd over splits) to ``results/accuracy.md``.
@@ -116,7 +118,7 @@ def main():
                         samples.subset(train), y[train],
                         task="classification" if classification else "regression",
                         target_name=column, pretrained=encoder, groups=subjects[train],
-                        log=lambda m: None, **train_defaults(**overrides))
+                        phylogeny=data.tree, log=lambda m: None, **train_defaults(**overrides))
                     predicted = api.predict(bundle, samples.subset(test), log=lambda m: None)
                 else:
                     if counts is None:

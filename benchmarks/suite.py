@@ -14,8 +14,8 @@ split it scores:
   + 1e-5) of every ASV (+ the one-hot columns);
 * q2-aam: the encoder pretrained once on all 897 ECAM samples' tables and
   UniFrac (no labels; ``common.pretrained_encoder``), then ``api.train`` with
-  ``qiime aam train``'s defaults (``common.train_defaults``) on the training
-  samples, or those defaults changed by ``--variant`` (an ablation). ``interaction`` is trained
+  ``qiime aam train``'s defaults (``common.train_defaults``) and the ECAM
+  phylogeny (``--i-phylogeny``: the readout's clades) on the training samples, or those defaults changed by ``--variant`` (an ablation). ``interaction`` is trained
   once per fusion (none, concat, cross-attention) with ``season`` and
   ``site``; for cross-attention it also ranks the planted ASVs by their
   per-ASV response to ``season`` on the test samples (among ASVs held by 5
@@ -68,8 +68,9 @@ def score(target, predicted) -> float:
     return 1 - float(((truth - predicted) ** 2).sum() / ((truth - truth.mean()) ** 2).sum())
 
 
-def aam(target, encoder, fusion: str | None, overrides: dict):
-    """q2-aam's score (and, for cross-attention, the planted ASVs' response ranks)."""
+def aam(target, encoder, fusion: str | None, overrides: dict, tree=None):
+    """q2-aam's score (and, for cross-attention, the planted ASVs' response ranks); ``tree``
+    is given to ``train`` as a user with a phylogeny would (the readout's clades)."""
     from q2_aam.core import api, explain
     from q2_aam.core.data import AmpliconSamples
     samples = AmpliconSamples.from_counts(target.counts, target.sample_ids, target.sequences,
@@ -86,7 +87,7 @@ def aam(target, encoder, fusion: str | None, overrides: dict):
     bundle = api.train(samples.subset(tr), target.y[tr],
                        task="classification" if target.classification else "regression",
                        pretrained=encoder, categorical=rows(cats, tr) if fusion != "none"
-                       else None, log=lambda m: None, **kwargs)
+                       else None, phylogeny=tree, log=lambda m: None, **kwargs)
     test = samples.subset(te)
     categorical = rows(cats, te) if fusion not in (None, "none") else None
     predicted = api.predict(bundle, test, categorical=categorical, log=lambda m: None)
@@ -136,7 +137,7 @@ def main():
                 if table.has(kind=kind, seed=seed, model=model):
                     continue
                 started = time.perf_counter()
-                value, ranks = aam(target, encoder, fusion, overrides)
+                value, ranks = aam(target, encoder, fusion, overrides, data.tree)
                 table.add({"kind": kind, "seed": seed, "model": model, "metric": metric,
                            "score": round(value, 4), "rank_planted": ranks,
                            "seconds": round(time.perf_counter() - started)})

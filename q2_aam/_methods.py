@@ -86,6 +86,21 @@ def amplicon_samples(table: biom.Table, sequences: pd.Series | None, token_limit
 UNIFRAC_MATRIX_MAX_SAMPLES = 5000
 
 
+def _check_tips(samples, phylogeny: skbio.TreeNode):
+    """The kept counts ``(features, samples)``, the features the model sees and their IDs;
+    refuses a phylogeny that lacks any of them."""
+    kept = samples.kept_counts().T.tocsr()  # (features, samples)
+    used = np.flatnonzero(np.asarray(kept.sum(axis=1)).ravel() > 0)
+    feature_ids = [samples.feature_ids[i] for i in used]
+    tips = {t.name for t in phylogeny.tips()}
+    missing = [f for f in feature_ids if f not in tips]
+    if missing:
+        raise ValueError(f"{len(missing)} feature(s) are not tips of the phylogeny "
+                         f"({_examples(missing)}). Use a tree built from these sequences "
+                         "(e.g. qiime phylogeny align-to-tree-mafft-fasttree).")
+    return kept, used, feature_ids
+
+
 def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
                       distance_matrix: skbio.DistanceMatrix | None, metric: str):
     """``(n, n)`` distances between ``samples``, in their order, or, past
@@ -111,15 +126,7 @@ def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
     import unifrac
     if metric not in UNIFRAC_METRICS:
         raise ValueError(f"UniFrac metric must be one of {UNIFRAC_METRICS}, got {metric!r}.")
-    kept = samples.kept_counts().T.tocsr()  # (features, samples)
-    used = np.flatnonzero(np.asarray(kept.sum(axis=1)).ravel() > 0)
-    feature_ids = [samples.feature_ids[i] for i in used]
-    tips = {t.name for t in phylogeny.tips()}
-    missing = [f for f in feature_ids if f not in tips]
-    if missing:
-        raise ValueError(f"{len(missing)} feature(s) are not tips of the phylogeny "
-                         f"({_examples(missing)}). Use a tree built from these sequences "
-                         "(e.g. qiime phylogeny align-to-tree-mafft-fasttree).")
+    kept, used, feature_ids = _check_tips(samples, phylogeny)
     if len(ids) > UNIFRAC_MATRIX_MAX_SAMPLES:
         from .core.unifrac import TreeDistances
         _log(f"{len(ids)} samples: {metric} UniFrac is computed for each batch's pairs as "
@@ -143,14 +150,24 @@ def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
     return result.filter(ids).data
 
 
-def _distances_if_used(samples, phylogeny, distance_matrix, metric, weight):
-    """UniFrac distances when the UniFrac loss is on; refuse inputs that would go unused."""
+def _distances_if_used(samples, phylogeny, distance_matrix, metric, weight,
+                       clades: bool = False):
+    """UniFrac distances when the UniFrac loss is on; refuse inputs that would go unused
+    (``clades``: the phylogeny is used by the linear readout's clades)."""
     if weight > 0:
         return unifrac_distances(samples, phylogeny, distance_matrix, metric)
-    if phylogeny is not None or distance_matrix is not None:
-        raise ValueError("A phylogeny or distance matrix was given, but --p-unifrac-weight is "
-                         "0, so it would not be used. Set --p-unifrac-weight (e.g. 0.1) to "
-                         "use UniFrac, or leave the input out.")
+    if phylogeny is not None and clades and distance_matrix is None:
+        _check_tips(samples, phylogeny)
+        return None
+    if phylogeny is not None:
+        raise ValueError("A phylogeny was given, but it would not be used: --p-unifrac-weight "
+                         "is 0, and the linear readout's clades need --p-task regression "
+                         "with --p-linear-readout. Set --p-unifrac-weight (e.g. 0.1) to use "
+                         "UniFrac, or leave the input out.")
+    if distance_matrix is not None:
+        raise ValueError("A distance matrix was given, but --p-unifrac-weight is 0, so it "
+                         "would not be used. Set --p-unifrac-weight (e.g. 0.1) to use "
+                         "UniFrac, or leave the input out.")
     return None
 
 
@@ -262,7 +279,8 @@ FUSION_GUIDANCE = (
     "in or out, the safe choice when it is unclear whether the columns help; 'concat' for a "
     "few simple columns; "
     "'add' + --p-conditional-output-scaling for a per-category shift of the target; "
-    "'cross-attention' when different taxa should respond to different conditions; "
+    "'cross-attention' when different taxa should respond to different conditions (its "
+    "linear readout also gives each ASV a coefficient per category value); "
     "'perceiver' for many ASVs or many, often missing, columns; --p-film-conditioning "
     "(with fusion 'none') to modulate the prediction head's features.")
 
@@ -417,7 +435,8 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     categorical = _categorical(sample_metadata, categorical_columns, samples.sample_ids)
     config, architecture = _settings(locals())
     distances = _distances_if_used(samples, phylogeny, distance_matrix, unifrac_metric,
-                                   unifrac_weight)
+                                   unifrac_weight,
+                                   clades=linear_readout and not classification)
     conditioned = bool(categorical_columns)
     architecture.update(categorical_fusion=fusion, cross_attn_heads=cross_attn_heads,
                         perceiver_num_latents=perceiver_num_latents,
@@ -439,6 +458,7 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
         categorical=categorical,
         unifrac_weight=unifrac_weight, mlm_weight=mlm_weight, mask_rate=mask_rate,
         validation_fraction=validation_fraction,
+        phylogeny=phylogeny if linear_readout and not classification else None,
         groups=_groups(subjects, samples.sample_ids), checkpoint_dir=checkpoint_dir,
         tensorboard_dir=tensorboard_dir, log=_log)
 

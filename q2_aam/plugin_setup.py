@@ -126,8 +126,11 @@ PARAMETERS = {
                       "training and then kept fixed; the network learns what it leaves. "
                       "Cross-validation on the training samples (by subject with "
                       "--m-subjects-*) picks the penalty: ridge (L2: many ASVs carry a "
-                      "little) or lasso / elastic net (L1: a few ASVs carry the signal), "
-                      "and its strength. See the README's 'Accuracy' section. Default: on.",
+                      "little), lasso / elastic net (L1: a few ASVs carry the signal) or "
+                      "the relaxed lasso, and its strength. With --i-phylogeny (regression) "
+                      "it also reads clades; with --p-categorical-fusion cross-attention "
+                      "each ASV's coefficient can depend on the category values. See the "
+                      "README's 'Accuracy' section. Default: on.",
     "asv_min_samples": "ASVs held by this many training samples or more get an identity "
                        "embedding (and a linear-readout coefficient) of their own, so the "
                        "model can single out one ASV even when its sequence is nearly that "
@@ -303,8 +306,14 @@ plugin.methods.register_function(
             "distance_matrix": DistanceMatrix},
     parameters=train_params,
     outputs=[("model", T_model)],
-    input_descriptions=_describe(["table", "sequences", "pretrained", "phylogeny",
-                                  "distance_matrix"]),
+    input_descriptions={
+        **_describe(["table", "sequences", "pretrained", "distance_matrix"]),
+        "phylogeny": "Rooted tree whose tips are the table's features. For a regressor with "
+                     "the linear readout, the readout then also reads the log abundance of "
+                     "each clade (subtree) held by 2-98% of the training samples, which is "
+                     "how a group of related ASVs that respond together is found. With "
+                     "--p-unifrac-weight above 0 it also gives the UniFrac distances of the "
+                     "auxiliary loss."},
     parameter_descriptions=_describe(train_params),
     output_descriptions={"model": "The trained regressor or classifier, for 'predict'."},
     name="Train an AAM regressor or classifier",

@@ -368,7 +368,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
           distances=None, unifrac_weight: float = 0.0,
           mlm_weight: float = 0.0, mask_rate: float = 0.15,
           validation_fraction: float = 0.2, groups: Sequence | None = None,
-          asv_min_samples: int = 2, linear_readout: bool = True,
+          asv_min_samples: int = 2, linear_readout: bool = True, phylogeny=None,
           checkpoint_dir: str | None = None, tensorboard_dir: str | None = None,
           progress: bool | None = None,
           log: Callable[[str], None] = _stderr) -> ModelBundle:
@@ -396,6 +396,10 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         linear_readout: add a linear model of these ASVs' log abundances and presences,
             fitted in closed form before training (ridge or lasso, whichever
             cross-validates better; see ``linear``); the network learns the rest.
+            With cross-attention its coefficients also depend on the category values
+            (``architecture['linear_conditional']`` overrides this choice).
+        phylogeny: a ``skbio.TreeNode`` whose tips include the ASVs: the readout (for
+            regression) then also has the log abundance of each clade.
         config, checkpoint_dir, tensorboard_dir, progress: see :func:`_distributable`.
     """
     if task not in ("regression", "classification"):
@@ -509,14 +513,33 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         log(f"No ASV is held by {asv_min_samples} or more training samples, so the model has "
             "no linear readout.")
     rows_in_vocabulary = vocabulary_index(samples.sequences, vocabulary) if vocabulary else None
-    model_config = _architecture(architecture, pretrained, task=task, n_outputs=n_outputs,
-                                 max_length=tokens.shape[1], output_constraint=output_constraint,
-                                 output_bounds=bounds, categorical_cardinalities=cardinalities,
-                                 asv_vocabulary_size=len(vocabulary),
-                                 linear_readout=linear_readout and bool(vocabulary),
-                                 linear_presence=linear_readout and bool(vocabulary))
+    readout = linear_readout and bool(vocabulary)
+    clade_rows = clade_ids = None
+    if readout and phylogeny is not None and task == "regression":
+        from .linear import clades, relative_matrix
+        tip_columns = {name: int(row) - 1 for name, row in
+                       zip(samples.feature_ids, rows_in_vocabulary) if row}
+        clade_rows, clade_ids = clades(phylogeny, tip_columns, relative_matrix(
+            samples.subset(train_rows), rows_in_vocabulary, len(vocabulary)))
+    fusion = (architecture or {}).get("categorical_fusion") if cardinalities else None
+    conditional = (architecture or {}).get("linear_conditional")
+    if conditional is None:
+        conditional = fusion == "cross-attention"
+    model_config = _architecture(
+        {k: v for k, v in (architecture or {}).items() if k != "linear_conditional"},
+        pretrained, task=task, n_outputs=n_outputs,
+        max_length=tokens.shape[1], output_constraint=output_constraint,
+        output_bounds=bounds, categorical_cardinalities=cardinalities,
+        asv_vocabulary_size=len(vocabulary), linear_readout=readout, linear_presence=readout,
+        linear_clades=0 if clade_ids is None or not len(clade_ids) else int(clade_ids.max()) + 1,
+        linear_clade_memberships=0 if clade_ids is None else len(clade_ids),
+        linear_conditional=bool(readout and conditional and cardinalities
+                                and task == "regression"))
     torch.manual_seed(config.seed)
     model = AAMModel(model_config)
+    if model.linear_clade is not None:
+        model.clade_rows.copy_(torch.as_tensor(clade_rows))
+        model.clade_ids.copy_(torch.as_tensor(clade_ids))
     if pretrained is not None:
         encoder_state = {k: v for k, v in pretrained.state_dict.items()
                          if k.startswith(ENCODER_PREFIXES)}
@@ -533,7 +556,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
             model.output_constraint.inverse(encoded[train_rows]) if task == "regression"
             else encoded[train_rows], task,
             None if groups is None else np.asarray([str(g) for g in groups])[train_rows],
-            class_weights) + ".")
+            class_weights, None if cats is None else cats[train_rows]) + ".")
     dist = None
     if unifrac_weight > 0:
         if distances is None:

@@ -1,5 +1,5 @@
-"""The linear readout: each vocabulary ASV's coefficients on its log abundance and on its
-presence, fitted in closed form.
+"""The linear readout: a linear model of each vocabulary ASV's log abundance and presence
+(and, when given, of clades and of ASV x category interactions), fitted in closed form.
 
 A linear model on log abundances and presences, with its penalty chosen by
 cross-validation, is what microbiome signals carried by a few ASVs need, and
@@ -7,16 +7,29 @@ what stochastic training of the same linear layer does not reach on a few
 hundred samples: with Adam and early stopping it stays well below the
 closed-form fit (see benchmarks/results/ablation.md). So the model's linear
 readout is fitted once, before training, on the training samples, and kept
-fixed; the network then learns what the linear model leaves (interactions,
-conditioning, community-level structure).
+fixed; the network then learns what the linear model leaves.
 
-Two penalties compete, and cross-validation on the training samples picks
-one: a ridge (L2) penalty, best when many ASVs each carry a little of the
-signal (as for age), and a lasso / elastic-net (L1) penalty, best when a few
-ASVs carry it (a biomarker, a presence, a balance of two taxa). For a ridge
-the presence columns get their own weight (0, 0.3 or 1 relative to the
-abundance columns; also chosen by cross-validation), so that thousands of
-presence columns cannot dilute the abundance ones.
+Its columns come in blocks, each a ``(samples, n)`` matrix:
+
+* ``level``: each vocabulary ASV's log-abundance level (``1 + log10(rel) / 6``, 0 when
+  absent), the model's third abundance feature;
+* ``presence``: 1 where the ASV is present;
+* ``clade`` (with a phylogeny): the level of each clade's summed relative abundance, for
+  the clades (internal nodes) whose vocabulary ASVs are held by 2-98 % of the training
+  samples; a clade that responds together is one column instead of many small ones;
+* ``conditional`` (with categorical columns, for cross-attention): each ASV's level again,
+  once per value of each column, 0 in the samples with another value; so an ASV's
+  coefficient can depend on the category (an ASV x category interaction).
+
+Three fits compete, and the lowest cross-validated error on the training samples wins:
+
+* a ridge (L2) penalty, best when many ASVs each carry a little of the signal (as for
+  age), with each block after ``level`` scaled by its own weight (0 drops it), also chosen
+  by cross-validation, so that thousands of extra columns cannot dilute the ASV levels;
+* an elastic net / lasso (L1), best when a few ASVs carry the signal (a biomarker, a
+  presence, a balance of two taxa);
+* the relaxed lasso: the lasso's support refitted with (almost) no penalty and mixed with
+  the lasso, which undoes the lasso's shrinkage of the few coefficients it keeps.
 """
 from __future__ import annotations
 
@@ -30,30 +43,99 @@ from .data import AmpliconSamples, abundance_features
 
 #: Ridge penalties tried (on features in [0, 1], a z-scored target).
 ALPHAS = np.logspace(-2, 5, 36)
-#: Weights of the presence columns relative to the log-abundance ones, for a ridge.
-PRESENCE_WEIGHTS = (0.0, 0.3, 1.0)
+#: For a ridge, the weight of each block relative to the log levels (0: left out).
+BLOCK_WEIGHTS = {"presence": (0.0, 0.3, 1.0), "clade": (0.0, 0.1, 0.3, 1.0),
+                 "conditional": (0.0, 0.3, 1.0)}
 #: Elastic-net mixing (1: lasso) tried for the L1 candidate.
 L1_RATIOS = (0.5, 1.0)
+#: How much of the lasso the relaxed lasso keeps (0: the refit on its support alone).
+RELAXED_MIX = (0.0, 0.5)
+#: The (near-)unpenalised refit of the relaxed lasso.
+REFIT_ALPHA = 1e-2
 #: Inverse penalties tried for the logistic regressions.
 CS = np.logspace(-3, 3, 13)
+#: A clade enters the readout when held by this share of the training samples.
+CLADE_PREVALENCE = (0.02, 0.98)
 
 
-def readout_matrix(samples: AmpliconSamples, vocabulary_rows: np.ndarray,
-                   n_vocabulary: int) -> sp.csr_matrix:
-    """``(n_samples, 2 * n_vocabulary)``: each vocabulary ASV's log-abundance level in each
-    sample (the model's third abundance feature; 0 when absent), then its presence (0/1)."""
+def log_level(rel: np.ndarray) -> np.ndarray:
+    """``1 + log10(rel) / 6`` where ``rel > 0``, else 0 (as :func:`abundance_features`)."""
+    out = np.zeros(rel.shape, dtype=np.float64)
+    held = rel > 0
+    out[held] = 1.0 + np.log10(rel[held]) / 6.0
+    return out
+
+
+def relative_matrix(samples: AmpliconSamples, vocabulary_rows: np.ndarray,
+                    n_vocabulary: int) -> sp.csr_matrix:
+    """``(n_samples, n_vocabulary)``: each vocabulary ASV's relative abundance."""
     data, cols, indptr = [], [], [0]
     for i in range(len(samples)):
         features, counts = samples.sample(i)
         rows = vocabulary_rows[features]
-        level = abundance_features(counts, samples.totals[i])[:, 2]
         held = rows > 0
-        data += [level[held], np.ones(int(held.sum()))]
-        cols += [rows[held] - 1, rows[held] - 1 + n_vocabulary]
-        indptr.append(indptr[-1] + 2 * int(held.sum()))
+        data.append(abundance_features(counts, samples.totals[i])[held, 1].astype(np.float64))
+        cols.append(rows[held] - 1)
+        indptr.append(indptr[-1] + int(held.sum()))
     return sp.csr_matrix((np.concatenate(data) if data else np.zeros(0),
                           np.concatenate(cols) if cols else np.zeros(0, np.int64), indptr),
-                         shape=(len(samples), 2 * n_vocabulary))
+                         shape=(len(samples), n_vocabulary))
+
+
+def clades(tree, tip_columns: dict, relative: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """The clades the readout uses, as ``(rows, ids)``: vocabulary row ``rows[k]`` (1-based)
+    belongs to clade ``ids[k]``. A clade is an internal node of ``tree`` (a
+    ``skbio.TreeNode``; ``tip_columns`` maps a tip's name to its ASV's vocabulary column)
+    with 2 or more vocabulary ASVs, held (any member present) by ``CLADE_PREVALENCE`` of
+    the samples of ``relative`` (:func:`relative_matrix` of the training samples); nodes
+    with the same members count once."""
+    members: dict = {}
+    for node in tree.postorder(include_self=True):
+        if node.is_tip():
+            members[id(node)] = ({tip_columns[node.name]} if node.name in tip_columns
+                                 else set())
+        else:
+            members[id(node)] = set().union(*(members[id(child)] for child in node.children))
+    unique = sorted({tuple(sorted(m)) for m in members.values() if len(m) >= 2})
+    if not unique:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = np.concatenate([np.asarray(m) for m in unique])
+    ids = np.repeat(np.arange(len(unique)), [len(m) for m in unique])
+    membership = sp.csr_matrix((np.ones(len(rows)), (rows, ids)),
+                               shape=(relative.shape[1], len(unique)))
+    held = np.asarray(((relative > 0).astype(np.float64) @ membership > 0).mean(axis=0)).ravel()
+    kept = np.flatnonzero((held >= CLADE_PREVALENCE[0]) & (held <= CLADE_PREVALENCE[1]))
+    renumber = np.full(len(unique), -1)
+    renumber[kept] = np.arange(len(kept))
+    keep = renumber[ids] >= 0
+    return rows[keep] + 1, renumber[ids[keep]]
+
+
+def readout_blocks(samples: AmpliconSamples, vocabulary_rows: np.ndarray, n_vocabulary: int,
+                   clade_rows: np.ndarray | None = None, clade_ids: np.ndarray | None = None,
+                   categories: np.ndarray | None = None,
+                   cardinalities: list | None = None) -> dict:
+    """The readout's column blocks (see the module's docstring), dense ``(n_samples, .)``
+    arrays in the order the model stores their coefficients: ``level``, ``presence``, then
+    ``clade`` when ``clade_ids`` is given (non-empty), then ``conditional`` when
+    ``categories`` ``(n_samples, C)`` (indices, 0 unknown) and ``cardinalities`` are: for
+    each column, for each index ``0 .. cardinality - 1``, every ASV's level (index 0, the
+    unknown value, is never set, so its columns are all 0)."""
+    relative = relative_matrix(samples, vocabulary_rows, n_vocabulary).toarray()
+    level = log_level(relative)
+    blocks = {"level": level, "presence": (relative > 0).astype(np.float64)}
+    if clade_ids is not None and len(clade_ids):
+        membership = sp.csr_matrix((np.ones(len(clade_rows)), (clade_rows - 1, clade_ids)),
+                                   shape=(n_vocabulary, int(clade_ids.max()) + 1))
+        blocks["clade"] = log_level(np.asarray(membership.T @ relative.T).T)
+    if categories is not None and cardinalities:
+        parts = []
+        for c, card in enumerate(cardinalities):
+            for v in range(card):
+                parts.append(level * (categories[:, c] == v)[:, None] if v else
+                             np.zeros_like(level))
+        blocks["conditional"] = np.hstack(parts)
+    return blocks
 
 
 def _folds(n: int, groups=None, classes=None) -> list:
@@ -70,13 +152,21 @@ def _folds(n: int, groups=None, classes=None) -> list:
     return list(KFold(min(5, n), shuffle=True, random_state=0).split(index))
 
 
-def _ridge_cv(level: np.ndarray, presence: np.ndarray, y: np.ndarray, folds: list):
-    """Cross-validated mean squared error of the best ridge, its presence weight and penalty.
+def _stack(blocks: dict, weights: dict) -> np.ndarray:
+    return np.hstack([weights.get(name, 1.0) * x for name, x in blocks.items()
+                      if weights.get(name, 1.0)])
+
+
+def _ridge_cv(blocks: dict, y: np.ndarray, folds: list):
+    """Cross-validated mean squared error of the best ridge, its block weights and penalty.
 
     Each fold's kernel is eigendecomposed once, so every penalty costs a matrix product."""
-    best = (np.inf, 0.0, ALPHAS[0])
-    for weight in PRESENCE_WEIGHTS:
-        x = np.hstack([level, weight * presence]) if weight else level
+    import itertools
+    names = [name for name in blocks if name in BLOCK_WEIGHTS]
+    best = (np.inf, {}, ALPHAS[0])
+    for choice in itertools.product(*(BLOCK_WEIGHTS[name] for name in names)):
+        weights = dict(zip(names, choice))
+        x = _stack(blocks, weights)
         errors = np.zeros(len(ALPHAS))
         for train, test in folds:
             mean = x[train].mean(axis=0)
@@ -88,41 +178,95 @@ def _ridge_cv(level: np.ndarray, presence: np.ndarray, y: np.ndarray, folds: lis
                 predicted = kernel @ (projected / (values + alpha)) + y[train].mean()
                 errors[i] += np.mean((predicted - y[test]) ** 2) / len(folds)
         if errors.min() < best[0]:
-            best = (float(errors.min()), weight, float(ALPHAS[errors.argmin()]))
+            best = (float(errors.min()), weights, float(ALPHAS[errors.argmin()]))
     return best
 
 
-def fit_regression(features: sp.csr_matrix, target: np.ndarray,
+def _refit(x: np.ndarray, y: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, float]:
+    """Coefficients (all columns) and intercept of the near-unpenalised fit on ``support``."""
+    from sklearn.linear_model import Ridge
+    coef = np.zeros(x.shape[1])
+    if not len(support):
+        return coef, float(y.mean())
+    ridge = Ridge(alpha=REFIT_ALPHA).fit(x[:, support], y)
+    coef[support] = ridge.coef_
+    return coef, float(ridge.intercept_)
+
+
+def _relaxed_cv(x: np.ndarray, y: np.ndarray, folds: list, l1_ratio: float,
+                alphas: np.ndarray):
+    """Cross-validated error of the best relaxed lasso along the elastic net's path: its
+    error, penalty and mix (the lasso's share)."""
+    from sklearn.linear_model import enet_path
+    errors = np.zeros((len(alphas), len(RELAXED_MIX)))
+    for train, test in folds:
+        mean, centre = x[train].mean(axis=0), y[train].mean()
+        _, path, _ = enet_path(x[train] - mean, y[train] - centre, alphas=alphas,
+                               l1_ratio=l1_ratio, max_iter=5000, tol=1e-3)
+        for k in range(len(alphas)):
+            lasso = (x[test] - mean) @ path[:, k] + centre
+            support = np.flatnonzero(path[:, k])
+            if len(support) > len(train) // 2:  # no longer a sparse fit to relax
+                errors[k] = np.inf
+                continue
+            coef, intercept = _refit(x[train], y[train], support)
+            refit = x[test] @ coef + intercept
+            for m, mix in enumerate(RELAXED_MIX):
+                errors[k, m] += np.mean((mix * lasso + (1 - mix) * refit - y[test]) ** 2) \
+                    / len(folds)
+    k, m = np.unravel_index(np.argmin(errors), errors.shape)
+    return float(errors[k, m]), float(alphas[k]), RELAXED_MIX[m]
+
+
+def fit_regression(blocks: dict, target: np.ndarray,
                    groups=None) -> tuple[np.ndarray, float, str]:
-    """Coefficients (log levels, then presences), intercept, and what was chosen in words,
-    of the penalised linear regression of ``target`` on :func:`readout_matrix` ``features``
-    with the lower cross-validated error: a ridge or an elastic net."""
+    """Coefficients (over the blocks' columns, in order), intercept, and what was chosen in
+    words, of the penalised linear regression of ``target`` on :func:`readout_blocks`
+    ``blocks`` with the lowest cross-validated error: a ridge, an elastic net or a relaxed
+    lasso."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import ElasticNetCV, Ridge
-    dense = features.toarray()
+    from sklearn.linear_model import ElasticNet, ElasticNetCV, Ridge
     y = np.asarray(target, dtype=np.float64)
-    n_vocabulary = dense.shape[1] // 2
-    level, presence = dense[:, :n_vocabulary], dense[:, n_vocabulary:]
     folds = _folds(len(y), groups)
-    ridge_error, weight, alpha = _ridge_cv(level, presence, y, folds)
+    ridge_error, weights, alpha = _ridge_cv(blocks, y, folds)
+    dense = _stack(blocks, {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         net = ElasticNetCV(l1_ratio=list(L1_RATIOS), n_alphas=30, cv=folds, max_iter=5000,
                            tol=1e-3).fit(dense, y)
-    net_error = float(net.mse_path_.mean(axis=-1).min())
+        net_error = float(net.mse_path_.mean(axis=-1).min())
+        path = np.asarray(net.alphas_)[list(L1_RATIOS).index(net.l1_ratio_)]
+        relaxed_error, relaxed_alpha, mix = _relaxed_cv(dense, y, folds, net.l1_ratio_, path)
+    errors = (f"cross-validated MSE: ridge {ridge_error:.3g}, elastic net {net_error:.3g}, "
+              f"relaxed lasso {relaxed_error:.3g}")
+    l1 = "lasso" if net.l1_ratio_ == 1 else "elastic net"
+    if relaxed_error < min(net_error, ridge_error):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            sparse = ElasticNet(alpha=relaxed_alpha, l1_ratio=net.l1_ratio_, max_iter=5000,
+                                tol=1e-3).fit(dense, y)
+        coef, intercept = _refit(dense, y, np.flatnonzero(sparse.coef_))
+        coef = mix * sparse.coef_ + (1 - mix) * coef
+        intercept = mix * float(sparse.intercept_) + (1 - mix) * intercept
+        how = (f"relaxed {l1} (penalty {relaxed_alpha:.3g}, {np.count_nonzero(coef)} nonzero "
+               f"coefficients, lasso share {mix:g}; {errors})")
+        return coef, intercept, how
     if net_error < ridge_error:
-        kept = int(np.count_nonzero(net.coef_))
-        how = (f"{'lasso' if net.l1_ratio_ == 1 else 'elastic net'} (penalty "
-               f"{net.alpha_:.3g}, {kept} nonzero coefficients; cross-validated MSE "
-               f"{net_error:.3g} vs ridge {ridge_error:.3g})")
+        how = (f"{l1} (penalty {net.alpha_:.3g}, {np.count_nonzero(net.coef_)} nonzero "
+               f"coefficients; {errors})")
         return np.asarray(net.coef_, dtype=np.float64), float(net.intercept_), how
-    x = np.hstack([level, weight * presence])
-    ridge = Ridge(alpha=alpha).fit(x, y)
-    coef = ridge.coef_.copy()
-    coef[n_vocabulary:] *= weight
-    how = (f"ridge regression (penalty {alpha:.3g}, presence weight {weight:g}; "
-           f"cross-validated MSE {ridge_error:.3g} vs elastic net {net_error:.3g})")
-    return np.asarray(coef, dtype=np.float64), float(ridge.intercept_), how
+    ridge = Ridge(alpha=alpha).fit(_stack(blocks, weights), y)
+    coef, start = [], 0
+    for name, x in blocks.items():
+        weight = weights.get(name, 1.0)
+        if weight:
+            coef.append(weight * ridge.coef_[start:start + x.shape[1]])
+            start += x.shape[1]
+        else:
+            coef.append(np.zeros(x.shape[1]))
+    shown = ", ".join(f"{name} weight {w:g}" for name, w in weights.items())
+    how = f"ridge regression (penalty {alpha:.3g}, {shown}; {errors})"
+    return np.concatenate(coef), float(ridge.intercept_), how
 
 
 def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: int,
@@ -189,28 +333,47 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
 
 
 def fit_readout(model, samples: AmpliconSamples, vocabulary_rows: np.ndarray,
-                target: np.ndarray, task: str, groups=None, class_weights: str = "none") -> str:
+                target: np.ndarray, task: str, groups=None, class_weights: str = "none",
+                categories: np.ndarray | None = None) -> str:
     """Fit ``model``'s linear readout on ``samples`` (targets on the scale the model learns,
-    or class indices), set it and keep it fixed; return what was fitted, in words."""
-    n_vocabulary = model.config.asv_vocabulary_size
-    features = readout_matrix(samples, vocabulary_rows, n_vocabulary)
+    or class indices; ``categories`` their category indices when the model's readout is
+    conditional), set it and keep it fixed; return what was fitted, in words.
+
+    A classifier's readout uses the ``level`` and ``presence`` blocks only."""
+    config = model.config
+    n_vocabulary, n_outputs = config.asv_vocabulary_size, config.n_outputs
+    cards = config.categorical_cardinalities if config.linear_conditional else None
+    blocks = readout_blocks(
+        samples, vocabulary_rows, n_vocabulary,
+        *((model.clade_rows.numpy(), model.clade_ids.numpy()) if config.linear_clades
+          else (None, None)),
+        categories=categories if cards else None, cardinalities=cards)
     if task == "regression":
-        coef, intercept, how = fit_regression(features, target, groups)
+        coef, intercept, how = fit_regression(blocks, target, groups)
         coef = coef[:, None]
     else:
+        features = sp.csr_matrix(np.hstack([blocks["level"], blocks["presence"]]))
         coef, intercept, how = fit_classification(
-            features, target, model.config.n_outputs, groups,
+            features, target, n_outputs, groups,
             "balanced" if class_weights == "balanced" else None)
     coef = torch.as_tensor(coef, dtype=model.linear.weight.dtype)
+    parts = dict(zip(blocks, torch.split(coef, [x.shape[1] for x in blocks.values()])))
     with torch.no_grad():
-        model.linear.weight[1:] = coef[:n_vocabulary]
+        model.linear.weight[1:] = parts["level"]
         if model.linear_presence is not None:
-            model.linear_presence.weight[1:] = coef[n_vocabulary:]
+            model.linear_presence.weight[1:] = parts["presence"]
+        if "clade" in parts:
+            model.linear_clade[:] = parts["clade"]
+        if "conditional" in parts:  # (values x ASVs, O) -> (ASVs, values x O)
+            values = parts["conditional"].reshape(sum(cards), n_vocabulary, n_outputs)
+            model.linear_conditional.weight[1:] = values.transpose(0, 1).reshape(
+                n_vocabulary, -1)
         model.linear_bias[:] = torch.as_tensor(intercept, dtype=model.linear_bias.dtype)
-    for part in (model.linear, model.linear_presence):
-        if part is not None:
-            part.requires_grad_(False)
-    model.linear_bias.requires_grad_(False)
-    return (f"{how} on the log abundances and presences of {n_vocabulary} ASVs, chosen by "
-            f"cross-validation{' by subject' if groups is not None else ''} on "
+    for part in model.readout_parameters():
+        part.requires_grad_(False)
+    extra = "".join(f", {len(model.linear_clade)} clades" if name == "clade" else
+                    ", their levels per category value" for name in parts
+                    if name in ("clade", "conditional"))
+    return (f"{how} on the log abundances and presences of {n_vocabulary} ASVs{extra}, "
+            f"chosen by cross-validation{' by subject' if groups is not None else ''} on "
             f"{len(samples)} samples")

@@ -66,6 +66,13 @@ class ModelConfig:
     # The readout also has a coefficient per ASV on its presence (models saved before it
     # existed have none).
     linear_presence: bool = False
+    # Clades in the readout (fitted with a phylogeny): how many, and how many (ASV, clade)
+    # memberships; the memberships are buffers of the model (``clade_rows``, ``clade_ids``).
+    linear_clades: int = 0
+    linear_clade_memberships: int = 0
+    # The readout has a coefficient per ASV and value of each categorical column (an ASV x
+    # category interaction in closed form; by default with cross-attention).
+    linear_conditional: bool = False
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -322,11 +329,24 @@ class AAMModel(nn.Module):
                        if config.linear_readout and config.asv_vocabulary_size else None)
         self.linear_presence = (nn.Embedding(config.asv_vocabulary_size + 1, config.n_outputs)
                                 if self.linear is not None and config.linear_presence else None)
+        self.linear_bias = None
         if self.linear is not None:
             nn.init.zeros_(self.linear.weight)
             self.linear_bias = nn.Parameter(torch.zeros(config.n_outputs))
         if self.linear_presence is not None:
             nn.init.zeros_(self.linear_presence.weight)
+        self.linear_clade = self.linear_conditional = None
+        if self.linear is not None and config.linear_clades:
+            self.linear_clade = nn.Parameter(torch.zeros(config.linear_clades, config.n_outputs))
+            self.register_buffer("clade_rows", torch.zeros(config.linear_clade_memberships,
+                                                           dtype=torch.long))
+            self.register_buffer("clade_ids", torch.zeros(config.linear_clade_memberships,
+                                                          dtype=torch.long))
+        if self.linear is not None and config.linear_conditional and cards:
+            shape = (config.asv_vocabulary_size + 1, sum(cards) * config.n_outputs)
+            # Built from zeros (no random draw), so the seed gives the rest of the model the
+            # same weights as without it.
+            self.linear_conditional = nn.Embedding(*shape, _weight=torch.zeros(shape))
         # One learned vector per ASV seen in training (row 0: every other ASV), added to the
         # encoder's slot outputs: sequence embeddings of near-identical 16S sequences are
         # near-identical, so without it the branch cannot single out one ASV.
@@ -435,9 +455,17 @@ class AAMModel(nn.Module):
                                  self._linear_term(batch)))
         return out
 
+    def readout_parameters(self) -> list:
+        """The linear readout's parameters (fitted in closed form, then kept fixed)."""
+        parts = [self.linear, self.linear_presence, self.linear_conditional]
+        return ([p for part in parts if part is not None for p in part.parameters()]
+                + [p for p in (self.linear_clade, self.linear_bias) if p is not None])
+
     def _linear_term(self, batch: dict) -> torch.Tensor | None:
         """``(B, n_outputs)``: sum over slots of each ASV's coefficient x its log abundance,
-        plus its presence coefficient."""
+        plus its presence coefficient, plus each clade's coefficient x its log abundance,
+        plus each ASV's coefficient for the sample's category values x its log abundance
+        (see ``linear``)."""
         if self.linear is None:
             return None
         dtype, vocab = self.linear.weight.dtype, batch["asv_vocab"]
@@ -446,7 +474,29 @@ class AAMModel(nn.Module):
         out = torch.einsum("bs,bso->bo", level, self.linear(vocab)) + self.linear_bias
         if self.linear_presence is not None:
             out = out + torch.einsum("bs,bso->bo", held, self.linear_presence(vocab))
+        if self.linear_clade is not None:
+            rel = batch["abundance"][..., 1].to(dtype) * held  # (B, S) relative abundance
+            per_asv = rel.new_zeros(len(rel), self.config.asv_vocabulary_size + 1)
+            per_asv.scatter_add_(1, vocab, rel)  # row 0 (ASVs without a row) is in no clade
+            clade = rel.new_zeros(len(rel), len(self.linear_clade)).index_add_(
+                1, self.clade_ids, per_asv[:, self.clade_rows])
+            clade_level = torch.where(clade > 0, 1 + torch.log10(clade.clamp_min(1e-30)) / 6,
+                                      torch.zeros_like(clade))
+            out = out + clade_level @ self.linear_clade
+        if self.linear_conditional is not None:
+            out = out + self._conditional_terms(level, vocab, batch["categories"]).sum(1)
         return out
+
+    def _conditional_terms(self, level: torch.Tensor, vocab: torch.Tensor,
+                           categories: torch.Tensor) -> torch.Tensor:
+        """``(B, S, n_outputs)``: each slot's conditional readout term for the categories
+        ``(B, C)`` (indices; 0, unknown, has no coefficient)."""
+        cards, n_outputs = self.config.categorical_cardinalities, self.config.n_outputs
+        weights = self.linear_conditional(vocab).unflatten(-1, (sum(cards), n_outputs))
+        offsets = torch.as_tensor(np.cumsum([0] + cards[:-1]), device=categories.device)
+        index = (categories + offsets)[:, None, :, None].expand(
+            -1, weights.shape[1], -1, n_outputs)  # (B, S, C, O)
+        return level[..., None] * weights.gather(2, index).sum(2)
 
     def _readout(self, x: torch.Tensor, mask: torch.Tensor, c_vec, c_tokens, categories,
                  offset: torch.Tensor | None = None) -> dict:
@@ -497,6 +547,9 @@ class AAMModel(nn.Module):
         fused, _ = self.cross_attention(x, c_tokens)
         offset = self._linear_term(batch)
         plain = self._readout(fused, mask, c_vec, c_tokens, categories, offset)["prediction"]
+        if self.linear_conditional is not None:  # the readout's share of the response
+            level = batch["abundance"][..., 2].to(offset.dtype) * mask
+            own = self._conditional_terms(level, batch["asv_vocab"], categories)  # (B, S, O)
         (n, width, _), cards = fused.shape, self.config.categorical_cardinalities
         patched = plain.new_full((n, width, len(cards), max(cards), plain.shape[1]), float("nan"))
         pairs = mask.nonzero()  # (P, 2): the (sample, slot) pairs that hold an ASV
@@ -513,8 +566,14 @@ class AAMModel(nn.Module):
                     w = int(mask[b].sum(1).max())
                     rows = fused[b, :w]  # (k, w, D): the sample's slots, slot j from alt
                     rows[torch.arange(len(b)), j] = alt[b, j]
+                    shifted = None if offset is None else offset[b]
+                    if self.linear_conditional is not None:  # slot j's term under value v
+                        swapped = self._conditional_terms(
+                            level[b, j][:, None], batch["asv_vocab"][b, j][:, None],
+                            other[b])[:, 0]
+                        shifted = shifted - own[b, j] + swapped
                     patched[b, j, c, v] = self._readout(
                         rows, mask[b, :w], None if c_vec is None else c_vec[b], None,
-                        categories[b], None if offset is None else offset[b])["prediction"]
+                        categories[b], shifted)["prediction"]
         patched[~mask] = float("nan")
         return plain, patched
