@@ -25,7 +25,7 @@ have "$OUT/encoder.qza" || qiime aam pretrain \
 step "Train an age regressor on the training subjects"
 have "$OUT/model.qza" || qiime aam train \
   --i-table "$DATA/train-table.qza" --i-sequences "$DATA/rep-seqs.qza" \
-  --i-pretrained "$OUT/encoder.qza" \
+  --i-phylogeny "$DATA/tree.qza" --i-pretrained "$OUT/encoder.qza" \
   --m-metadata-file "$DATA/metadata.tsv" --m-metadata-column age_days \
   --m-subjects-file "$DATA/metadata.tsv" --m-subjects-column subject \
   --o-model "$OUT/model.qza" --verbose
@@ -44,7 +44,7 @@ have "$OUT/scatterplot.qzv" || qiime sample-classifier scatterplot \
 step "Train a second regressor conditioned on delivery, diet and sex (cross-attention)"
 have "$OUT/model-cross-attention.qza" || qiime aam train \
   --i-table "$DATA/train-table.qza" --i-sequences "$DATA/rep-seqs.qza" \
-  --i-pretrained "$OUT/encoder.qza" \
+  --i-phylogeny "$DATA/tree.qza" --i-pretrained "$OUT/encoder.qza" \
   --m-metadata-file "$DATA/metadata.tsv" --m-metadata-column age_days \
   --m-subjects-file "$DATA/metadata.tsv" --m-subjects-column subject \
   --m-sample-metadata-file "$DATA/metadata.tsv" --p-categorical-columns delivery diet sex \

@@ -293,11 +293,16 @@ def test_sequences_missing_for_features(aam, ecam_subset):
                             sequences=short)
 
 
-def test_unused_phylogeny_is_refused(aam, ecam_subset):
+def test_phylogeny_at_train_feeds_the_readouts_clades_or_is_refused(aam, ecam_subset):
     a = ecam_subset["artifacts"]
+    age = ecam_subset["metadata"].get_column("age_days")
     with pytest.raises(ValueError, match="unifrac-weight"):
         aam.actions.train(table=a["table"], sequences=a["sequences"], phylogeny=a["tree"],
-                          metadata=ecam_subset["metadata"].get_column("age_days"), epochs=1)
+                          metadata=age, linear_readout=False, epochs=1, **SMALL)
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"],
+                               phylogeny=a["tree"], metadata=age, epochs=1, **SMALL)
+    config = model.view(ModelBundle).model_config
+    assert config["linear_clades"] > 0 and config["linear_clade_memberships"] > 0
 
 
 def test_encoder_cannot_predict(aam, ecam_subset, trained):
