@@ -145,6 +145,34 @@ def test_train_with_fsdp_predicts_like_ddp(frozen, capfd):
     np.testing.assert_allclose(predictions["fsdp"], predictions["ddp"], rtol=1e-3, atol=1e-2)
 
 
+def _balanced_tree(names):
+    import io
+    import skbio
+
+    def newick(part):
+        if len(part) == 1:
+            return part[0]
+        half = len(part) // 2
+        return f"({newick(part[:half])}:1,{newick(part[half:])}:1)"
+    return skbio.TreeNode.read(io.StringIO(newick(list(names)) + ";"))
+
+
+def test_readout_clades_train_alike_with_ddp_and_fsdp():
+    """The readout's clade memberships are integer buffers: FSDP must carry them unsharded."""
+    samples = random_samples(n_samples=24, token_limit=8)
+    tree = _balanced_tree(samples.feature_ids)
+    y = np.linspace(0, 100, 24)
+    predictions = {}
+    for mode in ("ddp", "fsdp"):
+        bundle = api.train(samples, y, task="regression", architecture=SMALL, phylogeny=tree,
+                           config=TrainConfig(epochs=2, batch_size=8, device="cpu",
+                                              num_processes=2, distributed=mode),
+                           validation_fraction=0.0, log=lambda m: None)
+        assert bundle.model_config["linear_clades"] > 0
+        predictions[mode] = api.predict(bundle, samples, log=lambda m: None)
+    np.testing.assert_allclose(predictions["fsdp"], predictions["ddp"], rtol=1e-3, atol=1e-2)
+
+
 def test_fsdp_with_gradient_accumulation_is_the_same_global_batch():
     """FSDP2 modules have no ``no_sync``: each micro-batch's gradients are reduce-scattered
     and summed into the shards, which must give the step of the whole batch."""
