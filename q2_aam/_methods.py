@@ -156,17 +156,17 @@ def _distances_if_used(samples, phylogeny, distance_matrix, metric, weight,
     (``clades``: the phylogeny is used by the linear readout's clades)."""
     if weight > 0:
         return unifrac_distances(samples, phylogeny, distance_matrix, metric)
-    if phylogeny is not None and clades and distance_matrix is None:
+    if distance_matrix is not None:
+        raise ValueError("A distance matrix was given, but --p-unifrac-weight is 0, so it "
+                         "would not be used. Set --p-unifrac-weight (e.g. 0.1) to use "
+                         "UniFrac, or leave the input out.")
+    if phylogeny is not None and clades:
         _check_tips(samples, phylogeny)
         return None
     if phylogeny is not None:
         raise ValueError("A phylogeny was given, but it would not be used: --p-unifrac-weight "
                          "is 0, and the linear readout's clades need --p-task regression "
                          "with --p-linear-readout. Set --p-unifrac-weight (e.g. 0.1) to use "
-                         "UniFrac, or leave the input out.")
-    if distance_matrix is not None:
-        raise ValueError("A distance matrix was given, but --p-unifrac-weight is 0, so it "
-                         "would not be used. Set --p-unifrac-weight (e.g. 0.1) to use "
                          "UniFrac, or leave the input out.")
     return None
 

@@ -394,8 +394,8 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         asv_min_samples: ASVs held by this many training samples or more get
             an identity embedding of their own (0: none; see ``data.asv_vocabulary``).
         linear_readout: add a linear model of these ASVs' log abundances and presences,
-            fitted in closed form before training (ridge or lasso, whichever
-            cross-validates better; see ``linear``); the network learns the rest.
+            fitted in closed form before training (ridge, elastic net or relaxed lasso,
+            whichever cross-validates best; see ``linear``); the network learns the rest.
             With cross-attention its coefficients also depend on the category values
             (``architecture['linear_conditional']`` overrides this choice).
         phylogeny: a ``skbio.TreeNode`` whose tips include the ASVs: the readout (for
