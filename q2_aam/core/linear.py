@@ -160,20 +160,31 @@ def _stack(blocks: dict, weights: dict) -> np.ndarray:
 def _ridge_cv(blocks: dict, y: np.ndarray, folds: list):
     """Cross-validated mean squared error of the best ridge, its block weights and penalty.
 
-    Each fold's kernel is eigendecomposed once, so every penalty costs a matrix product."""
+    A ridge's predictions depend on its columns only through the kernel ``X Xᵀ``, and the
+    kernel of blocks scaled by weights ``w`` is ``Σ w² X_b X_bᵀ``; so each block's
+    (centred) kernels are computed once per fold, and each weight combination costs a sum
+    and an eigendecomposition of a samples x samples matrix, whatever the number of
+    columns. Every penalty then costs a matrix product."""
     import itertools
     names = [name for name in blocks if name in BLOCK_WEIGHTS]
+    kernels = []
+    for train, test in folds:
+        per_block = {}
+        for name, x in blocks.items():
+            mean = x[train].mean(axis=0)
+            xt, xv = x[train] - mean, x[test] - mean
+            per_block[name] = (xt @ xt.T, xv @ xt.T)
+        kernels.append(per_block)
     best = (np.inf, {}, ALPHAS[0])
     for choice in itertools.product(*(BLOCK_WEIGHTS[name] for name in names)):
         weights = dict(zip(names, choice))
-        x = _stack(blocks, weights)
         errors = np.zeros(len(ALPHAS))
-        for train, test in folds:
-            mean = x[train].mean(axis=0)
-            xt, xv = x[train] - mean, x[test] - mean
-            values, vectors = np.linalg.eigh(xt @ xt.T)
+        for (train, test), per_block in zip(folds, kernels):
+            inner = sum(weights.get(name, 1.0) ** 2 * k[0] for name, k in per_block.items())
+            cross = sum(weights.get(name, 1.0) ** 2 * k[1] for name, k in per_block.items())
+            values, vectors = np.linalg.eigh(inner)
             projected = vectors.T @ (y[train] - y[train].mean())
-            kernel = xv @ xt.T @ vectors
+            kernel = cross @ vectors
             for i, alpha in enumerate(ALPHAS):
                 predicted = kernel @ (projected / (values + alpha)) + y[train].mean()
                 errors[i] += np.mean((predicted - y[test]) ** 2) / len(folds)
