@@ -51,7 +51,7 @@ def matmul_peak(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
 
 
 def run_phase(phase: str, samples_n: int, epochs: int, patch: int, precision: str,
-              work: Path) -> dict:
+              work: Path, checkpointing: bool = False) -> dict:
     """One phase in this process; returns its figures."""
     import numpy as np
     import torch
@@ -67,9 +67,12 @@ def run_phase(phase: str, samples_n: int, epochs: int, patch: int, precision: st
     metadata = metadata.loc[samples.sample_ids]
     architecture = dict(SIZE, patch_size=patch)
     config = TrainConfig(epochs=epochs, batch_size=BATCH, seed=0, device="cpu",
-                         mixed_precision=precision, patience=epochs)
+                         mixed_precision=precision, patience=epochs,
+                         activation_checkpointing=checkpointing)
     encoder_path = work / f"encoder-p{patch}"
-    out = {"phase": phase, "patch": patch, "precision": precision}
+    out = {"phase": phase, "patch": patch, "precision": precision,
+           "checkpointing": checkpointing}
+    keep = precision == "no" and not checkpointing  # the models later phases start from
     small = samples.subset(np.arange(32))
     flop_config = lambda epochs: dataclasses.replace(config, epochs=epochs, patience=epochs)  # noqa
     if phase == "pretrain":
@@ -77,7 +80,7 @@ def run_phase(phase: str, samples_n: int, epochs: int, patch: int, precision: st
         pretrain = lambda s, d, c: api.pretrain(  # noqa: E731
             s, d, architecture=architecture, config=c, validation_fraction=0.0, log=quiet)
         bundle = pretrain(samples, distances, config)
-        if precision == "no":
+        if keep:
             bundle.save(encoder_path)
         last = bundle.training["history"][-1]
         small_d = distances[:32, :32]
@@ -91,7 +94,7 @@ def run_phase(phase: str, samples_n: int, epochs: int, patch: int, precision: st
             freeze_encoder=phase == "train-frozen", config=c, validation_fraction=0.0, log=quiet)
         bundle = train(samples, config)
         last = bundle.training["history"][-1]
-        if precision == "no":
+        if keep:
             bundle.save(work / f"{phase}-p{patch}")
         out["flops_per_sample"] = epoch_flops(lambda e: train(small, flop_config(e)), len(small))
     if phase == "pretrain" or phase.startswith("train"):
@@ -145,6 +148,11 @@ def main():
     parser.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase
     parser.add_argument("--patch", type=int, default=4, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="no", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing-only", action="store_true",
+                        help="instead: pretrain and fine-tune (patch 4, fp32) with and without "
+                             "activation checkpointing, side by side, into "
+                             "results/speed-checkpointing.md")
     parser.add_argument("--work", default=str(HERE / "output" / "speed"), help=argparse.SUPPRESS)
     parser.add_argument("--before", metavar="REV",
                         help="instead: run patch-4 fp32 phases of git revision REV (a worktree "
@@ -155,10 +163,12 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.samples, args.epochs, args.patch,
-                                   args.precision, work)))
+                                   args.precision, work, args.checkpointing)))
         return
     if args.before:
         return before_and_after(args)
+    if args.checkpointing_only:
+        return checkpointing_side_by_side(args)
     rows = []
     for patch in (4, 1):
         for phase in ("pretrain", "train-frozen", "train-finetune", "predict", "explain"):
@@ -167,6 +177,8 @@ def main():
             rows.append(child(phase, patch, "no", args))
     for phase in ("pretrain", "train-finetune"):
         rows.append(child(phase, 4, "bf16", args))
+    for phase in ("pretrain", "train-finetune"):
+        rows.append(child(phase, 4, "no", args, checkpointing=True))
     import torch
     peaks = {"fp32": matmul_peak("float32"), "bf16": matmul_peak("bfloat16")}
     write(rows, peaks, args, torch.get_num_threads())
@@ -199,14 +211,40 @@ def before_and_after(args) -> None:
     print(text)
 
 
+def checkpointing_side_by_side(args) -> None:
+    """Pretrain and fine-tune with and without activation checkpointing, interleaved."""
+    rows = []
+    for phase in ("pretrain", "train-finetune"):
+        for checkpointing in (False, True):
+            rows.append(child(phase, 4, "no", args, checkpointing=checkpointing))
+    lines = ["| phase | checkpointing | samples/s | peak RSS GB | last-epoch loss |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['phase']} | {'on' if row['checkpointing'] else 'off'} | "
+                     f"{row['samples_per_second']:.1f} | {row['peak_rss_gb']:.2f} | "
+                     f"{row['loss']} |")
+    text = ("# Activation checkpointing at issue 13's size, side by side\n\n"
+            "Made by `benchmarks/speed.py --checkpointing-only` in one run (each phase in its "
+            f"own process): ECAM, embedding 128, 4 heads, 2 + 2 layers, patch 4, token limit "
+            f"{TOKEN_LIMIT}, batch {BATCH}, {args.samples} samples, {args.epochs} epochs, fp32, "
+            "CPU. The fine-tuning rows start from the pretraining row without checkpointing. "
+            "Peak RSS includes Python, QIIME 2's libraries and the data.\n\n"
+            + "\n".join(lines) + "\n")
+    (RESULTS / "speed-checkpointing.md").write_text(text)
+    print(text)
+
+
 def child(phase: str, patch: int, precision: str, args, code: Path = HERE.parent,
-          work: str | None = None) -> dict:
+          work: str | None = None, checkpointing: bool = False) -> dict:
     """Run one phase in a fresh process (its own peak memory), with q2_aam from ``code``."""
     import os
     command = [sys.executable, __file__, "--phase", phase, "--patch", str(patch),
                "--precision", precision, "--samples", str(args.samples),
                "--epochs", str(args.epochs), "--work", work or args.work]
-    log(f"{phase}, patch {patch}, precision {precision}, code {code}")
+    if checkpointing:
+        command.append("--checkpointing")
+    log(f"{phase}, patch {patch}, precision {precision}, checkpointing {checkpointing}, "
+        f"code {code}")
     started = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(code)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
@@ -229,13 +267,14 @@ def write(rows: list, peaks: dict, args, threads: int) -> None:
         peak = peaks["bf16" if row["precision"] == "bf16" else "fp32"]
         return f"{achieved:.1f} ({achieved / peak:.0%})"
 
-    lines = ["| phase | patch | precision | samples/s | peak RSS GB | GFLOP/sample | "
-             "GFLOP/s (of the matmul peak) | last-epoch loss |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| phase | patch | precision | activation checkpointing | samples/s | "
+             "peak RSS GB | GFLOP/sample | GFLOP/s (of the matmul peak) | last-epoch loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         flops = row.get("flops_per_sample")
         lines.append(
             f"| {row['phase']} | {row['patch']} | {row['precision']} | "
+            f"{'on' if row.get('checkpointing') else 'off'} | "
             f"{row['samples_per_second']:.1f} | {row['peak_rss_gb']:.2f} | "
             f"{'' if flops is None else f'{flops / 1e9:.2f}'} | {fraction(row)} | "
             f"{row.get('loss', '')} |")

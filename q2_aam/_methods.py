@@ -173,7 +173,7 @@ def _distances_if_used(samples, phylogeny, distance_matrix, metric, weight,
 
 OPTIMISATION = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction",
                 "patience", "num_processes", "distributed", "mixed_precision",
-                "gradient_accumulation_steps")
+                "gradient_accumulation_steps", "activation_checkpointing")
 ARCHITECTURE = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample_layers",
                 "patch_size", "target_layers", "dropout", "nucleotide_dropout")
 
@@ -215,8 +215,8 @@ def pretrain(table: biom.Table, sequences: pd.Series = None,
              mlm_weight: float = 1.0, mask_rate: float = 0.15, random_seed: int = 0,
              device: str = "auto", num_processes: int = 1, distributed: str = "ddp",
              mixed_precision: str = "no",
-             gradient_accumulation_steps: int = 1, checkpoint_dir: str = None,
-             tensorboard_dir: str = None) -> ModelBundle:
+             gradient_accumulation_steps: int = 1, activation_checkpointing: bool = False,
+             checkpoint_dir: str = None, tensorboard_dir: str = None) -> ModelBundle:
     from .core import api
     config, architecture = _settings(locals())
     samples = amplicon_samples(table, sequences, token_limit)
@@ -382,8 +382,8 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           warmup_fraction: float = 0.05, patience: int = 15, validation_fraction: float = 0.2,
           random_seed: int = 0, device: str = "auto", num_processes: int = 1,
           distributed: str = "ddp", mixed_precision: str = "no",
-          gradient_accumulation_steps: int = 1, checkpoint_dir: str = None,
-          tensorboard_dir: str = None) -> ModelBundle:
+          gradient_accumulation_steps: int = 1, activation_checkpointing: bool = False,
+          checkpoint_dir: str = None, tensorboard_dir: str = None) -> ModelBundle:
     from .core import api
     classification = task == "classification"
     if not classification and isinstance(metadata, qiime2.CategoricalMetadataColumn):

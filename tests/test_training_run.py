@@ -293,6 +293,37 @@ def test_gradient_accumulation_is_the_same_global_batch():
         assert b["lr"] == pytest.approx(a["lr"])
 
 
+def test_activation_checkpointing_trains_the_same_model_and_may_resume_either_way(
+        tmp_path, monkeypatch):
+    """Recomputing each layer in the backward pass (same dropout masks) changes no weight;
+    a run checkpointed without it continues with it."""
+    from q2_aam.core import layers
+    calls = []
+    real = layers.checkpoint
+    monkeypatch.setattr(layers, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    samples = random_samples(n_samples=20, token_limit=8)
+    y = np.linspace(0, 10, 20)
+    architecture = {**SMALL, "dropout": 0.2, "nucleotide_dropout": 0.2}
+    runs = []
+    for on in (False, True):
+        bundle = api.train(samples, y, task="regression", architecture=architecture,
+                           config=TrainConfig(**{**CONFIG, "epochs": 2,
+                                                 "activation_checkpointing": on}),
+                           mlm_weight=1.0, validation_fraction=0.2, log=lambda m: None)
+        runs.append(bundle)
+        assert bool(calls) == on  # layers were recomputed only when asked
+    assert [r["train_loss"] for r in runs[0].training["history"]] == \
+        [r["train_loss"] for r in runs[1].training["history"]]
+    for name, weight in runs[0].state_dict.items():
+        assert torch.equal(weight, runs[1].state_dict[name]), name
+    kwargs = dict(task="regression", architecture=architecture, validation_fraction=0.2,
+                  checkpoint_dir=str(tmp_path), log=lambda m: None)
+    first = api.train(samples, y, config=TrainConfig(**{**CONFIG, "epochs": 2}), **kwargs)
+    again = api.train(samples, y, config=TrainConfig(
+        **{**CONFIG, "epochs": 2, "activation_checkpointing": True}), **kwargs)
+    assert again.training["history"] == first.training["history"]
+
+
 def test_bf16_on_the_cpu_trains_and_predicts_finite_values():
     samples = random_samples(n_samples=20, token_limit=8)
     bundle = api.train(samples, np.linspace(0, 10, 20), task="regression", architecture=SMALL,

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import Checkpoints
 from .data import BatchCollator
+from .layers import set_checkpointing
 from .losses import (classification_loss, mask_nucleotides, masked_nucleotide_loss,
                      pairwise_unifrac_loss, RegressionLoss)
 from .model import AAMModel
@@ -59,6 +60,7 @@ class TrainConfig:
     distributed: str = "ddp"
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "num_processes", "gradient_accumulation_steps"):
@@ -398,6 +400,7 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
         f"process(es), mixed precision {config.mixed_precision}.")
     fsdp = config.distributed == "fsdp" and world > 1
     _freeze_unused(model, objective, freeze_encoder)
+    set_checkpointing(model, config.activation_checkpointing)
     loader_rng = torch.Generator().manual_seed(config.seed)
     mask_rng = torch.Generator().manual_seed(config.seed + 1 + 7919 * rank)
     train_loader = DataLoader(range(len(train_collator.samples)), batch_size=micro,
@@ -438,7 +441,9 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     state = _LoopState(loader_rng, mask_rng)
     checkpoints = None
     if checkpoint_dir:
-        signature = {"config": {k: v for k, v in config.to_dict().items() if k != "device"},
+        # Neither the device nor activation checkpointing changes what is computed.
+        signature = {"config": {k: v for k, v in config.to_dict().items()
+                                if k not in ("device", "activation_checkpointing")},
                      "objective": {"target_weight": objective.target_weight,
                                    "unifrac_weight": objective.unifrac_weight,
                                    "mlm_weight": objective.mlm_weight,
@@ -548,6 +553,7 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     elif fsdp:  # no validation: the last epoch's weights, gathered back into the caller's
         core.load_state_dict(full_state_dict(net))
     core.requires_grad_(True)
+    set_checkpointing(core, False)
     core.eval()
     return state.history
 

@@ -14,6 +14,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class SelfAttention(nn.Module):
@@ -68,17 +69,35 @@ class EncoderLayer(nn.Module):
 
 class Encoder(nn.Module):
     """A stack of :class:`EncoderLayer`; like ``nn.TransformerEncoder``, every layer starts
-    as a copy of the first."""
+    as a copy of the first.
+
+    With ``checkpointing`` set (``TrainConfig.activation_checkpointing``), a layer keeps
+    only its input for the backward pass and recomputes the rest there (the same dropout
+    masks: torch restores the random state), which trades a second forward pass for the
+    memory of its activations.
+    """
 
     def __init__(self, dim: int, heads: int, layers: int, dropout: float):
         super().__init__()
         first = EncoderLayer(dim, heads, dropout)
         self.layers = nn.ModuleList([copy.deepcopy(first) for _ in range(layers)])
+        self.checkpointing = False
 
     def forward(self, x: torch.Tensor, src_key_padding_mask: torch.Tensor | None = None):
+        recompute = self.checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, src_key_padding_mask)
+            if recompute:
+                x = checkpoint(layer, x, src_key_padding_mask, use_reentrant=False)
+            else:
+                x = layer(x, src_key_padding_mask)
         return x
+
+
+def set_checkpointing(module: nn.Module, on: bool) -> None:
+    """Turn activation checkpointing of every :class:`Encoder` in ``module`` on or off."""
+    for child in module.modules():
+        if isinstance(child, Encoder):
+            child.checkpointing = on
 
 
 def transformer(dim: int, heads: int, layers: int, dropout: float) -> Encoder:
