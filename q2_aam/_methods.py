@@ -292,14 +292,13 @@ def _check_conditioning(columns, fusion, film, scaling, normalize_by, transform)
     records no conditioning.
     """
     if not columns:
-        if fusion not in (None, "none") or film or scaling:
-            asked = [x for x in (fusion if fusion != "none" else None,
+        if fusion not in ("none", DEFAULT_FUSION) or film or scaling:
+            asked = [x for x in (fusion if fusion not in ("none", DEFAULT_FUSION) else None,
                                  "FiLM" if film else None, "output scaling" if scaling else None)
                      if x]
             _log("No --p-categorical-columns were given, so categorical conditioning "
                  f"({', '.join(asked)}) is a no-op.")
         return "none"
-    fusion = fusion or DEFAULT_FUSION
     if fusion == "none" and not film and not scaling:
         raise ValueError(f"--p-categorical-columns {' '.join(columns)} would not be used: "
                          "--p-categorical-fusion is 'none' and neither FiLM nor conditional "
@@ -365,11 +364,11 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           subjects: qiime2.CategoricalMetadataColumn = None,
           sample_metadata: qiime2.Metadata = None, missing_samples: str = "error",
           freeze_encoder: bool = True, linear_readout: bool = True, asv_min_samples: int = 2,
-          target_transform: str = None,
-          normalize_by: list = None, output_constraint: str = None, loss: str = None,
-          quantiles: list = None, over_penalty: float = None, under_penalty: float = None,
-          class_weights: str = None, categorical_columns: list = None,
-          categorical_fusion: str = None, cross_attn_heads: int = 8,
+          target_transform: str = DEFAULT_TARGET_TRANSFORM,
+          normalize_by: list = None, output_constraint: str = "none", loss: str = DEFAULT_LOSS,
+          quantiles: list = None, over_penalty: float = 1.0, under_penalty: float = 1.0,
+          class_weights: str = "none", categorical_columns: list = None,
+          categorical_fusion: str = DEFAULT_FUSION, cross_attn_heads: int = 8,
           perceiver_num_latents: int = 16, perceiver_num_layers: int = 2,
           film_conditioning: bool = False, conditional_output_scaling: bool = False,
           unifrac_metric: str = "unweighted", unifrac_weight: float = 0.0,
@@ -391,16 +390,20 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
             f"The metadata column {metadata.name!r} is categorical, but --p-task is "
             "'regression'. Pass --p-task classification to predict its classes, or give a "
             "numeric column (declare it with '#q2:types numeric' in the metadata file).")
-    regression_only = {"target-transform": target_transform, "normalize-by": normalize_by,
-                       "output-constraint": output_constraint, "loss": loss,
-                       "quantiles": quantiles, "over-penalty": over_penalty,
-                       "under-penalty": under_penalty}
+    # Settings of the other task are refused when set away from their defaults (the
+    # defaults are in the signature, so that provenance records the values used).
+    regression_only = {"target-transform": target_transform != DEFAULT_TARGET_TRANSFORM,
+                       "normalize-by": bool(normalize_by),
+                       "output-constraint": output_constraint != "none",
+                       "loss": loss != DEFAULT_LOSS, "quantiles": quantiles is not None,
+                       "over-penalty": over_penalty != 1.0,
+                       "under-penalty": under_penalty != 1.0}
     if classification:
-        given = [f"--p-{k}" for k, v in regression_only.items() if v is not None]
+        given = [f"--p-{k}" for k, changed in regression_only.items() if changed]
         if given:
             raise ValueError(f"{', '.join(given)} apply to numeric targets; a class is learned "
                              "with cross-entropy (see --p-class-weights). Leave them out.")
-    elif class_weights is not None:
+    elif class_weights != "none":
         raise ValueError("--p-class-weights applies to --p-task classification only.")
     if sample_metadata is not None and not normalize_by and not categorical_columns:
         raise ValueError("--m-sample-metadata-file was given but nothing uses it; it is read "
@@ -408,12 +411,10 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     fusion = _check_conditioning(categorical_columns, categorical_fusion, film_conditioning,
                                  conditional_output_scaling, normalize_by, target_transform)
     from .core.losses import DEFAULT_QUANTILES, RegressionLoss
-    loss = loss or DEFAULT_LOSS
     regression_loss = RegressionLoss(
         kind=loss, quantiles=tuple(quantiles or (DEFAULT_QUANTILES if loss == "quantile" else ())),
-        over_penalty=1.0 if over_penalty is None else over_penalty,
-        under_penalty=1.0 if under_penalty is None else under_penalty)
-    if loss == "asymmetric" and over_penalty is None and under_penalty is None:
+        over_penalty=over_penalty, under_penalty=under_penalty)
+    if loss == "asymmetric" and over_penalty == under_penalty == 1.0:
         raise ValueError("The asymmetric loss needs --p-over-penalty and/or "
                          "--p-under-penalty (otherwise it is the 'mae' loss).")
     if mlm_weight > 0 and freeze_encoder and pretrained is not None:
@@ -428,9 +429,8 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     if not classification:
         from .core.targets import TargetTransform
         api.check_regression_settings(values.to_numpy(dtype=float),
-                                      TargetTransform(target_transform or
-                                                      DEFAULT_TARGET_TRANSFORM),
-                                      output_constraint or "none", normalize_by)
+                                      TargetTransform(target_transform),
+                                      output_constraint, normalize_by)
     normalize_groups = _category_groups(sample_metadata, normalize_by, samples.sample_ids)
     categorical = _categorical(sample_metadata, categorical_columns, samples.sample_ids)
     config, architecture = _settings(locals())
@@ -450,11 +450,11 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
         target_name=str(metadata.name), architecture=architecture, config=config,
         pretrained=pretrained, freeze_encoder=freeze_encoder and pretrained is not None,
         linear_readout=linear_readout, asv_min_samples=asv_min_samples,
-        target_transform=target_transform or DEFAULT_TARGET_TRANSFORM,
-        loss=regression_loss, output_constraint=output_constraint or "none",
+        target_transform=target_transform,
+        loss=regression_loss, output_constraint=output_constraint,
         normalize_by=normalize_by,
         normalize_groups=normalize_groups,
-        class_weights=class_weights or "none", distances=distances,
+        class_weights=class_weights, distances=distances,
         categorical=categorical,
         unifrac_weight=unifrac_weight, mlm_weight=mlm_weight, mask_rate=mask_rate,
         validation_fraction=validation_fraction,

@@ -169,9 +169,9 @@ PARAMETERS = {
                            "the prediction on (e.g. country, delivery mode). Missing values "
                            "and values not seen in training use an 'unknown' embedding. "
                            "'predict' then needs the same columns.",
-    "categorical_fusion": "How the categorical columns enter the model: 'gmu' (the default "
-                          "when columns are given) gates sequence against metadata after "
-                          "pooling; 'concat' or 'add' put one categorical vector on every "
+    "categorical_fusion": "How the categorical columns enter the model (unused without "
+                          "--p-categorical-columns): 'gmu' (the default) gates sequence "
+                          "against metadata after pooling; 'concat' or 'add' put one categorical vector on every "
                           "ASV; 'cross-attention' lets each ASV attend to one token per "
                           "column, so taxa can respond to different conditions; 'perceiver' "
                           "has learned latents attend to the ASVs and metadata tokens; "

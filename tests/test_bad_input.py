@@ -249,7 +249,7 @@ CASES = [
                                                        output_constraint="nonnegative")),
     Case("regression settings for a classifier", r"--p-loss.*apply to numeric targets",
          lambda c: c.train(task="classification", metadata=c.md.get_column("delivery"),
-                           loss="huber")),
+                           loss="mae")),
     Case("--p-class-weights for a regression", r"--p-class-weights applies to --p-task "
          r"classification only", lambda c: c.train(class_weights="balanced")),
     Case("the asymmetric loss without penalties", r"asymmetric loss needs --p-over-penalty",

@@ -97,6 +97,29 @@ def test_model_artifact_holds_what_predict_needs(trained):
     assert "torch" in bundle.versions
 
 
+def test_provenance_records_every_setting_a_train_run_used(trained):
+    """No parameter that had an effect is recorded as null: only the architecture, inherited
+    from --i-pretrained, and what was not used (no folders, columns, quantiles) stay unset."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.add_multi_constructor("!", lambda loader, tag, node: tag)  # e.g. !metadata
+    _, model = trained
+    action = yaml.load((model._archiver.provenance_dir / "action" / "action.yaml").read_text(),
+                       Loader=Loader)["action"]
+    parameters = {k: v for item in action["parameters"] for k, v in item.items()}
+    unset = {k for k, v in parameters.items() if v is None}
+    inherited = {"token_limit", "embedding_dim", "attention_heads", "nucleotide_layers",
+                 "sample_layers", "patch_size", "dropout", "nucleotide_dropout"}
+    unused = {"normalize_by", "categorical_columns", "quantiles", "checkpoint_dir",
+              "tensorboard_dir", "subjects", "sample_metadata"}
+    assert unset <= inherited | unused, unset - inherited - unused
+    assert parameters["target_transform"] == "zscore" and parameters["loss"] == "huber"
+    assert parameters["output_constraint"] == "none" and parameters["class_weights"] == "none"
+    assert parameters["categorical_fusion"] == "gmu" and parameters["over_penalty"] == 1.0
+
+
 def test_same_seed_same_predictions(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     col = ecam_subset["metadata"].get_column("age_days")
@@ -500,7 +523,7 @@ def test_fusion_without_columns_is_a_noop_said_once(aam, ecam_subset, capfd):
     capfd.readouterr()
     aam.actions.train(table=a["table"], sequences=a["sequences"],
                       metadata=ecam_subset["metadata"].get_column("age_days"),
-                      categorical_fusion="gmu", epochs=1, **SMALL)
+                      categorical_fusion="concat", epochs=1, **SMALL)
     assert capfd.readouterr().err.count("is a no-op") == 1
 
 
