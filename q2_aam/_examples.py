@@ -182,3 +182,17 @@ def explain_conditioning(use):
                use.UsageInputs(model=model, table=table, sample_metadata=metadata,
                                top_n=10, min_samples=3),
                use.UsageOutputNames(visualization="cross_attention"))
+
+
+def train_and_evaluate(use):
+    table = use.init_artifact("table", table_factory)
+    metadata = use.init_metadata("sample_metadata", metadata_factory)
+    age = use.get_metadata_column("age", "age", metadata)
+    use.comment("Hold out a fifth of the samples, train on the rest and score the held-out "
+                "ones. With longitudinal data add --m-subjects-file/--m-subjects-column so a "
+                "subject's samples stay on one side; --p-pretrain-epochs pretrains first. 3 "
+                "epochs keep the example fast; on real data keep the default (40).")
+    use.action(use.UsageAction(plugin_id="aam", action_id="train_and_evaluate"),
+               use.UsageInputs(table=table, metadata=age, task="regression", epochs=3),
+               use.UsageOutputNames(model="model", predictions="test_predictions",
+                                    accuracy="test_accuracy"))

@@ -482,3 +482,60 @@ plugin.visualizers.register_function(
         "saying so."),
     examples={"explain_conditioning": _examples.explain_conditioning},
 )
+
+from qiime2.plugin import Visualization  # noqa: E402
+
+from . import _pipelines  # noqa: E402
+
+T_evaluate_task, T_evaluate_model, T_evaluate_predictions = TypeMap({
+    Str % Choices("regression"): (AAMModel[AAMRegressor], SampleData[RegressorPredictions]),
+    Str % Choices("classification"): (AAMModel[AAMClassifier],
+                                      SampleData[ClassifierPredictions]),
+})
+plugin.pipelines.register_function(
+    function=_pipelines.train_and_evaluate,
+    inputs={"table": FeatureTable[Frequency], "sequences": FeatureData[Sequence],
+            "phylogeny": Phylogeny[Rooted]},
+    parameters={"metadata": MetadataColumn[Numeric | Categorical], "task": T_evaluate_task,
+                "subjects": MetadataColumn[Categorical],
+                "test_size": Float % Range(0, 1, inclusive_start=False, inclusive_end=False),
+                "pretrain_epochs": Int % Range(0, None), "epochs": POSITIVE,
+                "random_seed": Int % Range(0, None), "device": DEVICE},
+    outputs=[("model", T_evaluate_model), ("predictions", T_evaluate_predictions),
+             ("accuracy", Visualization)],
+    input_descriptions={
+        "table": "Read counts of every sample: those with a value in --m-metadata-column are "
+                 "split into training and test samples.",
+        "sequences": INPUTS["sequences"],
+        "phylogeny": "Rooted tree of the table's features: UniFrac for pretraining, and for a "
+                     "regressor the linear readout's clades. Optional."},
+    parameter_descriptions={
+        "metadata": "The column to predict: numeric with --p-task regression, categorical "
+                    "with classification.",
+        "task": "'regression' (a number) or 'classification' (a class).",
+        "subjects": "Subject of each sample (longitudinal data): a subject's samples all go "
+                    "to training or all to testing, and to one side of train's validation "
+                    "split. Without it samples are split one by one.",
+        "test_size": "Share of the samples (or subjects) held out for testing. Default 0.2.",
+        "pretrain_epochs": "Pretrain the encoder this many epochs first, on every sample's "
+                           "table without labels (with UniFrac when a phylogeny is given, "
+                           "else masked nucleotides only). 0 (default): no pretraining.",
+        "epochs": "Training epochs (train's --p-epochs). Default 40.",
+        "random_seed": "Seed of the split, pretraining and training.",
+        "device": PARAMETERS["device"]},
+    output_descriptions={
+        "model": "The model trained on the training samples, for 'predict'.",
+        "predictions": "Predictions for the test samples only.",
+        "accuracy": "The accuracy view of the test samples (never seen in training)."},
+    name="Train an AAM model and score it on held-out samples",
+    description=(
+        "One step from a feature table to a scored model, like q2-sample-classifier's "
+        "regress-samples: splits the samples with a value (whole subjects with --m-subjects-*) "
+        "into training and test sets with feature-table filter-samples, optionally pretrains "
+        "the encoder, runs 'train' with its defaults on the training samples, 'predict' (or "
+        "'predict-classification') and 'accuracy' on the test samples. Every step is an "
+        "action of its own, so provenance shows each. For other settings run the actions "
+        "one by one."),
+    citations=[citations["aam_pytorch"], citations["vaswani2017attention"]],
+    examples={"train_and_evaluate": _examples.train_and_evaluate},
+)

@@ -29,7 +29,8 @@ RECIPE = ROOT / "recipe"
 CONDA_NAMES = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
 #: run requirement -> the module the code imports for it.
 MODULES = {"qiime2": "qiime2", "q2-types": "q2_types",
-           "q2-sample-classifier": "q2_sample_classifier", "q2templates": "q2templates"}
+           "q2-sample-classifier": "q2_sample_classifier", "q2templates": "q2templates",
+           "q2-feature-table": "q2_feature_table"}
 
 
 def setup_data() -> dict:
@@ -63,6 +64,10 @@ def _imported_modules() -> set:
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names.add(node.module.split(".")[0])
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "get_action"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                # A pipeline's ctx.get_action("feature_table", ...) uses q2_feature_table.
+                names.add(f"q2_{node.args[0].value}")
     return names
 
 

@@ -41,7 +41,8 @@ class TestRegistration(TestPluginBase):
         self.assertEqual(set(self.plugin.actions), {"pretrain", "train", "predict",
                                                     "predict_classification",
                                                     "training_history", "accuracy",
-                                                    "explain_conditioning"})
+                                                    "explain_conditioning",
+                                                    "train_and_evaluate"})
 
     def test_usage_examples_run(self):
         """The examples --help shows: their factories train a tiny model and they run."""
@@ -118,6 +119,46 @@ def test_provenance_records_every_setting_a_train_run_used(trained):
     assert parameters["target_transform"] == "zscore" and parameters["loss"] == "huber"
     assert parameters["output_constraint"] == "none" and parameters["class_weights"] == "none"
     assert parameters["categorical_fusion"] == "gmu" and parameters["over_penalty"] == 1.0
+
+
+def test_train_and_evaluate_scores_held_out_subjects_only(aam, ecam_subset, tmp_path):
+    """The pipeline pretrains, trains on whole subjects and predicts and scores the others;
+    provenance holds each step as its own action."""
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    model, predictions, accuracy = aam.actions.train_and_evaluate(
+        table=a["full_table"], sequences=a["sequences"], phylogeny=a["tree"],
+        metadata=md.get_column("age_days"), subjects=md.get_column("subject"),
+        test_size=0.34, pretrain_epochs=1, epochs=2)
+    assert str(model.type) == "AAMModel[AAMRegressor]"
+    assert str(predictions.type) == "SampleData[RegressorPredictions]"
+    subject = md.get_column("subject").to_series()
+    tested = set(predictions.view(pd.Series).index)
+    held = set(subject[list(tested)])
+    assert 1 <= len(held) < 6  # some subjects tested, the others trained on
+    assert tested == set(subject.index[subject.isin(held)])  # whole subjects only
+    bundle = model.view(ModelBundle)
+    assert bundle.training["n_samples"] == len(subject) - len(tested)
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.add_multi_constructor("!", lambda loader, tag, node: tag)
+    own = yaml.load((model._archiver.provenance_dir / "action" / "action.yaml").read_text(),
+                    Loader=Loader)["action"]
+    steps = {yaml.load(p.read_text(), Loader=Loader)["action"].get("action") for p in
+             (model._archiver.provenance_dir / "artifacts").rglob("action.yaml")}
+    assert own["type"] == "pipeline" and own["action"] == "train_and_evaluate"
+    assert {"filter_samples", "pretrain"} <= steps, steps  # each step an action of its own
+    assert accuracy.save(str(tmp_path / "accuracy")).endswith(".qzv")
+
+
+def test_train_and_evaluate_needs_enough_subjects_to_hold_some_out(aam, ecam_subset):
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    few = md.filter_ids(ecam_subset["train_ids"][:25])  # samples of at most 3 subjects
+    with pytest.raises(ValueError, match=r"too few to hold some out"):
+        aam.actions.train_and_evaluate(table=a["table"], sequences=a["sequences"],
+                                       metadata=few.get_column("age_days"),
+                                       subjects=few.get_column("subject"), epochs=1)
 
 
 def test_same_seed_same_predictions(aam, ecam_subset):

@@ -1,0 +1,68 @@
+"""``train-and-evaluate``: from a table to a scored model in one action (a QIIME 2 Pipeline,
+like q2-sample-classifier's ``regress-samples``), built from the plugin's own actions so that
+each step has its own provenance."""
+import numpy as np
+import pandas as pd
+
+
+def split_ids(ids: list, truth: pd.Series, subjects: pd.Series | None, test_size: float,
+              seed: int) -> tuple[list, list]:
+    """Training and test sample IDs among ``ids`` that have a value in ``truth``; whole
+    subjects go to one side when ``subjects`` is given (a longitudinal study's samples of one
+    subject never judge each other)."""
+    from sklearn.model_selection import GroupShuffleSplit
+    labelled = [i for i in ids if i in truth.index and not pd.isna(truth[i])]
+    if subjects is None:
+        groups = np.asarray(labelled)
+    else:
+        unknown = [i for i in labelled if i not in subjects.index or pd.isna(subjects[i])]
+        if unknown:
+            raise ValueError(f"{len(unknown)} sample(s) have no subject in the column "
+                             f"{subjects.name!r} (e.g. {unknown[0]!r}); every sample to split "
+                             "needs one. Fill the column or leave out --m-subjects-*.")
+        groups = subjects.reindex(labelled).astype(str).to_numpy()
+    if len(set(groups)) < 4:
+        raise ValueError(f"Only {len(set(groups))} {'subjects' if subjects is not None else 'samples'}"
+                         f" with a value in {truth.name!r}: too few to hold some out for "
+                         "testing and still train. Give more samples, or use 'train' and "
+                         "'accuracy' with a test table of your own.")
+    split = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    train, test = next(split.split(np.zeros(len(labelled)), groups=groups))
+    return [labelled[k] for k in train], [labelled[k] for k in test]
+
+
+def train_and_evaluate(ctx, table, metadata, task="regression", sequences=None,
+                       phylogeny=None, subjects=None, test_size=0.2, pretrain_epochs=0,
+                       epochs=40, random_seed=0, device="auto"):
+    import biom
+    import qiime2
+    ids = [str(i) for i in table.view(biom.Table).ids()]
+    truth = metadata.to_series()
+    train_ids, test_ids = split_ids(ids, truth, None if subjects is None else
+                                    subjects.to_series(), test_size, random_seed)
+    filter_samples = ctx.get_action("feature_table", "filter_samples")
+
+    def part(sample_ids):
+        kept = qiime2.Metadata(pd.DataFrame(index=pd.Index(sample_ids, name="sample-id")))
+        return filter_samples(table=table, metadata=kept)[0]
+
+    train_table, test_table = part(train_ids), part(test_ids)
+    common = dict(random_seed=random_seed, device=device)
+    encoder = None
+    if pretrain_epochs:
+        # Unlabelled: every sample's table, no target (as in the README's benchmarks).
+        encoder, = ctx.get_action("aam", "pretrain")(
+            table=table, sequences=sequences, phylogeny=phylogeny,
+            unifrac_weight=1.0 if phylogeny is not None else 0.0, epochs=pretrain_epochs,
+            **common)
+    regression = task == "regression"
+    model, = ctx.get_action("aam", "train")(
+        table=train_table, metadata=metadata, task=task, sequences=sequences,
+        pretrained=encoder, phylogeny=phylogeny if regression else None, subjects=subjects,
+        epochs=epochs, **common)
+    predict = ctx.get_action("aam", "predict" if regression else "predict_classification")
+    predictions = predict(model=model, table=test_table, sequences=sequences, device=device)[0]
+    accuracy, = ctx.get_action("aam", "accuracy")(model=model, table=test_table,
+                                                  metadata=metadata, sequences=sequences,
+                                                  device=device)
+    return model, predictions, accuracy
