@@ -18,7 +18,7 @@ import qiime2
 import skbio
 
 from .core.bundle import ModelBundle
-from .core.targets import DEFAULT_TARGET_TRANSFORM
+from .core.targets import DEFAULT_QUANTILES, DEFAULT_TARGET_TRANSFORM
 
 UNIFRAC_METRICS = ("unweighted", "weighted-normalized")
 
@@ -366,7 +366,8 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           freeze_encoder: bool = True, linear_readout: bool = True, asv_min_samples: int = 2,
           target_transform: str = DEFAULT_TARGET_TRANSFORM,
           normalize_by: list = None, output_constraint: str = "none", loss: str = DEFAULT_LOSS,
-          quantiles: list = None, over_penalty: float = 1.0, under_penalty: float = 1.0,
+          quantiles: list = list(DEFAULT_QUANTILES), over_penalty: float = 1.0,
+          under_penalty: float = 1.0,
           class_weights: str = "none", categorical_columns: list = None,
           categorical_fusion: str = DEFAULT_FUSION, cross_attn_heads: int = 8,
           perceiver_num_latents: int = 16, perceiver_num_layers: int = 2,
@@ -395,7 +396,8 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     regression_only = {"target-transform": target_transform != DEFAULT_TARGET_TRANSFORM,
                        "normalize-by": bool(normalize_by),
                        "output-constraint": output_constraint != "none",
-                       "loss": loss != DEFAULT_LOSS, "quantiles": quantiles is not None,
+                       "loss": loss != DEFAULT_LOSS,
+                       "quantiles": list(quantiles) != list(DEFAULT_QUANTILES),
                        "over-penalty": over_penalty != 1.0,
                        "under-penalty": under_penalty != 1.0}
     if classification:
@@ -410,10 +412,13 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
                          "for --p-categorical-columns and --p-normalize-by.")
     fusion = _check_conditioning(categorical_columns, categorical_fusion, film_conditioning,
                                  conditional_output_scaling, normalize_by, target_transform)
-    from .core.losses import DEFAULT_QUANTILES, RegressionLoss
+    from .core.losses import RegressionLoss
     regression_loss = RegressionLoss(
-        kind=loss, quantiles=tuple(quantiles or (DEFAULT_QUANTILES if loss == "quantile" else ())),
+        kind=loss, quantiles=tuple(quantiles) if loss == "quantile" else (),
         over_penalty=over_penalty, under_penalty=under_penalty)
+    if loss != "quantile" and list(quantiles) != list(DEFAULT_QUANTILES):
+        raise ValueError(f"--p-quantiles were given, but --p-loss is {loss!r}; they are used "
+                         "only by --p-loss quantile.")
     if loss == "asymmetric" and over_penalty == under_penalty == 1.0:
         raise ValueError("The asymmetric loss needs --p-over-penalty and/or "
                          "--p-under-penalty (otherwise it is the 'mae' loss).")

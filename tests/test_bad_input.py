@@ -254,6 +254,8 @@ CASES = [
          r"classification only", lambda c: c.train(class_weights="balanced")),
     Case("the asymmetric loss without penalties", r"asymmetric loss needs --p-over-penalty",
          lambda c: c.train(loss="asymmetric")),
+    Case("--p-quantiles with another loss", r"--p-quantiles were given, but --p-loss is "
+         r"'huber'", lambda c: c.train(quantiles=[0.25, 0.75])),
     Case("--p-normalize-by without --m-sample-metadata-file",
          r"--p-normalize-by delivery needs the metadata.*--m-sample-metadata-file",
          lambda c: c.train(normalize_by=["delivery"], target_transform="zscore-category")),

@@ -100,7 +100,7 @@ def test_model_artifact_holds_what_predict_needs(trained):
 
 def test_provenance_records_every_setting_a_train_run_used(trained):
     """No parameter that had an effect is recorded as null: only the architecture, inherited
-    from --i-pretrained, and what was not used (no folders, columns, quantiles) stay unset."""
+    from --i-pretrained, and what was not given (folders, columns) stay unset."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -113,12 +113,13 @@ def test_provenance_records_every_setting_a_train_run_used(trained):
     unset = {k for k, v in parameters.items() if v is None}
     inherited = {"token_limit", "embedding_dim", "attention_heads", "nucleotide_layers",
                  "sample_layers", "patch_size", "dropout", "nucleotide_dropout"}
-    unused = {"normalize_by", "categorical_columns", "quantiles", "checkpoint_dir",
+    unused = {"normalize_by", "categorical_columns", "checkpoint_dir",
               "tensorboard_dir", "subjects", "sample_metadata"}
     assert unset <= inherited | unused, unset - inherited - unused
     assert parameters["target_transform"] == "zscore" and parameters["loss"] == "huber"
     assert parameters["output_constraint"] == "none" and parameters["class_weights"] == "none"
     assert parameters["categorical_fusion"] == "gmu" and parameters["over_penalty"] == 1.0
+    assert parameters["quantiles"] == [0.1, 0.5, 0.9]  # used only by --p-loss quantile
 
 
 def test_train_and_evaluate_scores_held_out_subjects_only(aam, ecam_subset, tmp_path):

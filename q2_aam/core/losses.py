@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .targets import DEFAULT_QUANTILES  # noqa: F401 (re-exported)
 from .tokenizer import MASK, PAD
 
 IGNORE = -100
@@ -51,7 +52,6 @@ def masked_nucleotide_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 
 
 REGRESSION_LOSSES = ("huber", "mse", "mae", "quantile", "asymmetric")
-DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 
 
 @dataclass(frozen=True)

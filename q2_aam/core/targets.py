@@ -42,6 +42,9 @@ def _as_groups(groups, n: int) -> np.ndarray:
 #: log abundances, fitted on this scale: with 'log-zscore' it fitted log(age) linearly and the
 #: ECAM development folds' MAE rose from 104 to 142 days (benchmarks/results/ablation.md).
 DEFAULT_TARGET_TRANSFORM = "zscore"
+#: The quantile loss's quantiles unless others are given (kept here, torch-free, so the
+#: plugin's signature can show them).
+DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 
 
 def scale_warning(y: np.ndarray, kind: str) -> str | None:
