@@ -22,7 +22,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .tokenizer import tokenize
 
 #: Abundance features per ASV slot (see ``abundance_features``).
 N_ABUNDANCE_FEATURES = 3
@@ -137,7 +136,7 @@ class BatchCollator:
     Args:
         samples: the samples.
         tokens: ``(n_features, L)`` token matrix of ``samples.sequences``
-            (from :func:`tokenize`).
+            (from ``tokenizer.tokenize``).
         targets: optional per-sample targets (float for regression, int class
             index for classification), indexed like ``samples``.
         global_index: optional per-sample global index (into a distance
@@ -221,11 +220,6 @@ def vocabulary_index(sequences: Sequence[str], vocabulary: Sequence[str]) -> np.
     row = {key: i + 1 for i, key in enumerate(vocabulary)}
     return np.fromiter((row.get(sequence_key(s), 0) for s in sequences), dtype=np.int64,
                        count=len(sequences))
-
-
-def tokenize_features(samples: AmpliconSamples, max_length: int | None = None):
-    """Token matrix of every feature of ``samples`` (see :func:`tokenize`)."""
-    return tokenize(samples.sequences, names=samples.feature_ids, max_length=max_length)
 
 
 def _is_missing(value) -> bool:

@@ -96,11 +96,6 @@ class TrainConfig:
                 f"{self.gradient_accumulation_steps} accumulation step(s); it must be a "
                 f"multiple of {shards}, e.g. {shards * max(1, round(self.batch_size / shards))}.")
 
-    @property
-    def micro_batch_size(self) -> int:
-        """Samples per forward pass in each process."""
-        return self.batch_size // (self.num_processes * self.gradient_accumulation_steps)
-
     def to_dict(self) -> dict:
         return asdict(self)
 

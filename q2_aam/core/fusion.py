@@ -27,7 +27,6 @@ from torch import nn
 from .layers import transformer
 
 FUSION_MODES = ("none", "concat", "add", "gmu", "cross-attention", "perceiver")
-UNKNOWN = 0
 
 
 class CategoricalEmbedding(nn.Module):
@@ -50,10 +49,6 @@ class CategoricalEmbedding(nn.Module):
             self.null = nn.Parameter(torch.randn(1, dim) * 0.02)
         if vector:
             self.pool = nn.Linear(len(cardinalities) * dim, dim)
-
-    @property
-    def n_columns(self) -> int:
-        return len(self.values)
 
     def tokens(self, categories: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` indices -> ``(B, K, D)`` tokens, the null token last."""
