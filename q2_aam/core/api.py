@@ -21,6 +21,7 @@ from .data import (AmpliconSamples, BatchCollator, asv_vocabulary, encode_catego
                    fit_vocabularies, vocabulary_index)
 from .engine import (Objective, TrainConfig, embed_features, fit, make_accelerator,
                      resolved_device)
+from .explain import regression_accuracy
 from .launch import Interrupted, in_distributed_run, run_workers
 from .losses import RegressionLoss
 from .model import AAMModel, ModelConfig
@@ -309,9 +310,8 @@ def regression_metrics(transform: TargetTransform, point: int, groups: np.ndarra
         g = None if groups is None else groups[rows]
         y_hat = transform.inverse(prediction[:, point], g)
         y = transform.inverse(target.reshape(-1), g)
-        ss_tot = float(((y - y.mean()) ** 2).sum())
-        return {"mae": float(np.abs(y_hat - y).mean()),
-                "r2": 1 - float(((y - y_hat) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")}
+        scores = regression_accuracy(y, y_hat)
+        return {"mae": scores["mae"], "r2": scores["r2"]}
     return metrics
 
 

@@ -187,13 +187,14 @@ def history_frame(history: list[dict]) -> pd.DataFrame:
 
 
 def regression_accuracy(observed: np.ndarray, predicted: np.ndarray) -> dict:
-    """MAE, RMSE, R² and n of predictions against observed values."""
+    """MAE, RMSE, R² (scikit-learn's; NaN when the observed values do not vary) and n of
+    predictions against observed values."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
     observed, predicted = np.asarray(observed, float), np.asarray(predicted, float)
-    residual = observed - predicted
-    spread = ((observed - observed.mean()) ** 2).sum()
-    return {"n": len(observed), "mae": float(np.abs(residual).mean()),
-            "rmse": float(np.sqrt((residual ** 2).mean())),
-            "r2": float(1 - (residual ** 2).sum() / spread) if spread > 0 else float("nan")}
+    varies = len(observed) > 1 and observed.min() < observed.max()
+    return {"n": len(observed), "mae": float(mean_absolute_error(observed, predicted)),
+            "rmse": float(np.sqrt(mean_squared_error(observed, predicted))),
+            "r2": float(r2_score(observed, predicted)) if varies else float("nan")}
 
 
 def confusion(observed, predicted, classes) -> pd.DataFrame:

@@ -180,9 +180,10 @@ def encode_classes(labels) -> tuple[list[str], np.ndarray]:
 
 
 def balanced_class_weights(encoded: np.ndarray, n_classes: int) -> np.ndarray:
-    """``n / (k * count_c)`` per class (scikit-learn's 'balanced'); absent classes get 0."""
-    counts = np.bincount(encoded, minlength=n_classes).astype(np.float64)
+    """``n / (k * count_c)`` per class present (scikit-learn's ``compute_class_weight``
+    'balanced', k the classes present); absent classes get 0."""
+    from sklearn.utils.class_weight import compute_class_weight
+    present = np.unique(encoded)
     weights = np.zeros(n_classes)
-    present = counts > 0
-    weights[present] = len(encoded) / (present.sum() * counts[present])
+    weights[present] = compute_class_weight("balanced", classes=present, y=encoded)
     return weights
