@@ -345,22 +345,15 @@ def read_taxonomy(path, feature_ids):
 
 
 def read_fasta(path):
-    """``sequence_key.fa`` as {name: uppercase sequence}."""
+    """``sequence_key.fa`` as {name: uppercase sequence} (the whole header line is the
+    name, read with scikit-bio's FASTA reader)."""
+    import skbio
     records = {}
-    name, chunks = None, []
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith(">"):
-                if name is not None:
-                    records[name] = "".join(chunks).upper()
-                name, chunks = line[1:].strip(), []
-            else:
-                chunks.append(line)
-    if name is not None:
-        records[name] = "".join(chunks).upper()
+    for record in skbio.io.read(str(path), format="fasta", constructor=skbio.Sequence):
+        name = record.metadata["id"]
+        if record.metadata["description"]:
+            name += " " + record.metadata["description"]
+        records[name] = str(record).upper()
     return records
 
 
