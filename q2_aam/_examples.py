@@ -97,10 +97,15 @@ def pretrain(use):
                use.UsageOutputNames(model="encoder"))
 
 
-def train_regressor(use):
+def _table_and_age(use):
+    """The example table, its sample metadata and the metadata's ``age`` column."""
     table = use.init_artifact("table", table_factory)
     metadata = use.init_metadata("sample_metadata", metadata_factory)
-    age = use.get_metadata_column("age", "age", metadata)
+    return table, metadata, use.get_metadata_column("age", "age", metadata)
+
+
+def train_regressor(use):
+    table, _, age = _table_and_age(use)
     use.comment("Predict a numeric column. With --i-pretrained ENCODER the encoder starts "
                 "from pretraining (and the architecture is the encoder's).")
     use.action(use.UsageAction(plugin_id="aam", action_id="train"),
@@ -110,9 +115,7 @@ def train_regressor(use):
 
 
 def train_cross_attention(use):
-    table = use.init_artifact("table", table_factory)
-    metadata = use.init_metadata("sample_metadata", metadata_factory)
-    age = use.get_metadata_column("age", "age", metadata)
+    table, metadata, age = _table_and_age(use)
     use.comment("Condition on a categorical column: each ASV attends to the sample's season, "
                 "so an ASV can count differently in summer and winter. explain-conditioning "
                 "then shows which ASVs respond.")
@@ -185,9 +188,7 @@ def explain_conditioning(use):
 
 
 def train_and_evaluate(use):
-    table = use.init_artifact("table", table_factory)
-    metadata = use.init_metadata("sample_metadata", metadata_factory)
-    age = use.get_metadata_column("age", "age", metadata)
+    table, _, age = _table_and_age(use)
     use.comment("Hold out a fifth of the samples, train on the rest and score the held-out "
                 "ones. With longitudinal data add --m-subjects-file/--m-subjects-column so a "
                 "subject's samples stay on one side; --p-pretrain-epochs pretrains first. 3 "

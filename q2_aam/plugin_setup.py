@@ -208,9 +208,10 @@ PARAMETERS = {
                                    "memory. Default 1.",
     "activation_checkpointing": "Keep only each transformer layer's input during the "
                                 "forward pass and recompute the rest in the backward pass: "
-                                "the same model with less memory (a fifth less at embedding "
-                                "128 on ECAM) but a quarter to a third slower. Use it when "
-                                "training runs out of memory. Default off.",
+                                "the same model with less memory (at embedding 128 on ECAM: "
+                                "a fifth less peak in pretraining, a tenth in fine-tuning) "
+                                "but a quarter to a third slower. Use it when training runs "
+                                "out of memory. Default off.",
     "checkpoint_dir": "Folder for a checkpoint after every epoch. If the run is stopped, "
                       "run the same command again: it continues from the last checkpoint "
                       "and ends with the model an uninterrupted run would give. Other "

@@ -153,6 +153,21 @@ def test_train_and_evaluate_scores_held_out_subjects_only(aam, ecam_subset, tmp_
     assert accuracy.save(str(tmp_path / "accuracy")).endswith(".qzv")
 
 
+def test_train_and_evaluate_split_keeps_subjects_whole_and_names_missing_ones():
+    from q2_aam._pipelines import split_ids
+    ids = [f"s{i}" for i in range(20)]
+    truth = pd.Series(np.arange(20.0), index=ids, name="age")
+    truth["s19"] = np.nan  # no value: in neither side
+    subjects = pd.Series([f"p{i // 4}" for i in range(20)], index=ids, name="subject")
+    train, test = split_ids(ids, truth, subjects, 0.2, 0)
+    assert "s19" not in train + test and sorted(train + test) == sorted(ids[:19])
+    assert not set(subjects[train]) & set(subjects[test]) and test
+    subjects["s3"] = np.nan
+    with pytest.raises(ValueError, match=r"1 sample\(s\) have no subject in the column "
+                                         r"'subject' \(e.g. 's3'\)"):
+        split_ids(ids, truth, subjects, 0.2, 0)
+
+
 def test_train_and_evaluate_needs_enough_subjects_to_hold_some_out(aam, ecam_subset):
     a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
     few = md.filter_ids(ecam_subset["train_ids"][:25])  # samples of at most 3 subjects
