@@ -21,7 +21,7 @@ def log(message: str) -> None:
 
 def load(name: str, token_limit: int = 256):
     """The dataset, all its samples as core samples, and the metadata (same order)."""
-    from q2_aam._methods import amplicon_samples
+    from q2_aam._inputs import amplicon_samples
     from q2_aam.example_data import load_dataset
     data = load_dataset(name)
     ids = list(data.metadata.index)
@@ -31,7 +31,7 @@ def load(name: str, token_limit: int = 256):
 
 def pretrained_encoder(name: str, data, samples, epochs: int = 5, seed: int = 0):
     """Pretrain on all samples' tables and UniFrac (no labels), once; cached on disk."""
-    from q2_aam._methods import unifrac_distances
+    from q2_aam._inputs import unifrac_distances
     from q2_aam.core import api
     from q2_aam.core.bundle import ModelBundle
     from q2_aam.core.engine import TrainConfig
@@ -52,13 +52,13 @@ def train_defaults(**overrides) -> dict:
     from the action's signature, so a benchmark follows the defaults as they change),
     updated with ``overrides``; ``config`` is the ``TrainConfig``."""
     import inspect
-    from q2_aam import _methods
+    from q2_aam import _inputs, _methods
     from q2_aam.core.engine import TrainConfig
     from q2_aam.core.targets import DEFAULT_TARGET_TRANSFORM
     defaults = {k: p.default for k, p in inspect.signature(_methods.train).parameters.items()}
-    config = TrainConfig(**{k: defaults[k] for k in _methods.OPTIMISATION},
+    config = TrainConfig(**{k: defaults[k] for k in _inputs.OPTIMISATION},
                          seed=defaults["random_seed"], device="cpu")
-    architecture = {k: defaults[k] for k in _methods.ARCHITECTURE
+    architecture = {k: defaults[k] for k in _inputs.ARCHITECTURE
                     if defaults.get(k) is not None}
     kwargs = dict(config=config, architecture=architecture,
                   freeze_encoder=defaults["freeze_encoder"],
@@ -179,13 +179,15 @@ def run_grid(dataset: str, splits, variants: dict, *, results: str, mode: str, e
         train_rows = np.array([position[s] for s in train_ids])
         test_rows = np.array([position[s] for s in test_ids])
         for name, kwargs in variants.items():
+            kwargs = dict(kwargs)
+            conditioned = kwargs.pop("conditioned", True)
             key = {"dataset": dataset, "split": k, variant_column: name, **common,
                    "mode": mode, "epochs": epochs}
             if table.has(**key):
                 continue
             started = time.perf_counter()
             cats = None
-            if categorical_columns:
+            if categorical_columns and conditioned:
                 cats = {c: [None if v != v else str(v) for v in metadata[c]]
                         for c in categorical_columns}
             bundle = api.train(

@@ -15,7 +15,7 @@ from common import RESULTS, run_grid, summary
 COLUMNS = {"karelia": ["country", "delivery", "gender", "abx_first_year"],
            "ecam": ["delivery", "diet", "sex"]}
 MODES = {
-    "none": {},
+    "none": {"conditioned": False},  # the same columns, not given to the model
     "concat": {"architecture": {"categorical_fusion": "concat"}},
     "add": {"architecture": {"categorical_fusion": "add"}},
     "film": {"architecture": {"categorical_fusion": "none", "film_conditioning": True}},

@@ -56,7 +56,7 @@ def run_phase(phase: str, samples_n: int, epochs: int, patch: int, precision: st
     import numpy as np
     import torch
     from common import load
-    from q2_aam._methods import unifrac_distances
+    from q2_aam._inputs import unifrac_distances
     from q2_aam.core import api
     from q2_aam.core.bundle import ModelBundle
     from q2_aam.core.engine import TrainConfig

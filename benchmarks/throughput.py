@@ -25,7 +25,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     import numpy as np
-    from q2_aam._methods import unifrac_distances
+    from q2_aam._inputs import unifrac_distances
     from q2_aam.core import api
     from q2_aam.core.engine import TrainConfig
 

@@ -26,7 +26,7 @@ class AAMModelConfigFormat(model.TextFileFormat):
 class AAMModelWeightsFormat(model.BinaryFileFormat):
     def _validate_(self, level):
         try:
-            bundle._check_safetensors_header(self.path)
+            bundle.check_safetensors_header(self.path)
         except ValueError as err:
             raise ValidationError(str(err)) from None
 

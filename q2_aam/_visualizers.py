@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import qiime2
 
-from ._methods import (MODEL_COLUMNS, _categorical, _category_groups, _examples, _log,
-                       amplicon_samples, class_names, predictions)
+from . import _inputs as inputs
 from .core.bundle import ModelBundle
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
@@ -78,7 +77,7 @@ HISTORY_PANELS = (("loss", "total loss"), ("target", "target loss"), ("unifrac",
 
 
 def training_history(output_dir: str, model: ModelBundle) -> None:
-    from .core.explain import history_frame
+    from .core.api import history_frame
     plt = _pyplot()
     try:
         history = history_frame(model.training.get("history", []))
@@ -146,7 +145,7 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
              metadata: qiime2.MetadataColumn, sequences: pd.Series = None,
              sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
              device: str = "auto") -> None:
-    from .core.explain import confusion, regression_accuracy
+    from .core.api import confusion, regression_accuracy
     plt = _pyplot()
     truth = metadata.to_series()
     table_ids = [str(i) for i in table.ids()]
@@ -156,17 +155,17 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
                          f"{truth.name!r}; pass the column holding the observed values.")
     if len(ids) < len(table_ids):
         left = [i for i in table_ids if i not in ids]
-        _log(f"Scoring {len(ids)} sample(s); leaving out {len(left)} without a value in "
-             f"{truth.name!r} ({_examples(left)}).")
+        inputs.log(f"Scoring {len(ids)} sample(s); leaving out {len(left)} without a value in "
+             f"{truth.name!r} ({inputs.examples(left)}).")
     regression = model.kind == "regressor"
     if regression and isinstance(metadata, qiime2.CategoricalMetadataColumn):
         raise ValueError(f"This model is a regressor, but the column {truth.name!r} is "
                          "categorical; pass the numeric column it predicts.")
-    predicted = predictions(model, table, sequences, sample_metadata, batch_size, device,
+    predicted = inputs.predictions(model, table, sequences, sample_metadata, batch_size, device,
                             sample_ids=ids).to_numpy()
     observed = truth.loc[ids]
     if not regression and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
-        observed = class_names(observed)  # as 'train' names numeric class codes
+        observed = inputs.class_names(observed)  # as 'train' names numeric class codes
     target = model.target.get("name", "target")
     frame = pd.DataFrame({"observed": observed.to_numpy(), "predicted": predicted},
                          index=pd.Index(ids, name="sample_id"))
@@ -214,7 +213,7 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
 def _short_id(feature: str) -> str:
     """A short, distinct name: the MD5 prefix for a feature ID that is a sequence (as
     DADA2/Deblur hash them), else the ID's first 16 characters."""
-    from .core.tokenizer import is_dna
+    from .core.api import is_dna
     if len(feature) > 20 and is_dna(feature):
         return hashlib.md5(feature.upper().encode()).hexdigest()[:10]
     return feature[:16]
@@ -274,9 +273,9 @@ def _boxes(plt, frame: pd.DataFrame, value: str, columns, ylabel: str, title: st
 
 
 def _gmu_view(output_dir, model, outputs, samples, categorical, columns):
-    from .core.explain import gate_table
+    from .core.api import gate_table
     plt = _pyplot()
-    from .core.model import ModelConfig
+    from .core.api import ModelConfig
     variant = ModelConfig.from_dict(model.model_config).gmu_variant  # as the model is built
     meaning = ("z scales how much of the metadata vector is added to the unchanged sequence "
                "representation (h + z·tanh(W c)): near 0 the metadata is ignored, near 1 it is "
@@ -332,7 +331,7 @@ def _heatmap(plt, matrix, row_labels, groups, tokens, title, cbar_label):
 def _response_section(plt, output_dir, model, response, samples, columns, labels, top_n,
                       min_samples):
     """Which ASVs' conditioning moves the prediction, per column (an attribution)."""
-    from .core.explain import asv_response
+    from .core.api import asv_response
     frame = asv_response(response, samples, columns)
     ranked = frame[frame["n_samples"] >= min_samples]
     top = list(ranked.index[:top_n])
@@ -369,23 +368,23 @@ def _conditioning_response(model, samples, categorical, sample_metadata, batch_s
     """``api.conditioning_response`` for the visualizer, with the groups a group-normalised
     target needs, and a word first on how long it takes."""
     from .core import api
-    groups = _category_groups(sample_metadata, model.target.get("normalize_by") or None,
+    groups = inputs.category_groups(sample_metadata, model.target.get("normalize_by") or None,
                               samples.sample_ids, required=False)
     vocabularies = model.target["categorical"]["vocabularies"]
     passes = len(samples.indices) * sum(max(len(v) - 1, 1) for v in vocabularies.values())
-    _log(f"Measuring each ASV's response to {', '.join(vocabularies)}: about {passes} passes "
+    inputs.log(f"Measuring each ASV's response to {', '.join(vocabularies)}: about {passes} passes "
          f"of the layers after the fusion ({len(samples.indices)} held ASVs x other values); "
          f"the demo's 190 samples take about 7 s on 2 CPU cores.")
     return api.conditioning_response(model, samples, categorical=categorical,
                                      normalize_groups=groups, batch_size=batch_size,
-                                     device=device, log=_log)
+                                     device=device, log=inputs.log)
 
 
 def _cross_attention_view(output_dir, model, outputs, samples, categorical, columns, taxonomy,
                           top_n, min_samples, response):
     """``response``: a function returning the per-ASV response, called once the attention
     ranking has shown there is something to rank (it is the slow part)."""
-    from .core.explain import asv_attention, category_groups, heatmap_matrix, \
+    from .core.api import asv_attention, category_groups, heatmap_matrix, \
         rank_by_variance, token_names
     plt = _pyplot()
     weights = outputs["cross_attention"]
@@ -448,7 +447,7 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
 
 def _perceiver_view(output_dir, model, outputs, samples, categorical, columns, taxonomy,
                     top_n):
-    from .core.explain import latent_attention, metadata_share, token_names
+    from .core.api import latent_attention, metadata_share, token_names
     plt = _pyplot()
     weights = outputs["perceiver_attention"]
     table = latent_attention(weights, samples, columns)
@@ -499,7 +498,7 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
                          taxonomy: pd.DataFrame = None, top_n: int = 30, min_samples: int = 5,
                          batch_size: int = 64, device: str = "auto") -> None:
     from .core import api
-    from .core.explain import MISSING
+    from .core.api import MISSING
     fusion = model.model_config.get("categorical_fusion", "none")
     columns = model.target.get("categorical", {}).get("columns") or []
     if fusion not in VIEWS_BY_FUSION or not columns:
@@ -509,15 +508,15 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
             f"{'' if columns else ' and no categorical columns'}, which has no gates or "
             f"attention weights to show. explain-conditioning needs a model trained with "
             f"--p-categorical-columns and one of these fusions: {modes}.")
-    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256))
-    categorical = _categorical(sample_metadata, columns, samples.sample_ids, required=False,
-                               parameter=MODEL_COLUMNS)
+    samples = inputs.amplicon_samples(table, sequences, model.training.get("token_limit", 256))
+    categorical = inputs.categorical_columns(sample_metadata, columns, samples.sample_ids, required=False,
+                               parameter=inputs.MODEL_COLUMNS)
     absent = [i for i in samples.sample_ids if i not in sample_metadata.ids]
     if absent:
-        _log(f"{len(absent)} sample(s) are not in the sample metadata ({_examples(absent)}); "
+        inputs.log(f"{len(absent)} sample(s) are not in the sample metadata ({inputs.examples(absent)}); "
              f"the model reads their columns as unknown, and they are shown as {MISSING!r}.")
     outputs = api.model_outputs(model, samples, batch_size=batch_size, device=device,
-                                categorical=categorical, log=_log)
+                                categorical=categorical, log=inputs.log)
     if fusion == "gmu":
         sections = _gmu_view(output_dir, model, outputs, samples, categorical, columns)
     elif fusion == "cross-attention":

@@ -16,6 +16,7 @@ from ._formats import (AAMModelConfigFormat, AAMModelDirectoryFormat,
                        AAMModelWeightsFormat)
 from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
 from .core.bundle import ModelBundle
+from .core import options
 
 citations = Citations.load("citations.bib", package="q2_aam")
 
@@ -45,8 +46,8 @@ plugin.register_transformer(_transformers.bundle_to_format)
 plugin.register_transformer(_transformers.format_to_bundle)
 
 ANY_MODEL = AAMModel[AAMEncoder | AAMRegressor | AAMClassifier]
-DEVICE = Str % Choices("auto", "cpu", "cuda")
-UNIFRAC = Str % Choices("unweighted", "weighted-normalized")
+DEVICE = Str % Choices(*options.DEVICES)
+UNIFRAC = Str % Choices(*options.UNIFRAC_METRICS)
 POSITIVE = Int % Range(1, None)
 FRACTION = Float % Range(0, 1, inclusive_start=True, inclusive_end=False)
 WEIGHT = Float % Range(0, None)
@@ -229,8 +230,8 @@ TRAINING_PARAMS = {
     "patience": Int % Range(0, None), "validation_fraction": FRACTION,
     "mask_rate": Float % Range(0, 1, inclusive_start=False, inclusive_end=False),
     "random_seed": Int % Range(0, None), "device": DEVICE,
-    "num_processes": POSITIVE, "distributed": Str % Choices("ddp", "fsdp"),
-    "mixed_precision": Str % Choices("no", "bf16", "fp16"),
+    "num_processes": POSITIVE, "distributed": Str % Choices(*options.DISTRIBUTED),
+    "mixed_precision": Str % Choices(*options.MIXED_PRECISION),
     "gradient_accumulation_steps": POSITIVE, "activation_checkpointing": Bool,
     "checkpoint_dir": Str, "tensorboard_dir": Str,
     "dropout": FRACTION, "nucleotide_dropout": FRACTION, "unifrac_metric": UNIFRAC,
@@ -286,21 +287,18 @@ train_params = {
     "metadata": MetadataColumn[Numeric | Categorical], "task": T_task,
     "subjects": MetadataColumn[Categorical],
     "sample_metadata": Metadata,
-    "missing_samples": Str % Choices("error", "ignore"), "freeze_encoder": Bool,
+    "missing_samples": Str % Choices(*options.MISSING_SAMPLES), "freeze_encoder": Bool,
     "linear_readout": Bool, "asv_min_samples": Int % Range(0, None),
-    "target_transform": Str % Choices("none", "minmax", "zscore", "zscore-category",
-                                      "log-minmax", "log-zscore"),
+    "target_transform": Str % Choices(*options.TARGET_TRANSFORMS),
     "normalize_by": List[Str],
-    "output_constraint": Str % Choices("none", "bounded", "nonnegative",
-                                       "nonnegative-learnable"),
-    "loss": Str % Choices("huber", "mse", "mae", "quantile", "asymmetric"),
+    "output_constraint": Str % Choices(*options.OUTPUT_CONSTRAINTS),
+    "loss": Str % Choices(*options.REGRESSION_LOSSES),
     "quantiles": List[Float % Range(0, 1, inclusive_start=False, inclusive_end=False)],
     "over_penalty": Float % Range(0, None, inclusive_start=False),
     "under_penalty": Float % Range(0, None, inclusive_start=False),
-    "class_weights": Str % Choices("none", "balanced"),
+    "class_weights": Str % Choices(*options.CLASS_WEIGHTS),
     "categorical_columns": List[Str],
-    "categorical_fusion": Str % Choices("none", "concat", "add", "gmu", "cross-attention",
-                                        "perceiver"),
+    "categorical_fusion": Str % Choices(*options.FUSION_MODES),
     "cross_attn_heads": POSITIVE, "perceiver_num_latents": POSITIVE,
     "perceiver_num_layers": Int % Range(0, None),
     "film_conditioning": Bool, "conditional_output_scaling": Bool,
@@ -334,7 +332,7 @@ plugin.methods.register_function(
         "(--p-validation-fraction); pass --m-subjects-* for longitudinal data. The model "
         "stores everything 'predict' needs. Progress is printed with --verbose. "
         "Categorical metadata columns (--p-categorical-columns) can condition the prediction. "
-        + _methods.FUSION_GUIDANCE + " Measured accuracy of each option: the README's "
+        + options.FUSION_GUIDANCE + " Measured accuracy of each option: the README's "
         "'Accuracy' and 'Conditioning on categorical metadata' sections."),
     citations=[citations["aam_tensorflow"], citations["aam_pytorch"],
                citations["vaswani2017attention"], citations["paszke2019pytorch"],

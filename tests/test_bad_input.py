@@ -390,7 +390,7 @@ CASES = [
          r"Count matrix is 2 samples x 2 features, but got 3 sample IDs",
          lambda c: _bad_samples(ids=3)),
     Case("an unknown task (core API)",
-         r"task must be 'regression' or 'classification', got 'clustering'",
+         r"task must be one of \('regression', 'classification'\), got 'clustering'",
          lambda c: _api_train(c, task="clustering")),
     Case("--p-validation-fraction 1 (core API)", r"validation fraction must be in \[0, 1\)",
          lambda c: _api_train(c, validation_fraction=1.0)),

@@ -323,8 +323,9 @@ def test_predict_reads_unseen_asvs(samples):
 
 
 def test_validation_split_by_group_keeps_groups_whole():
+    from q2_aam.core.data import validation_split
     groups = np.repeat(list("abcdefghij"), 5)
-    train, val = api.validation_split(len(groups), 0.2, 0, groups)
+    train, val = validation_split(len(groups), 0.2, 0, groups)
     assert not set(groups[train]) & set(groups[val])
     assert len(val) == 10
 
@@ -343,7 +344,7 @@ def test_frozen_encoder_cache_equals_running_the_encoder(samples):
 def test_same_seed_same_model_on_real_data():
     """At real scale (200 ECAM samples sharing ASVs, default architecture), not only on tiny
     synthetic batches: without deterministic algorithms this differed by ~1e-3."""
-    from q2_aam._methods import amplicon_samples
+    from q2_aam._inputs import amplicon_samples
     from q2_aam.example_data import load_dataset
     data = load_dataset("ecam", build_tree=False)
     real = amplicon_samples(data.table, None, 256, sample_ids=list(data.metadata.index[:200]))

@@ -9,7 +9,8 @@ import torch
 
 from q2_aam.core import api
 from q2_aam.core.data import BatchCollator
-from q2_aam.core.engine import Objective, TrainConfig, make_accelerator
+from q2_aam.core.engine import Objective, TrainConfig
+from q2_aam.core.parallel import make_accelerator
 from q2_aam.core.launch import WorkerFailed, run_workers
 from q2_aam.core.model import AAMModel, ModelConfig
 from q2_aam.core.tokenizer import tokenize
@@ -105,7 +106,7 @@ def test_train_in_two_processes_predicts_like_one():
 
 def shard_sizes():
     """Each process's share of the parameters after sharding, and the total."""
-    from q2_aam.core.engine import shard
+    from q2_aam.core.parallel import shard
     accelerator = make_accelerator("cpu")
     torch.manual_seed(0)
     model = AAMModel(ModelConfig(task="regression", n_outputs=1, **SMALL))

@@ -23,7 +23,7 @@ CONFIG = dict(embedding_dim=128, attention_heads=4, nucleotide_layers=2, sample_
 
 
 def outputs(batch_size=8):
-    from q2_aam._methods import amplicon_samples
+    from q2_aam._inputs import amplicon_samples
     from q2_aam.core import api
     from q2_aam.core.bundle import ModelBundle
     from q2_aam.core.model import AAMModel, ModelConfig

@@ -5,6 +5,7 @@ import torch
 
 from q2_aam.core.data import BatchCollator, encode_categories, fit_vocabularies
 from q2_aam.core.engine import parameter_groups
+from q2_aam.core.options import GMU_VARIANTS
 from q2_aam.core.fusion import (CategoricalEmbedding, ConditionalOutputScaling,
                                 CrossAttentionFusion, FiLM, GatedMultimodalUnit,
                                 PerceiverFusion)
@@ -163,7 +164,7 @@ def hc():
     return torch.randn(5, D, generator=g), torch.randn(5, D, generator=g)
 
 
-@pytest.mark.parametrize("variant", GatedMultimodalUnit.VARIANTS)
+@pytest.mark.parametrize("variant", GMU_VARIANTS)
 def test_gmu_returns_gates_in_unit_interval(variant, hc):
     out, z = GatedMultimodalUnit(D, variant)(*hc)
     assert out.shape == z.shape == (5, D)

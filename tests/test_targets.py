@@ -8,7 +8,7 @@ from q2_aam.core.bundle import ModelBundle
 from q2_aam.core.engine import TrainConfig
 from q2_aam.core.losses import RegressionLoss, classification_loss
 from q2_aam.core.model import ModelConfig, OutputConstraint
-from q2_aam.core.targets import (CENTRED_TRANSFORMS, DEFAULT_TARGET_TRANSFORM,
+from q2_aam.core.targets import (check_target_settings, output_bounds, CENTRED_TRANSFORMS, DEFAULT_TARGET_TRANSFORM,
                                  TARGET_TRANSFORMS, TargetTransform, balanced_class_weights,
                                  group_labels, scale_warning)
 
@@ -106,33 +106,28 @@ def test_group_labels_join_columns_and_mark_missing():
 
 def test_normalize_by_needs_zscore_category():
     with pytest.raises(ValueError, match="only by the 'zscore-category'"):
-        api.check_regression_settings(np.array([1.0, 2.0]), TargetTransform("zscore"), "none",
-                                      ["country"])
+        check_target_settings("zscore", "none", ["country"])
 
 
 def test_zscore_category_needs_normalize_by():
     with pytest.raises(ValueError, match="--p-normalize-by"):
-        api.check_regression_settings(np.array([1.0, 2.0]),
-                                      TargetTransform("zscore-category"), "none", None)
+        check_target_settings("zscore-category", "none", None)
 
 
 @pytest.mark.parametrize("kind", CENTRED_TRANSFORMS)
 @pytest.mark.parametrize("constraint", ["nonnegative", "nonnegative-learnable"])
 def test_nonnegative_output_refused_for_centred_targets(kind, constraint):
     with pytest.raises(ValueError, match="centres the target at 0"):
-        api.check_regression_settings(np.array([1.0, 2.0]), TargetTransform(kind), constraint,
-                                      ["c"] if kind == "zscore-category" else None)
+        check_target_settings(kind, constraint, ["c"] if kind == "zscore-category" else None)
 
 
 def test_nonnegative_output_refused_for_negative_raw_targets():
     with pytest.raises(ValueError, match="1 training target\\(s\\) are negative"):
-        api.check_regression_settings(np.array([-1.0, 2.0]), TargetTransform("none"),
-                                      "nonnegative", None)
+        output_bounds(np.array([-1.0, 2.0]), "nonnegative")
 
 
 def test_bounded_uses_the_range_of_the_training_targets():
-    assert api.check_regression_settings(np.array([-1.5, 0.2, 2.0]), TargetTransform("zscore"),
-                                         "bounded", None) == [-1.5, 2.0]
+    assert output_bounds(np.array([-1.5, 0.2, 2.0]), "bounded") == [-1.5, 2.0]
 
 
 # --- losses and output constraints -----------------------------------------------------

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from q2_aam import _methods
+from q2_aam import _inputs
 from q2_aam.core import api
 from q2_aam.core.engine import TrainConfig
 from q2_aam.core.unifrac import MatrixDistances, TreeDistances
@@ -15,14 +15,14 @@ def ecam60():
     from q2_aam.example_data import load_dataset
     data = load_dataset("ecam")
     ids = list(data.metadata.index)[::15][:60]
-    samples = _methods.amplicon_samples(data.table, None, 64, sample_ids=ids)
+    samples = _inputs.amplicon_samples(data.table, None, 64, sample_ids=ids)
     return samples, data.tree
 
 
 @pytest.mark.parametrize("metric", ["unweighted", "weighted-normalized"])
 def test_tree_distances_match_the_library(ecam60, metric):
     samples, tree = ecam60
-    full = _methods.unifrac_distances(samples, tree, None, metric)  # the unifrac library
+    full = _inputs.unifrac_distances(samples, tree, None, metric)  # the unifrac library
     pairs = TreeDistances(samples, tree, metric)
     index = torch.tensor([3, 0, 17, 42, 8, 59, 23, 11])
     got = pairs.between(index).numpy()
@@ -34,11 +34,11 @@ def test_tree_distances_match_the_library(ecam60, metric):
 
 def test_large_studies_get_tree_distances(ecam60, monkeypatch):
     samples, tree = ecam60
-    monkeypatch.setattr(_methods, "UNIFRAC_MATRIX_MAX_SAMPLES", 50)
-    assert isinstance(_methods.unifrac_distances(samples, tree, None, "unweighted"),
+    monkeypatch.setattr(_inputs, "UNIFRAC_MATRIX_MAX_SAMPLES", 50)
+    assert isinstance(_inputs.unifrac_distances(samples, tree, None, "unweighted"),
                       TreeDistances)
-    monkeypatch.setattr(_methods, "UNIFRAC_MATRIX_MAX_SAMPLES", 60)
-    assert isinstance(_methods.unifrac_distances(samples, tree, None, "unweighted"),
+    monkeypatch.setattr(_inputs, "UNIFRAC_MATRIX_MAX_SAMPLES", 60)
+    assert isinstance(_inputs.unifrac_distances(samples, tree, None, "unweighted"),
                       np.ndarray)
 
 
@@ -53,7 +53,7 @@ def test_pretraining_is_the_same_with_either(ecam60, monkeypatch):
     config = TrainConfig(epochs=2, batch_size=8, seed=0, device="cpu")
     runs = [api.pretrain(samples, distances, architecture=architecture, config=config,
                          validation_fraction=0.2, log=lambda m: None).training["history"]
-            for distances in (_methods.unifrac_distances(samples, tree, None, "unweighted"),
+            for distances in (_inputs.unifrac_distances(samples, tree, None, "unweighted"),
                               TreeDistances(samples, tree, "unweighted"))]
     for matrix_epoch, tree_epoch in zip(*runs):
         assert tree_epoch["train_loss"] == pytest.approx(matrix_epoch["train_loss"], rel=1e-4)

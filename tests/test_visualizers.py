@@ -17,7 +17,7 @@ import pytest
 import qiime2
 import torch
 
-from q2_aam import _methods
+from q2_aam import _inputs
 from q2_aam._visualizers import _taxon_name
 from q2_aam.core import api
 from q2_aam.core.bundle import ModelBundle
@@ -106,10 +106,10 @@ def outputs_of(model, ecam_subset):
     """The model's own outputs on the held-out samples, and those samples."""
     a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
     bundle = model.view(ModelBundle)
-    samples = _methods.amplicon_samples(a["new_table"].view(biom.Table),
+    samples = _inputs.amplicon_samples(a["new_table"].view(biom.Table),
                                         a["sequences"].view(pd.Series),
                                         bundle.training["token_limit"])
-    categorical = _methods._categorical(md, COLUMNS, samples.sample_ids)
+    categorical = _inputs.categorical_columns(md, COLUMNS, samples.sample_ids)
     return bundle, samples, categorical, api.model_outputs(bundle, samples,
                                                            categorical=categorical,
                                                            log=lambda m: None)
@@ -288,10 +288,10 @@ def test_a_classifiers_response_is_the_change_in_class_probabilities(pages, mode
                                                                     ecam_subset):
     a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
     bundle = models["classifier-cross-attention"].view(ModelBundle)
-    samples = _methods.amplicon_samples(a["new_table"].view(biom.Table),
+    samples = _inputs.amplicon_samples(a["new_table"].view(biom.Table),
                                         a["sequences"].view(pd.Series),
                                         bundle.training["token_limit"])
-    own = _methods._categorical(md, ["delivery"], samples.sample_ids)
+    own = _inputs.categorical_columns(md, ["delivery"], samples.sample_ids)
     response = api.conditioning_response(bundle, samples, categorical=own,
                                          log=lambda m: None)  # (n, S, 1)
     table = read(pages["cross-attention-classifier"], "response.tsv")

@@ -79,11 +79,11 @@ def validate_directory(path: Path) -> dict:
         raise ValueError(f"{WEIGHTS_FILE} has sha256 {found}, but {CONFIG_FILE} records "
                          f"{config['weights_sha256']}: the weights were altered or belong to "
                          "another model.")
-    _check_safetensors_header(weights_path)
+    check_safetensors_header(weights_path)
     return config
 
 
-def _check_safetensors_header(path: Path) -> None:
+def check_safetensors_header(path: Path) -> None:
     raw = path.read_bytes()
     if len(raw) < 8:
         raise ValueError(f"{WEIGHTS_FILE} is truncated.")
@@ -128,6 +128,16 @@ class ModelBundle:
         check_weights(model, self.state_dict, self.model_config, self.source)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
+
+    def load_encoder_into(self, model) -> None:
+        """Copy this pretrained encoder's weights into ``model`` (built on its settings)."""
+        from .model import ENCODER_PREFIXES
+        state = {k: v for k, v in self.state_dict.items() if k.startswith(ENCODER_PREFIXES)}
+        check_weights(model, state, self.model_config, self.source, prefixes=ENCODER_PREFIXES)
+        missing, _ = model.load_state_dict(state, strict=False)
+        absent = [k for k in missing if k.startswith(ENCODER_PREFIXES)]
+        if absent:
+            raise ValueError(f"The pretrained model lacks encoder weights {absent[:3]}.")
 
     def save(self, path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into the folder ``path``.

@@ -260,3 +260,94 @@ def encode_categories(columns: dict, vocabularies: dict, warn=None) -> np.ndarra
             warn(f"Column {name!r} has value(s) {sorted(unseen)} not seen in training; they "
                  "use the 'unknown' embedding.")
     return out
+
+
+def fit_categories(categorical: dict, train_rows: np.ndarray, warn=None):
+    """The conditioning columns learned from the training rows: ``(per-sample indices
+    (n, C), cardinalities (values + unknown, per column), what the model saves)``."""
+    vocabularies = fit_vocabularies(categorical, train_rows)
+    empty = [c for c, v in vocabularies.items() if not v]
+    if empty:
+        raise ValueError(f"The categorical column(s) {empty} have no values in the "
+                         "training samples.")
+    cats = encode_categories(categorical, vocabularies, warn=warn)
+    cardinalities = [len(v) + 1 for v in vocabularies.values()]
+    return cats, cardinalities, {"columns": list(vocabularies), "vocabularies": vocabularies}
+
+
+#: Fewest samples an epoch may train on.
+MIN_TRAINING_SAMPLES = 2
+
+
+def validation_split(n: int, fraction: float, seed: int,
+                     groups: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows for training and for validation (early stopping).
+
+    With ``groups`` (e.g. subject IDs), whole groups go to one side, so no
+    subject is on both. ``fraction=0`` gives no validation rows. Refuses a
+    split that leaves fewer than ``MIN_TRAINING_SAMPLES`` to train on.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}.")
+    train, val = _split(n, fraction, seed, groups)
+    if len(train) < MIN_TRAINING_SAMPLES:
+        raise ValueError(
+            f"{n} sample(s) with validation fraction {fraction:g} leave {len(train)} for "
+            f"training and {len(val)} for validation; training needs at least "
+            f"{MIN_TRAINING_SAMPLES}. Give more samples or a smaller validation fraction "
+            "(--p-validation-fraction).")
+    return train, val
+
+
+def _split(n: int, fraction: float, seed: int, groups: Sequence | None):
+    rows = np.arange(n)
+    if fraction == 0 or n < 2:
+        return rows, rows[:0]
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        shuffled = rng.permutation(n)
+        n_val = max(1, round(fraction * n))
+        return np.sort(shuffled[n_val:]), np.sort(shuffled[:n_val])
+    groups = np.asarray([str(g) for g in groups], dtype=object)
+    unique = np.array(sorted(set(groups)), dtype=object)
+    if len(unique) < 2:
+        raise ValueError("Validation by group needs at least 2 groups; got "
+                         f"{len(unique)}. Pass more subjects or no groups.")
+    chosen, count = [], 0
+    for g in rng.permutation(unique):
+        if count >= fraction * n:
+            break
+        chosen.append(g)
+        count += int((groups == g).sum())
+    val = np.isin(groups, chosen)
+    if val.all():
+        val[groups == chosen[0]] = False
+    return rows[~val], rows[val]
+
+
+#: The longest sequence a new model accepts: past a full-length 16S gene (about 1,550 nt),
+#: a sequence is almost surely not an amplicon, and attention over it costs minutes an epoch.
+NEW_MODEL_MAX_LENGTH = 2000
+
+
+def sample_tokens(samples: AmpliconSamples, max_length: int | None = None,
+                  log=None) -> np.ndarray:
+    """The token matrix of the samples' features (``tokenizer.tokenize``); ``max_length``:
+    what an existing model reads, else a new model's limit ``NEW_MODEL_MAX_LENGTH``."""
+    from .tokenizer import tokenize
+    if max_length is None:
+        lengths = np.fromiter(map(len, samples.sequences), dtype=np.int64,
+                              count=len(samples.sequences))
+        long = np.flatnonzero(lengths > NEW_MODEL_MAX_LENGTH)
+        if len(long):
+            raise ValueError(
+                f"{len(long)} feature sequence(s) are longer than the {NEW_MODEL_MAX_LENGTH} nt "
+                "a model reads (a full-length 16S gene is about 1,550 nt): " + ", ".join(
+                    f"{samples.feature_ids[i]!r} ({lengths[i]} nt)" for i in long[:3])
+                + ". Trim the sequences to the amplicon (e.g. 'qiime feature-classifier "
+                "extract-reads' or cutadapt) or filter these features from the table.")
+    tokenized = tokenize(samples.sequences, names=samples.feature_ids, max_length=max_length)
+    if tokenized.n_ambiguous and log is not None:
+        log(f"{tokenized.n_ambiguous} feature sequence(s) hold IUPAC ambiguity codes; each such "
+            "nucleotide is read as 'N'.")
+    return tokenized.tokens

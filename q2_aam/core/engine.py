@@ -21,19 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .checkpoint import Checkpoints
+from .checkpoints import Checkpoints, LoopState, run_signature, writable_directory
 from .data import BatchCollator
 from .layers import set_checkpointing
 from .losses import (classification_loss, mask_nucleotides, masked_nucleotide_loss,
                      pairwise_unifrac_loss, RegressionLoss)
 from .model import AAMModel
+from .options import DEVICES, DISTRIBUTED, MIXED_PRECISION, check_choice
+from .parallel import (full_state_dict, global_batch, local_numel, make_accelerator,
+                       micro_batch, resolved_device, shard)
 from .unifrac import MatrixDistances
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-MIXED_PRECISION = ("no", "bf16", "fp16")
-DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -72,15 +69,9 @@ class TrainConfig:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}.")
         for name, allowed in (("device", DEVICES), ("mixed_precision", MIXED_PRECISION),
                               ("distributed", DISTRIBUTED)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got "
-                                 f"{getattr(self, name)!r}.")
+            check_choice(name, getattr(self, name), allowed)
         # Device settings are checked here, when the config is made: before any data work.
-        cuda = torch.cuda.is_available()
-        if self.device == "cuda" and not cuda:
-            raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; "
-                             "use device 'auto' or 'cpu'.")
-        on_gpu = self.device == "cuda" or (self.device == "auto" and cuda)
+        on_gpu = resolved_device(self.device) == "cuda"
         if self.mixed_precision == "fp16" and not on_gpu:
             raise ValueError("mixed precision 'fp16' needs a GPU; on the CPU use 'bf16' or "
                              "'no'.")
@@ -88,13 +79,7 @@ class TrainConfig:
             raise ValueError(f"{self.num_processes} processes were asked for, but torch sees "
                              f"{torch.cuda.device_count()} GPU(s); on a GPU machine each "
                              "process trains on its own GPU.")
-        shards = self.num_processes * self.gradient_accumulation_steps
-        if self.batch_size % shards:
-            raise ValueError(
-                f"The batch size ({self.batch_size}) is the number of samples per optimizer "
-                f"step, split over {self.num_processes} process(es) x "
-                f"{self.gradient_accumulation_steps} accumulation step(s); it must be a "
-                f"multiple of {shards}, e.g. {shards * max(1, round(self.batch_size / shards))}.")
+        micro_batch(self.batch_size, self.num_processes, self.gradient_accumulation_steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,8 +109,10 @@ class Objective:
         if isinstance(self.distances, (torch.Tensor, np.ndarray)):
             self.distances = MatrixDistances(self.distances)
         if self.unifrac_weight > 0 and self.distances is None:
-            raise ValueError("A UniFrac loss weight was given but no distances: supply a "
-                             "phylogeny or a distance matrix, or set the weight to 0.")
+            raise ValueError("UniFrac needs a rooted phylogeny (--i-phylogeny) or a distance "
+                             "matrix (--i-distance-matrix) when its loss weight "
+                             "(--p-unifrac-weight) is above 0: give one, or set the weight "
+                             "to 0.")
 
     @property
     def monitors_target(self) -> bool:
@@ -178,102 +165,36 @@ def lr_factor(step: int, total_steps: int, warmup_fraction: float) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
+                warmup_fraction: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """The scheduler of :func:`lr_factor`, stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_fraction))
+
+
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases, norms and embeddings."""
+    """AdamW groups: weight decay on matrices (``p.dim() >= 2``), except lookup tables.
+
+    Biases, norms and scalars are vectors, so they do not decay. Lookup tables
+    do not either: ``nn.Embedding`` weights, and what a module declares in
+    ``no_weight_decay``: ``True`` for the module and everything in it (FiLM,
+    conditional output scaling: zero-initialised identities), or a tuple of
+    its own parameters' names (learned tokens such as the Perceiver's latents).
+    """
     decay, no_decay = [], []
-    # Modules that declare no_weight_decay (FiLM, output scaling) are exempt as a whole.
     exempt_prefixes = tuple(f"{name}." for name, module in model.named_modules()
-                            if getattr(module, "no_weight_decay", False))
+                            if getattr(module, "no_weight_decay", False) is True)
     for module_name, module in model.named_modules():
+        declared = getattr(module, "no_weight_decay", ())
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
             full = f"{module_name}.{name}" if module_name else name
-            exempt = (name.endswith("bias") or full.startswith(exempt_prefixes)
-                      or isinstance(module, (torch.nn.LayerNorm, torch.nn.Embedding))
-                      or name in ("null", "columns", "latents"))
-            (no_decay if exempt else decay).append(param)
+            table = (isinstance(module, torch.nn.Embedding) or full.startswith(exempt_prefixes)
+                     or (isinstance(declared, tuple) and name in declared))
+            (decay if param.dim() >= 2 and not table else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
-
-
-def global_batch(embedding: torch.Tensor, index: torch.Tensor):
-    """Every process's ``(b, D)`` embeddings (with gradient) and sample indices, in rank order.
-
-    A plain ``gather`` carries no gradient; ``torch.distributed.nn``'s
-    ``all_gather`` sums each slice's gradient over the processes in backward,
-    which DDP's averaging then turns into the gradient of the loss over the
-    global batch. The identity in a single process.
-    """
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return embedding, index
-    from torch.distributed.nn.functional import all_gather
-    indices = [torch.empty_like(index) for _ in range(dist.get_world_size())]
-    dist.all_gather(indices, index.contiguous())
-    return torch.cat(all_gather(embedding.contiguous())), torch.cat(indices)
-
-
-def resolved_device(device: str) -> str:
-    """The device a run with ``device`` ('auto', 'cpu', 'cuda') trains on."""
-    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) \
-        else "cpu"
-
-
-def make_accelerator(device: str, mixed_precision: str = "no",
-                     gradient_accumulation_steps: int = 1, tensorboard_dir: str | None = None):
-    from accelerate import Accelerator
-    if tensorboard_dir:
-        try:
-            import tensorboard  # noqa: F401  (optional: only logging needs it)
-        except ImportError:
-            raise ValueError("--p-tensorboard-dir needs the tensorboard package, which is "
-                             "not installed: pip install 'q2-aam[tensorboard]' (or conda "
-                             "install tensorboard), or leave the option out.") from None
-    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device; "
-                         "use device 'auto' or 'cpu'.")
-    from accelerate.state import AcceleratorState, GradientState
-    # Each run sets its own precision and accumulation; the process (and its process
-    # group, PartialState) stays, but the previous run's settings must not carry over.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision,
-                       gradient_accumulation_steps=gradient_accumulation_steps,
-                       log_with="tensorboard" if tensorboard_dir else None,
-                       project_dir=tensorboard_dir)
-
-
-def shard(model: AAMModel) -> AAMModel:
-    """FSDP (FSDP2 ``fully_shard``) over all processes: each keeps 1/N of every parameter.
-
-    The encoders, the target branch's parts and the whole model are sharding
-    units, so calling an encoder alone (prediction, frozen-encoder caching)
-    gathers just its parameters.
-    """
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    device = next(model.parameters()).device
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    for name in ("nucleotide_encoder", "sample_encoder", "target_encoder", "perceiver"):
-        module = getattr(model, name, None)
-        if module is not None:
-            fully_shard(module, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
-
-
-def full_state_dict(model: torch.nn.Module) -> dict:
-    """A copy of every weight, whole on every process (gathered when sharded; collective)."""
-    from torch.distributed.tensor import DTensor
-    if any(isinstance(p, DTensor) for p in model.parameters()):
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                             get_model_state_dict)
-        return {k: v.detach().clone() for k, v in get_model_state_dict(
-            model, options=StateDictOptions(full_state_dict=True)).items()}
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _freeze_unused(model: AAMModel, objective: Objective, freeze_encoder: bool) -> None:
@@ -364,128 +285,159 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     without improvement (``patience=0``: never stop early).
 
     ``checkpoint_dir``: state written after every epoch; a run started again
-    with the same arguments continues from it (other arguments are refused).
-    ``tensorboard_dir``: TensorBoard event files. ``progress``: a progress
-    bar on the main process (``None``: only when stderr is a terminal).
+    with the same arguments continues from it (other arguments are refused;
+    see ``checkpoints``). ``tensorboard_dir``: TensorBoard event files.
+    ``progress``: a progress bar on the main process (``None``: only when
+    stderr is a terminal).
     """
-    from accelerate.utils import set_seed
-
     if not (objective.monitors_target or objective.unifrac_weight > 0
             or objective.mlm_weight > 0):
         raise ValueError("Every loss weight is 0: nothing to train.")
     if freeze_encoder and objective.mlm_weight > 0:
         raise ValueError("The masked-nucleotide loss trains the nucleotide encoder, which "
                          "is frozen; set its weight to 0 or do not freeze the encoder.")
-    set_seed(config.seed)
-    # Same seed, same model: e.g. the backward of gathering ASV embeddings into sample slots
-    # (index_put with accumulation) is otherwise thread-order dependent on the CPU.
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    accelerator = make_accelerator(config.device, config.mixed_precision,
-                                   config.gradient_accumulation_steps, tensorboard_dir)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if tensorboard_dir:
-        writable_directory(tensorboard_dir, "TensorBoard", rank)
-    if config.batch_size % (world * config.gradient_accumulation_steps):
-        raise ValueError(f"The batch size ({config.batch_size}) must be a multiple of the "
-                         f"{world} process(es) x {config.gradient_accumulation_steps} "
-                         "accumulation step(s).")
-    micro = config.batch_size // (world * config.gradient_accumulation_steps)
-    say = log if accelerator.is_main_process else (lambda message: None)
-    say(f"Device: {resolved_device(config.device)} (--p-device {config.device}), {world} "
-        f"process(es), mixed precision {config.mixed_precision}.")
-    fsdp = config.distributed == "fsdp" and world > 1
-    _freeze_unused(model, objective, freeze_encoder)
-    set_checkpointing(model, config.activation_checkpointing)
-    loader_rng = torch.Generator().manual_seed(config.seed)
-    mask_rng = torch.Generator().manual_seed(config.seed + 1 + 7919 * rank)
-    train_loader = DataLoader(range(len(train_collator.samples)), batch_size=micro,
-                              shuffle=True, generator=loader_rng, collate_fn=train_collator)
-    has_val = val_collator is not None and len(val_collator.samples) > 0
-    val_loader = (DataLoader(range(len(val_collator.samples)), batch_size=micro,
-                             collate_fn=val_collator) if has_val else None)
-    core = model  # the caller's module: it receives the trained weights at the end
-    if fsdp:  # a sharded copy trains; accelerate's FSDP plugin does not shard on the CPU
-        core.to(accelerator.device)
-        model = shard(copy.deepcopy(core))
-        say(f"FSDP: each of the {world} processes holds 1/{world} of the weights "
-            f"({sum(p.to_local().numel() for p in model.parameters()):,} of "
-            f"{sum(p.numel() for p in core.parameters()):,} on the first).")
-    net = model  # the module itself, sharded or not (DDP wraps it below)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay),
-                                  lr=config.learning_rate)
-    if fsdp:
-        optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
-    else:
-        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
-    total_steps = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        lambda step: lr_factor(step, total_steps, config.warmup_fraction))
-    if objective.distances is not None:
-        objective.distances = objective.distances.to(accelerator.device)
-
-    cache_train = cache_val = None
-    if freeze_encoder:
-        cache_train = FrozenEncoderCache(core, train_collator, accelerator.device)
-        if has_val:
-            cache_val = FrozenEncoderCache(core, val_collator, accelerator.device)
-
-    state = _LoopState(loader_rng, mask_rng)
-    checkpoints = None
+    run = _Run(model, train_collator, val_collator, objective, config, freeze_encoder,
+               metrics, log, tensorboard_dir)
     if checkpoint_dir:
-        # Neither the device nor activation checkpointing changes what is computed.
-        signature = {"config": {k: v for k, v in config.to_dict().items()
-                                if k not in ("device", "activation_checkpointing")},
-                     "objective": {"target_weight": objective.target_weight,
-                                   "unifrac_weight": objective.unifrac_weight,
-                                   "mlm_weight": objective.mlm_weight,
-                                   "mask_rate": objective.mask_rate},
-                     "model": core.config.to_dict(), "freeze_encoder": freeze_encoder,
-                     "training_data": _fingerprint(train_collator),
-                     "validation_data": _fingerprint(val_collator) if has_val else None,
-                     "processes": world}
-        writable_directory(checkpoint_dir, "checkpoint", rank)
-        checkpoints = Checkpoints(checkpoint_dir, accelerator, net,
-                                  getattr(optimizer, "optimizer", optimizer), scheduler, state,
-                                  signature, sharded=fsdp)
-        if checkpoints.resume(say, _differences):
-            model.train()
-    tracker = _Tracker(accelerator, config, tensorboard_dir)
-    bar = _progress_bar(accelerator, total_steps, progress, initial=state.epoch * steps_per_epoch)
-    if has_val and objective.monitors_target and state.epoch == 0 and state.best_state is None:
-        # The starting point is a candidate too: a model that starts from a fitted linear
-        # readout keeps it unless training improves on it.
-        start, _ = evaluate(model, val_loader, objective, config, accelerator, cache=cache_val,
-                            metrics=metrics)
-        state.best, state.best_state = start["target"], full_state_dict(net)
-        say(f"before training: val_target={start['target']:.4g}")
+        run.resume_from(checkpoint_dir)
+    run.start(progress)
+    for epoch in range(run.state.epoch + 1, 0 if run.state.stopped else config.epochs + 1):
+        row = run.train_epoch(epoch)
+        if run.end_epoch(row):
+            run.say(f"Stopping early: validation loss did not improve for {run.state.stale} "
+                    "epochs.")
+            break
+    run.finish()
+    return run.state.history
 
-    for epoch in range(state.epoch + 1, 0 if state.stopped else config.epochs + 1):
-        model.train()
+
+class _Run:
+    """One call of :func:`fit`: the accelerator, loaders, optimizer, scheduler, caches and
+    loop state it builds, and the steps of an epoch."""
+
+    def __init__(self, model: AAMModel, train_collator: BatchCollator,
+                 val_collator: BatchCollator | None, objective: Objective,
+                 config: TrainConfig, freeze_encoder: bool, metrics, log,
+                 tensorboard_dir: str | None):
+        from accelerate.utils import set_seed
+        self.objective, self.config, self.metrics = objective, config, metrics
+        self.freeze_encoder, self.train_collator = freeze_encoder, train_collator
+        set_seed(config.seed)
+        # Same seed, same model: e.g. the backward of gathering ASV embeddings into sample
+        # slots (index_put with accumulation) is otherwise thread-order dependent on the CPU.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        accelerator = make_accelerator(config.device, config.mixed_precision,
+                                       config.gradient_accumulation_steps, tensorboard_dir)
+        self.accelerator = accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        if tensorboard_dir:
+            writable_directory(tensorboard_dir, "TensorBoard", rank)
+        micro = micro_batch(config.batch_size, world, config.gradient_accumulation_steps)
+        self.say = log if accelerator.is_main_process else (lambda message: None)
+        self.say(f"Device: {resolved_device(config.device)} (--p-device {config.device}), "
+                 f"{world} process(es), mixed precision {config.mixed_precision}.")
+        self.fsdp = config.distributed == "fsdp" and world > 1
+        _freeze_unused(model, objective, freeze_encoder)
+        set_checkpointing(model, config.activation_checkpointing)
+        loader_rng = torch.Generator().manual_seed(config.seed)
+        self.mask_rng = torch.Generator().manual_seed(config.seed + 1 + 7919 * rank)
+        train_loader = DataLoader(range(len(train_collator.samples)), batch_size=micro,
+                                  shuffle=True, generator=loader_rng, collate_fn=train_collator)
+        self.has_val = val_collator is not None and len(val_collator.samples) > 0
+        self.val_collator = val_collator if self.has_val else None
+        val_loader = (DataLoader(range(len(val_collator.samples)), batch_size=micro,
+                                 collate_fn=val_collator) if self.has_val else None)
+        self._prepare(model, train_loader, val_loader)
+        if objective.distances is not None:
+            objective.distances = objective.distances.to(accelerator.device)
+        self.cache_train = self.cache_val = None
         if freeze_encoder:
-            net.nucleotide_encoder.eval()
-            net.sample_encoder.eval()
+            self.cache_train = FrozenEncoderCache(self.core, train_collator, accelerator.device)
+            if self.has_val:
+                self.cache_val = FrozenEncoderCache(self.core, val_collator, accelerator.device)
+        self.state = LoopState(loader_rng, self.mask_rng)
+        self.checkpoints = None
+        self.tracker = _Tracker(accelerator, config, tensorboard_dir)
+
+    def _prepare(self, model: AAMModel, train_loader, val_loader) -> None:
+        """The module that trains (a sharded copy under FSDP), its optimizer and scheduler,
+        wrapped by the accelerator."""
+        accelerator, config = self.accelerator, self.config
+        world = accelerator.num_processes
+        self.core = model  # the caller's module: it receives the trained weights at the end
+        if self.fsdp:  # a sharded copy trains; accelerate's FSDP plugin does not shard on CPU
+            model.to(accelerator.device)
+            model = shard(copy.deepcopy(self.core))
+            self.say(f"FSDP: each of the {world} processes holds 1/{world} of the weights "
+                     f"({local_numel(model):,} of {local_numel(self.core):,} on the first).")
+        self.net = model  # the module itself, sharded or not (DDP wraps it below)
+        optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay),
+                                      lr=config.learning_rate)
+        if self.fsdp:
+            optimizer, train_loader = accelerator.prepare(optimizer, train_loader)
+        else:
+            model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+        if val_loader is not None:
+            val_loader = accelerator.prepare(val_loader)
+        self.model, self.optimizer = model, optimizer
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.steps_per_epoch = math.ceil(len(train_loader) / config.gradient_accumulation_steps)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.scheduler = lr_schedule(getattr(optimizer, "optimizer", optimizer),
+                                     self.total_steps, config.warmup_fraction)
+
+    def resume_from(self, directory: str) -> None:
+        """Checkpoints in ``directory``: resume from the newest, and write one every epoch."""
+        signature = run_signature(self.config, self.objective, self.core.config.to_dict(),
+                                  self.freeze_encoder, self.train_collator, self.val_collator,
+                                  self.accelerator.num_processes)
+        writable_directory(directory, "checkpoint", self.accelerator.process_index)
+        self.checkpoints = Checkpoints(directory, self.accelerator, self.net,
+                                       getattr(self.optimizer, "optimizer", self.optimizer),
+                                       self.scheduler, self.state, signature,
+                                       sharded=self.fsdp)
+        if self.checkpoints.resume(self.say):
+            self.model.train()
+
+    def start(self, progress: bool | None) -> None:
+        """The progress bar, and the starting point's validation loss (a candidate too: a
+        model that starts from a fitted linear readout keeps it unless training improves
+        on it)."""
+        self.bar = _progress_bar(self.accelerator, self.total_steps, progress,
+                                 initial=self.state.epoch * self.steps_per_epoch)
+        if self.has_val and self.objective.monitors_target and self.state.epoch == 0 \
+                and self.state.best_state is None:
+            start, _ = evaluate(self.model, self.val_loader, self.objective, self.config,
+                                self.accelerator, cache=self.cache_val, metrics=self.metrics)
+            self.state.best, self.state.best_state = start["target"], full_state_dict(self.net)
+            self.say(f"before training: val_target={start['target']:.4g}")
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training samples; the epoch's row of the history."""
+        accelerator, objective, config = self.accelerator, self.objective, self.config
+        self.model.train()
+        if self.freeze_encoder:
+            self.net.nucleotide_encoder.eval()
+            self.net.sample_encoder.eval()
         started = time.perf_counter()
         # Running sums stay on the device: no host synchronisation per batch.
         sums = torch.zeros(5, device=accelerator.device)  # loss, target, unifrac, mlm, samples
         norms, gates = [], []
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                encoded = cache_train(batch) if cache_train is not None else None
+        for batch in self.train_loader:
+            with accelerator.accumulate(self.model):
+                encoded = self.cache_train(batch) if self.cache_train is not None else None
                 with accelerator.autocast():  # (a prepared model autocasts by itself)
-                    parts, out = objective.losses(model, batch, encoded=encoded,
-                                                  generator=mask_rng)
+                    parts, out = objective.losses(self.model, batch, encoded=encoded,
+                                                  generator=self.mask_rng)
                 loss = objective.total(parts)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(self.model.parameters(),
+                                                       config.max_grad_norm)
                     norms.append((norm.full_tensor() if hasattr(norm, "full_tensor")
                                   else norm).detach())
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
             n = len(batch["sample_index"])
             zero = sums.new_zeros(())
             sums += torch.stack([(loss if k == "loss" else parts.get(k, zero)).detach().float()
@@ -494,141 +446,75 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
             if "gmu_gate" in out:
                 gates.append(out["gmu_gate"].detach().float().mean())
             if accelerator.sync_gradients:
-                scheduler.step()
-                state.step += 1
-                tracker.step(state.step, loss, scheduler, norms, gates)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=f"{epoch}/{config.epochs}",
-                                    loss=f"{float(loss.detach()):.4g}")
+                self._step_done(epoch, loss, norms, gates)
         totals = accelerator.reduce(sums, reduction="sum").double().cpu()
         seconds = time.perf_counter() - started
-        row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 2),
+        row = {"epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
+               "seconds": round(seconds, 2),
                "samples_per_second": round(float(totals[4]) / seconds, 1)}
         if norms:
             row["grad_norm"] = float(torch.stack(norms).float().mean())
         row.update({f"train_{k}": float(totals[i] / totals[4])
                     for i, k in enumerate(("loss", "target", "unifrac", "mlm"))
                     if k == "loss" or k in parts})
+        return row
+
+    def _step_done(self, epoch: int, loss: torch.Tensor, norms: list, gates: list) -> None:
+        """After an optimizer step: the scheduler, TensorBoard and the progress bar."""
+        self.scheduler.step()
+        self.state.step += 1
+        self.tracker.step(self.state.step, loss, self.scheduler, norms, gates)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=f"{epoch}/{self.config.epochs}",
+                                 loss=f"{float(loss.detach()):.4g}")
+
+    def end_epoch(self, row: dict) -> bool:
+        """Validate, keep the best weights, log and checkpoint; whether to stop early."""
         monitor = None
-        if has_val:
-            val, attention = evaluate(model, val_loader, objective, config, accelerator,
-                                      cache=cache_val, metrics=metrics,
-                                      attention=tracker.writer is not None)
+        if self.has_val:
+            val, attention = evaluate(self.model, self.val_loader, self.objective, self.config,
+                                      self.accelerator, cache=self.cache_val,
+                                      metrics=self.metrics,
+                                      attention=self.tracker.writer is not None)
             row.update({f"val_{k}": v for k, v in val.items()})
-            monitor = val["target"] if objective.monitors_target else val["loss"]
-            tracker.attention(attention, epoch)
+            monitor = val["target"] if self.objective.monitors_target else val["loss"]
+            self.tracker.attention(attention, row["epoch"])
+        state = self.state
         state.history.append(row)
-        tracker.epoch(row, epoch)
-        say(_describe(row, config.epochs))
+        self.tracker.epoch(row, row["epoch"])
+        self.say(_describe(row, self.config.epochs))
         stop = False
         if monitor is not None:
             if monitor < state.best - 1e-6:
                 state.best, state.stale = monitor, 0
-                state.best_state = full_state_dict(net)
+                state.best_state = full_state_dict(self.net)
                 row["best"] = True
             else:
                 state.stale += 1
-                stop = bool(config.patience and state.stale >= config.patience)
-        state.epoch, state.stopped = epoch, stop
-        if checkpoints is not None:
-            checkpoints.save()
-        if stop:
-            say(f"Stopping early: validation loss did not improve for {state.stale} epochs.")
-            break
-    if bar is not None:
-        bar.close()
-    tracker.close()
-    if state.best_state is not None:
-        core.load_state_dict(state.best_state)
-        kept = [r["epoch"] for r in state.history if r.get("best")]
-        say(f"Restored the weights of the best epoch (validation loss {state.best:.4f})."
-            if kept else f"No epoch improved on the starting point (validation loss "
-            f"{state.best:.4f}); kept it.")
-    elif fsdp:  # no validation: the last epoch's weights, gathered back into the caller's
-        core.load_state_dict(full_state_dict(net))
-    core.requires_grad_(True)
-    set_checkpointing(core, False)
-    core.eval()
-    return state.history
+                stop = bool(self.config.patience and state.stale >= self.config.patience)
+        state.epoch, state.stopped = row["epoch"], stop
+        if self.checkpoints is not None:
+            self.checkpoints.save()
+        return stop
 
-
-class _LoopState:
-    """What the loop carries from epoch to epoch; saved in checkpoints."""
-
-    def __init__(self, loader_rng: torch.Generator, mask_rng: torch.Generator):
-        self.loader_rng, self.mask_rng = loader_rng, mask_rng
-        self.epoch, self.step, self.best, self.stale = 0, 0, math.inf, 0
-        self.stopped = False  # stopped early: a resumed run has nothing left to do
-        self.history: list[dict] = []
-        self.best_state: dict | None = None
-
-    # The random generators are saved per process (see ``rng_state``), not here:
-    # Accelerate writes registered objects from the main process only, so every worker
-    # would resume with rank 0's dropout and masking streams.
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "best": self.best,
-                "stale": self.stale, "stopped": self.stopped, "history": self.history}
-
-    def load_state_dict(self, values: dict) -> None:
-        self.epoch, self.step = values["epoch"], values["step"]
-        self.best, self.stale, self.history = values["best"], values["stale"], values["history"]
-        self.stopped = values["stopped"]
-
-    # The global torch RNG (dropout) is among them, saved per process by ``checkpoint``.
-    def rng_state(self) -> dict:
-        """This process's random generators: shuffling, masking, dropout."""
-        return {"loader_rng": self.loader_rng.get_state(), "mask_rng": self.mask_rng.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-    def set_rng_state(self, values: dict) -> None:
-        self.loader_rng.set_state(values["loader_rng"])
-        self.mask_rng.set_state(values["mask_rng"])
-        torch.set_rng_state(values["torch_rng"])
-        if values["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(values["cuda_rng"])
-
-
-def writable_directory(path: str, what: str, rank: int = 0) -> None:
-    """Create the folder ``path`` (for ``what``: checkpoints, TensorBoard) or say why not."""
-    from pathlib import Path
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"The {what} directory {folder} is a file; give a folder.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".writable-{rank}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"The {what} directory {folder} cannot be written ({error.strerror}); "
-                         "give a folder you can write to.") from None
-
-
-def _fingerprint(collator: BatchCollator) -> str:
-    """Which samples, with which ASV counts, targets and categories: a resumed run must
-    continue on the same data, not just the same number of samples."""
-    import hashlib
-    digest = hashlib.sha256()
-    samples = collator.samples
-    digest.update("\n".join(samples.sample_ids).encode())
-    for array in (samples.indptr, samples.indices, samples.counts, collator.targets,
-                  collator.categories):
-        if array is not None:
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return f"{len(samples)} samples, sha256 {digest.hexdigest()[:16]}"
-
-
-def _differences(saved, current, prefix=""):
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append((f"{prefix}{key}", a, b))
-    return out
+    def finish(self) -> None:
+        """The best (or last) weights back into the caller's module, ready for inference."""
+        if self.bar is not None:
+            self.bar.close()
+        self.tracker.close()
+        state, core = self.state, self.core
+        if state.best_state is not None:
+            core.load_state_dict(state.best_state)
+            kept = [r["epoch"] for r in state.history if r.get("best")]
+            self.say(f"Restored the weights of the best epoch (validation loss "
+                     f"{state.best:.4f})." if kept else f"No epoch improved on the starting "
+                     f"point (validation loss {state.best:.4f}); kept it.")
+        elif self.fsdp:  # no validation: the last epoch's weights, gathered into the caller's
+            core.load_state_dict(full_state_dict(self.net))
+        core.requires_grad_(True)
+        set_checkpointing(core, False)
+        core.eval()
 
 
 def run_name(directory: str) -> str:

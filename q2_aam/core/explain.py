@@ -209,3 +209,22 @@ def confusion(observed, predicted, classes) -> pd.DataFrame:
     table = pd.crosstab(observed, predicted, dropna=False)
     table.index.name, table.columns.name = "observed", "predicted"
     return table
+
+
+def conditioning_change(plain: np.ndarray, patched: np.ndarray, transform, groups,
+                        point: int) -> np.ndarray:
+    """``(n, S, C, V)``: how far each patched prediction lies from the sample's own.
+
+    ``plain`` ``(n, O)`` and ``patched`` ``(n, S, C, V, O)``: the model's outputs
+    (``AAMModel.conditioning_response``). Regressors (``transform``: the target's,
+    ``groups`` each sample's group for it): the absolute change of output ``point`` in
+    the target's units. Classifiers (``transform`` ``None``; outputs already class
+    probabilities): the total variation between the probability vectors. NaN stays NaN.
+    """
+    if transform is None:
+        return 0.5 * np.abs(patched - plain[:, None, None, None]).sum(-1)
+    n = patched.shape[0]
+    flat = patched[..., point].reshape(n, -1)
+    per_value = np.repeat(groups, flat.shape[1]) if groups is not None else None
+    values = transform.inverse(flat.ravel(), per_value).reshape(patched.shape[:-1])
+    return np.abs(values - transform.inverse(plain[:, point], groups)[:, None, None, None])

@@ -26,7 +26,8 @@ from torch import nn
 
 from .layers import transformer
 
-FUSION_MODES = ("none", "concat", "add", "gmu", "cross-attention", "perceiver")
+from .options import (DEFAULT_FUSION, FUSION_GUIDANCE, FUSION_MODES, GMU_VARIANTS,
+                      check_choice)
 
 
 class CategoricalEmbedding(nn.Module):
@@ -37,6 +38,8 @@ class CategoricalEmbedding(nn.Module):
     token is appended, so attention over metadata tokens always has a choice
     (with a single key, every attention weight would be 1).
     """
+
+    no_weight_decay = ("columns", "null")  # learned tokens (engine.parameter_groups)
 
     def __init__(self, cardinalities: list[int], dim: int, *, tokens: bool = True,
                  vector: bool = True):
@@ -97,12 +100,9 @@ class GatedMultimodalUnit(nn.Module):
     too, for visualisation.
     """
 
-    VARIANTS = ("canonical", "residual")
-
     def __init__(self, dim: int, variant: str = "canonical"):
         super().__init__()
-        if variant not in self.VARIANTS:
-            raise ValueError(f"GMU variant must be one of {self.VARIANTS}, got {variant!r}.")
+        check_choice("GMU variant", variant, GMU_VARIANTS)
         self.variant = variant
         # The residual form leaves h unchanged: no sequence branch, no parameter without a gradient.
         self.sequence = nn.Linear(dim, dim) if variant == "canonical" else None
@@ -150,6 +150,8 @@ class PerceiverFusion(nn.Module):
     the number of ASVs. Returns the cross-attention weights
     ``(B, heads, latents, S + K)``.
     """
+
+    no_weight_decay = ("latents",)  # learned tokens (engine.parameter_groups)
 
     def __init__(self, dim: int, heads: int, num_latents: int, num_layers: int,
                  dropout: float):
@@ -218,3 +220,46 @@ class ConditionalOutputScaling(nn.Module):
         scale = sum(t(categories[:, c]) for c, t in enumerate(self.scale))
         shift = sum(t(categories[:, c]) for c, t in enumerate(self.shift))
         return y * (1 + scale) + shift
+
+
+CONDITIONING = ("categorical_fusion", "film_conditioning", "conditional_output_scaling")
+
+
+def resolve_conditioning(architecture: dict | None, columns, *, transform: str | None = None,
+                         normalize_by=None, log=print) -> dict:
+    """The architecture's conditioning settings for these categorical ``columns``: decided
+    here, once, for every caller.
+
+    Without columns there is nothing to condition on: fusion 'none', FiLM and output
+    scaling off (said when they were asked for). With columns, the fusion mode defaults to
+    ``DEFAULT_FUSION``, columns that nothing would use are refused, and redundant
+    combinations are pointed out.
+    """
+    settings = dict(architecture or {})
+    fusion = settings.get("categorical_fusion") or DEFAULT_FUSION
+    film = bool(settings.get("film_conditioning"))
+    scaling = bool(settings.get("conditional_output_scaling"))
+    if not columns:
+        asked = [x for x in (fusion if fusion not in ("none", DEFAULT_FUSION) else None,
+                             "FiLM" if film else None, "output scaling" if scaling else None)
+                 if x]
+        if asked:
+            log("No --p-categorical-columns were given, so categorical conditioning "
+                f"({', '.join(asked)}) is a no-op.")
+        return {**settings, "categorical_fusion": "none", "film_conditioning": False,
+                "conditional_output_scaling": False}
+    check_choice("categorical_fusion", fusion, FUSION_MODES)
+    if fusion == "none" and not film and not scaling:
+        raise ValueError(f"--p-categorical-columns {' '.join(columns)} would not be used: "
+                         "--p-categorical-fusion is 'none' and neither FiLM nor conditional "
+                         f"output scaling is on. {FUSION_GUIDANCE}")
+    if film and fusion in ("concat", "add", "gmu"):
+        log(f"Warning: --p-film-conditioning and --p-categorical-fusion {fusion} both inject "
+            "the same categorical vector; FiLM alone (--p-categorical-fusion none) or the "
+            "fusion alone is usually enough.")
+    shared = sorted(set(normalize_by or ()) & set(columns))
+    if scaling and transform == "zscore-category" and shared:
+        log("Warning: --p-conditional-output-scaling learns a scale and shift per category, "
+            f"but the target is already z-scored within {shared}; use one of the two.")
+    return {**settings, "categorical_fusion": fusion, "film_conditioning": film,
+            "conditional_output_scaling": scaling}

@@ -15,11 +15,16 @@ the actions train in the processes they are given.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import os
 import signal
 import socket
+import sys
 import tempfile
 import uuid
+from typing import Callable
 
 
 def in_distributed_run() -> bool:
@@ -113,3 +118,81 @@ def _failure_message(error, logs: str) -> str:
     messages += [f"{'workers' if len(ranks) > 1 else 'worker'} {', '.join(ranks)}: {text}"
                  for text, ranks in raised.items()]
     return "A training worker failed. " + " | ".join(messages or [str(error)])
+
+
+def stderr(message: str) -> None:
+    """The core's default ``log``: a line on standard error."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def distributable(action):
+    """Let ``action(samples, data, ..., config=..., log=...)`` run in several processes.
+
+    With ``config.num_processes > 1`` outside a distributed run, the call is
+    repeated in that many worker processes (:func:`run_in_workers`) and rank
+    0's model returned; inside a run (ours, torchrun's or accelerate's), only
+    the first process logs. In one process, SIGTERM stops it like Ctrl-C.
+    """
+    signature = inspect.signature(action)
+
+    @functools.wraps(action)
+    def run(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        config = bound.arguments["config"]
+        if config.num_processes > 1 and not in_distributed_run():
+            return run_in_workers(action.__name__, bound.args, bound.kwargs,
+                                  config.num_processes)
+        bound.arguments["log"] = _main_process_only(bound.arguments["log"])
+        if in_distributed_run():
+            return action(*bound.args, **bound.kwargs)
+        with _sigterm_raises():
+            return action(*bound.args, **bound.kwargs)
+    return run
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """In one process, SIGTERM (what ``kill`` and schedulers send) stops training like
+    Ctrl-C: with an error (:class:`Interrupted`) that unwinds cleanly, instead of
+    ending the process on the spot."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted("SIGTERM")
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_in_workers(action: str, args: tuple, keywords: dict, num_processes: int):
+    """Run ``api.pretrain`` or ``api.train`` in ``num_processes`` processes; return the model.
+
+    Each worker runs the same action on the same inputs inside one process
+    group; the training loop shards every batch over them (DDP). Rank 0
+    writes the trained model to a temporary folder, which is read back here
+    and removed. A worker's error is raised here (:class:`WorkerFailed`).
+    Messages go to standard error (a function given as ``log`` stays here).
+    """
+    from .bundle import ModelBundle
+    keywords = {**keywords, "log": stderr}
+    with tempfile.TemporaryDirectory(prefix="q2-aam-model-") as folder:
+        run_workers(_action_worker, (action, args, keywords, folder), num_processes)
+        return ModelBundle.load(os.path.join(folder, "model"))
+
+
+def _main_process_only(log: Callable[[str], None]) -> Callable[[str], None]:
+    """In a multi-process run, only the first process speaks."""
+    return log if int(os.environ.get("RANK", "0")) == 0 else (lambda message: None)
+
+
+def _action_worker(action: str, args: tuple, keywords: dict, folder: str) -> None:
+    from . import api
+    bundle = getattr(api, action)(*args, **keywords)
+    if int(os.environ.get("RANK", "0")) == 0:
+        bundle.save(os.path.join(folder, "model"))

@@ -34,6 +34,7 @@ Three fits compete, and the lowest cross-validated error on the training samples
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -341,6 +342,48 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
         how = (f"{name} logistic regression (C {model.C_[0]:.3g}; cross-validated log-loss "
                f"{-score:.3g}{versus})")
     return fitted, intercept, how
+
+
+@dataclass
+class ReadoutPlan:
+    """What a new model's ASV identities and linear readout cover: the ``vocabulary``
+    (sequence keys, ``data.asv_vocabulary``), each feature's row in it (``rows``, 0: none),
+    whether there is a readout, and the clades' memberships (``clade_rows``, ``clade_ids``)."""
+
+    vocabulary: list
+    rows: np.ndarray | None
+    readout: bool
+    clade_rows: np.ndarray | None = None
+    clade_ids: np.ndarray | None = None
+
+    @property
+    def n_clades(self) -> int:
+        return 0 if self.clade_ids is None or not len(self.clade_ids) \
+            else int(self.clade_ids.max()) + 1
+
+    @property
+    def n_memberships(self) -> int:
+        return 0 if self.clade_ids is None else len(self.clade_ids)
+
+
+def plan_readout(train_samples: AmpliconSamples, sequences, feature_ids, *,
+                 asv_min_samples: int, linear_readout: bool, phylogeny=None,
+                 log=print) -> ReadoutPlan:
+    """The vocabulary of ASVs held by ``asv_min_samples`` training samples or more, and with
+    a ``phylogeny`` (regression), the clades of the readout."""
+    from .data import asv_vocabulary, vocabulary_index
+    vocabulary = (asv_vocabulary(train_samples, asv_min_samples)
+                  if asv_min_samples > 0 else [])
+    if linear_readout and not vocabulary:
+        log(f"No ASV is held by {asv_min_samples} or more training samples, so the model has "
+            "no linear readout.")
+    rows = vocabulary_index(sequences, vocabulary) if vocabulary else None
+    plan = ReadoutPlan(vocabulary, rows, linear_readout and bool(vocabulary))
+    if plan.readout and phylogeny is not None:
+        tip_columns = {name: int(row) - 1 for name, row in zip(feature_ids, rows) if row}
+        plan.clade_rows, plan.clade_ids = clades(phylogeny, tip_columns, relative_matrix(
+            train_samples, rows, len(vocabulary)))
+    return plan
 
 
 def fit_readout(model, samples: AmpliconSamples, vocabulary_rows: np.ndarray,

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .targets import DEFAULT_QUANTILES  # noqa: F401 (re-exported)
+from .options import DEFAULT_PENALTY, DEFAULT_QUANTILES, REGRESSION_LOSSES, check_choice
 from .tokenizer import MASK, PAD
 
 IGNORE = -100
@@ -51,7 +51,6 @@ def masked_nucleotide_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.
                            ignore_index=IGNORE)
 
 
-REGRESSION_LOSSES = ("huber", "mse", "mae", "quantile", "asymmetric")
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,24 @@ class RegressionLoss:
     over_penalty: float = 1.0
     under_penalty: float = 1.0
 
+    @classmethod
+    def from_settings(cls, kind: str, quantiles=DEFAULT_QUANTILES,
+                      over_penalty: float = DEFAULT_PENALTY,
+                      under_penalty: float = DEFAULT_PENALTY) -> "RegressionLoss":
+        """The loss from settings that always carry their defaults (as an action's do):
+        ``quantiles`` count only for the quantile loss, where they differ from the default
+        elsewhere they are refused, and the asymmetric loss needs a penalty other than 1."""
+        if kind != "quantile" and list(quantiles) != list(DEFAULT_QUANTILES):
+            raise ValueError(f"--p-quantiles were given, but --p-loss is {kind!r}; they are "
+                             "used only by --p-loss quantile.")
+        if kind == "asymmetric" and over_penalty == under_penalty == DEFAULT_PENALTY:
+            raise ValueError("The asymmetric loss needs --p-over-penalty and/or "
+                             "--p-under-penalty (otherwise it is the 'mae' loss).")
+        return cls(kind=kind, quantiles=tuple(quantiles) if kind == "quantile" else (),
+                   over_penalty=over_penalty, under_penalty=under_penalty)
+
     def __post_init__(self):
-        if self.kind not in REGRESSION_LOSSES:
-            raise ValueError(f"loss must be one of {REGRESSION_LOSSES}, got {self.kind!r}.")
+        check_choice("loss", self.kind, REGRESSION_LOSSES)
         if self.kind == "quantile":
             q = list(self.quantiles)
             if not q:

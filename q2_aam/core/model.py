@@ -16,13 +16,13 @@ import torch.nn.functional as F
 
 from .data import N_ABUNDANCE_FEATURES
 from .layers import transformer
-from .fusion import (FUSION_MODES, AddFusion, CategoricalEmbedding, ConcatFusion,
+from .fusion import (AddFusion, CategoricalEmbedding, ConcatFusion,
                      ConditionalOutputScaling, CrossAttentionFusion, FiLM, GatedMultimodalUnit,
                      PerceiverFusion)
 from .tokenizer import NUCLEOTIDE_CLASSES, PAD, VOCAB_SIZE
 
-TASKS = ("encoder", "regression", "classification")
-OUTPUT_CONSTRAINTS = ("none", "bounded", "nonnegative", "nonnegative-learnable")
+from .options import (DEFAULT_GMU_VARIANT, FUSION_MODES, GMU_VARIANTS, MODEL_TASKS,
+                      OUTPUT_CONSTRAINTS, check_choice)
 
 
 @dataclass
@@ -54,9 +54,8 @@ class ModelConfig:
     cross_attn_heads: int = 8
     perceiver_num_latents: int = 16
     perceiver_num_layers: int = 2
-    # residual: h + z * tanh(W_c c); better than the canonical unit on every ECAM split
-    # measured (benchmarks/results/fusion.md). Saved models keep the variant they were built with.
-    gmu_variant: str = "residual"
+    # Saved models keep the variant they were built with (see options.DEFAULT_GMU_VARIANT).
+    gmu_variant: str = DEFAULT_GMU_VARIANT
     film_conditioning: bool = False
     conditional_output_scaling: bool = False
     # ASVs with an identity embedding and a linear-readout coefficient of their own (rows
@@ -75,14 +74,10 @@ class ModelConfig:
     linear_conditional: bool = False
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
-        if self.output_constraint not in OUTPUT_CONSTRAINTS:
-            raise ValueError(f"output_constraint must be one of {OUTPUT_CONSTRAINTS}, got "
-                             f"{self.output_constraint!r}.")
-        if self.categorical_fusion not in FUSION_MODES:
-            raise ValueError(f"categorical_fusion must be one of {FUSION_MODES}, got "
-                             f"{self.categorical_fusion!r}.")
+        for name, allowed in (("task", MODEL_TASKS), ("output_constraint", OUTPUT_CONSTRAINTS),
+                              ("categorical_fusion", FUSION_MODES),
+                              ("gmu_variant", GMU_VARIANTS)):
+            check_choice(name, getattr(self, name), allowed)
         if any(n < 2 for n in self.categorical_cardinalities):
             raise ValueError("Each categorical column needs its unknown index and at least "
                              f"one value, got cardinalities {self.categorical_cardinalities}.")
@@ -136,6 +131,50 @@ class ModelConfig:
             # Saved before the encoder had a rate of its own: it used the model's.
             values = dict(values, nucleotide_dropout=values["dropout"])
         return cls(**values)
+
+
+#: Settings of the pretrained encoder that a model started from it must share.
+ENCODER_SETTINGS = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample_layers",
+                    "patch_size", "max_sequence_length")
+#: The pretrained weights a model started from an encoder takes.
+ENCODER_PREFIXES = ("nucleotide_encoder.", "sample_encoder.", "unifrac_head.")
+
+
+def build_config(overrides: dict | None, pretrained: dict | None, *, task: str,
+                 n_outputs: int, max_length: int, **head) -> ModelConfig:
+    """A new model's config: the pretrained encoder's settings (``pretrained``: its model
+    config) or defaults, then ``overrides`` (``None`` values ignored) and the ``head``.
+
+    ``max_length``: the longest sequence the model must read.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if pretrained is not None:
+        base = {k: v for k, v in pretrained.items() if k in ENCODER_SETTINGS}
+        base["dropout"] = pretrained["dropout"]
+        base["nucleotide_dropout"] = ModelConfig.from_dict(pretrained).nucleotide_dropout
+        conflicts = {k: (v, base[k]) for k, v in overrides.items()
+                     if k in ENCODER_SETTINGS and base[k] != v}
+        if conflicts:
+            detail = ", ".join(f"{k}={v!r} (pretrained: {b!r})" for k, (v, b) in conflicts.items())
+            raise ValueError(f"The pretrained encoder's architecture differs from the given "
+                             f"{detail}. Leave these parameters unset to use the encoder's.")
+        if max_length > base["max_sequence_length"]:
+            raise ValueError(
+                f"The longest sequence is {max_length} nt, but the pretrained encoder reads at "
+                f"most {base['max_sequence_length']} nt. Trim the sequences to the amplicon "
+                "used in pretraining.")
+        base.update({k: v for k, v in overrides.items() if k not in ENCODER_SETTINGS})
+    else:
+        base = dict(overrides)
+        patch = base.get("patch_size", ModelConfig.patch_size)
+        if patch > max_length:
+            raise ValueError(
+                f"The patch size ({patch} nt, --p-patch-size) is longer than the longest "
+                f"sequence ({max_length} nt), so every sequence would be one padded patch. "
+                f"Use a patch size of at most {max_length}.")
+        base["max_sequence_length"] = int(math.ceil(max_length / patch) * patch)
+    base.update(task=task, n_outputs=n_outputs, **head)
+    return ModelConfig(**base)
 
 
 def masked_fill_value(dtype: torch.dtype) -> float:
@@ -313,8 +352,13 @@ class AAMModel(nn.Module):
 
     def _build_target_branch(self, config: ModelConfig) -> None:
         d, cards = config.embedding_dim, config.categorical_cardinalities
+        # Conditioning modules exist only for columns the model has (the settings are
+        # decided by fusion.resolve_conditioning; a model without columns has none).
         fusion = config.categorical_fusion if cards else "none"
-        if fusion == "perceiver" or (config.categorical_fusion == "perceiver" and not cards):
+        # Pooling: the Perceiver's latents, or a transformer and attention pooling. Every
+        # model has all three attributes (None where unused).
+        self.perceiver = self.target_encoder = self.target_pool = None
+        if config.categorical_fusion == "perceiver":
             self.perceiver = PerceiverFusion(d, config.attention_heads,
                                              config.perceiver_num_latents,
                                              config.perceiver_num_layers, config.dropout)
@@ -372,6 +416,14 @@ class AAMModel(nn.Module):
                                if config.conditional_output_scaling and cards else None)
         self.output_constraint = OutputConstraint(config.output_constraint,
                                                   config.output_bounds)
+
+    def sharding_units(self) -> list[nn.Module]:
+        """The parts FSDP shards on their own (``parallel.shard``), so that each runs with
+        only its own parameters gathered."""
+        parts = [self.nucleotide_encoder, self.sample_encoder]
+        if self.config.task != "encoder":
+            parts += [self.target_encoder, self.perceiver]
+        return [p for p in parts if p is not None]
 
     def encode_asvs(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(U, D)`` embeddings of ASVs given as tokens ``(U, L)``."""
@@ -503,7 +555,7 @@ class AAMModel(nn.Module):
         """Everything after the per-ASV fusion: ``(B, S, D)`` slots -> prediction
         (``offset`` ``(B, n_outputs)``: the linear readout, added to the head's output)."""
         out = {}
-        if hasattr(self, "perceiver"):
+        if self.perceiver is not None:
             pooled, out["perceiver_attention"] = self.perceiver(x, mask, c_tokens)
         else:
             if self.target_encoder is not None:

@@ -22,10 +22,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-TARGET_TRANSFORMS = ("none", "minmax", "zscore", "zscore-category", "log-minmax",
-                     "log-zscore")
-#: Transforms whose output is negative for part of the training targets by construction.
-CENTRED_TRANSFORMS = ("zscore", "zscore-category", "log-zscore")
+from .options import (CENTRED_TRANSFORMS, CLASS_WEIGHTS, DEFAULT_TARGET_TRANSFORM,
+                      TARGET_TRANSFORMS, check_choice)
+
+#: Above this many classes, training warns that the column may be a number.
+MANY_CLASSES = 20
+#: Target values further than this many median absolute deviations from the median are
+#: reported (real ages, weights, indices sit within a few tens).
+OUTLIER_SCALES = 1000.0
 
 
 def _as_groups(groups, n: int) -> np.ndarray:
@@ -36,15 +40,6 @@ def _as_groups(groups, n: int) -> np.ndarray:
     if len(groups) != n:
         raise ValueError(f"{len(groups)} group labels for {n} target values.")
     return groups
-
-
-#: The default of ``train``. The model's linear readout (``linear``) is a ridge regression on
-#: log abundances, fitted on this scale: with 'log-zscore' it fitted log(age) linearly and the
-#: ECAM development folds' MAE rose from 104 to 142 days (benchmarks/results/ablation.md).
-DEFAULT_TARGET_TRANSFORM = "zscore"
-#: The quantile loss's quantiles unless others are given (kept here, torch-free, so the
-#: plugin's signature can show them).
-DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 
 
 def scale_warning(y: np.ndarray, kind: str) -> str | None:
@@ -74,9 +69,7 @@ class TargetTransform:
     stats: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.kind not in TARGET_TRANSFORMS:
-            raise ValueError(f"target transform must be one of {TARGET_TRANSFORMS}, "
-                             f"got {self.kind!r}.")
+        check_choice("target transform", self.kind, TARGET_TRANSFORMS)
 
     @property
     def uses_groups(self) -> bool:
@@ -187,3 +180,159 @@ def balanced_class_weights(encoded: np.ndarray, n_classes: int) -> np.ndarray:
     weights = np.zeros(n_classes)
     weights[present] = compute_class_weight("balanced", classes=present, y=encoded)
     return weights
+
+
+def check_target_settings(transform: str, output_constraint: str,
+                          normalize_by: Sequence[str] | None) -> None:
+    """Refuse contradictory regression settings (before any data is read).
+
+    Nothing is switched on implicitly: a transform never changes the output
+    constraint, and each conflict is an error that says why.
+    """
+    if normalize_by and transform != "zscore-category":
+        raise ValueError(f"normalize-by ({', '.join(normalize_by)}) is used only by the "
+                         f"'zscore-category' target transform, not {transform!r}. Choose "
+                         "--p-target-transform zscore-category or leave --p-normalize-by out.")
+    if transform == "zscore-category" and not normalize_by:
+        raise ValueError("The 'zscore-category' transform z-scores the target within groups; "
+                         "name the categorical column(s) with --p-normalize-by.")
+    if output_constraint.startswith("nonnegative") and transform in CENTRED_TRANSFORMS:
+        raise ValueError(
+            f"--p-output-constraint {output_constraint} keeps outputs >= 0, but the "
+            f"{transform!r} transform centres the target at 0, so about half of the "
+            "training targets are negative on the scale the model learns. Use 'bounded', "
+            "or a 'none', 'minmax' or 'log-minmax' transform.")
+
+
+def output_bounds(learned: np.ndarray, output_constraint: str) -> list | None:
+    """The bounds of a 'bounded' output (the range of the training targets on the scale the
+    model learns); refuses negative targets under a 'nonnegative' constraint."""
+    if output_constraint.startswith("nonnegative") and (learned < 0).any():
+        raise ValueError(
+            f"--p-output-constraint {output_constraint} keeps outputs >= 0, but "
+            f"{int((learned < 0).sum())} training target(s) are negative on the scale the "
+            f"model learns (smallest {learned.min():g}). Use 'none' or 'bounded'.")
+    if output_constraint == "bounded":
+        low, high = float(learned.min()), float(learned.max())
+        if not low < high:
+            raise ValueError("'bounded' needs training targets that are not all equal.")
+        return [low, high]
+    return None
+
+
+def extreme_values(y: np.ndarray) -> np.ndarray:
+    """Indices of values more than ``OUTLIER_SCALES`` robust scales from the median (the
+    median absolute deviation, or the mean one when over half the values are equal)."""
+    centre = np.median(y)
+    deviation = np.abs(y - centre)
+    scale = np.median(deviation) or deviation.mean()
+    if not np.isfinite(scale) or scale == 0:
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(deviation > OUTLIER_SCALES * scale)
+
+
+@dataclass
+class PreparedTarget:
+    """A target ready to train on: ``encoded`` (float32 on the learned scale, or class
+    indices), the model's ``n_outputs``, validation ``metrics(prediction, target, rows)``,
+    what the model saves about it (``info``), ``bounds`` of a 'bounded' output and the
+    classes' loss ``class_weights``."""
+
+    encoded: np.ndarray
+    n_outputs: int
+    metrics: Callable
+    info: dict
+    bounds: list | None = None
+    class_weights: np.ndarray | None = None
+
+
+def prepare_regression(targets, train_rows: np.ndarray, *, transform: str,
+                       output_constraint: str, normalize_by: Sequence[str] | None,
+                       normalize_groups: Sequence | None, loss, sample_ids: Sequence[str],
+                       log: Callable[[str], None]) -> PreparedTarget:
+    """Fit ``transform`` on the training rows and encode every target with it.
+
+    ``loss``: the ``losses.RegressionLoss`` (its number of outputs and point output).
+    """
+    y = np.asarray(targets, dtype=np.float64)
+    if not np.isfinite(y).all():
+        raise ValueError("The target holds missing or non-finite values; drop those "
+                         "samples first.")
+    fitted = TargetTransform(transform)
+    groups = None
+    if fitted.uses_groups:
+        if normalize_groups is None or len(normalize_groups) != len(y):
+            raise ValueError("zscore-category needs one group label per sample.")
+        groups = np.asarray([str(g) for g in normalize_groups], dtype=object)
+    warning = scale_warning(y[train_rows], transform)
+    if warning:
+        log(f"Warning: {warning}")
+    _warn_extreme(y, sample_ids, log)
+    with np.errstate(over="ignore", invalid="ignore"):
+        fitted.fit(y[train_rows], None if groups is None else groups[train_rows])
+        if fitted.uses_groups:
+            fitted.stats["columns"] = list(normalize_by)
+        encoded = fitted.transform(y, groups).astype(np.float32)
+    if not np.isfinite(encoded).all() or not all(
+            np.isfinite(v).all() for v in fitted.stats.values()
+            if isinstance(v, (int, float, np.ndarray))):
+        raise ValueError(
+            f"The target cannot be scaled with {transform!r}: its values (from "
+            f"{y.min():g} to {y.max():g}) overflow. Check the largest for unit or entry "
+            "errors.")
+    bounds = output_bounds(encoded[train_rows].astype(np.float64), output_constraint)
+    info = {"transform": fitted.to_dict(), "loss": loss.to_dict(),
+            "point_output": loss.point_output, "normalize_by": list(normalize_by or [])}
+    return PreparedTarget(encoded, loss.n_outputs,
+                          regression_metrics(fitted, loss.point_output, groups), info, bounds)
+
+
+def _warn_extreme(y: np.ndarray, sample_ids: Sequence[str], log) -> None:
+    outliers = extreme_values(y)
+    if len(outliers):
+        log(f"Warning: {len(outliers)} target value(s) lie extremely far from the others "
+            f"(over {OUTLIER_SCALES:g} median absolute deviations from the median "
+            f"{np.median(y):g}): " + ", ".join(
+                f"{sample_ids[i]} = {y[i]:g}" for i in outliers[:5])
+            + ". Check them for unit or entry errors; the model will try to fit them.")
+
+
+def prepare_classification(targets, train_rows: np.ndarray, *, class_weights: str,
+                           log: Callable[[str], None]) -> PreparedTarget:
+    """Class indices of every target, refusing classes too small to learn."""
+    check_choice("class_weights", class_weights, CLASS_WEIGHTS)
+    classes, encoded = encode_classes(targets)
+    if len(classes) < 2:
+        raise ValueError(f"Classification needs at least 2 classes; the target has "
+                         f"{classes}.")
+    sizes = np.bincount(encoded, minlength=len(classes))
+    rare = [f"{classes[k]!r} ({sizes[k]})" for k in np.flatnonzero(sizes < 2)]
+    if rare:
+        raise ValueError(f"Each class needs at least 2 samples; {len(rare)} class(es) have "
+                         f"fewer: {', '.join(rare[:5])}. Drop or merge rare classes first.")
+    if len(classes) > MANY_CLASSES:
+        log(f"Warning: the target has {len(classes)} classes (at most "
+            f"{sizes.min()} samples in the rarest). If it is a numeric column, "
+            "--p-task regression predicts it as a number.")
+    weights = (balanced_class_weights(encoded[train_rows], len(classes))
+               if class_weights == "balanced" else None)
+    return PreparedTarget(encoded, len(classes), classification_metrics,
+                          {"classes": classes, "class_weights": class_weights},
+                          class_weights=weights)
+
+
+def regression_metrics(transform: TargetTransform, point: int, groups: np.ndarray | None):
+    """Validation MAE and R² in the target's original units."""
+    from .explain import regression_accuracy
+
+    def metrics(prediction: np.ndarray, target: np.ndarray, rows: np.ndarray) -> dict:
+        g = None if groups is None else groups[rows]
+        y_hat = transform.inverse(prediction[:, point], g)
+        y = transform.inverse(target.reshape(-1), g)
+        scores = regression_accuracy(y, y_hat)
+        return {"mae": scores["mae"], "r2": scores["r2"]}
+    return metrics
+
+
+def classification_metrics(prediction: np.ndarray, target: np.ndarray, rows=None) -> dict:
+    return {"accuracy": float((prediction.argmax(-1) == target).mean())}

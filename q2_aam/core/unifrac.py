@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-METRICS = ("unweighted", "weighted-normalized")
+from .options import UNIFRAC_METRICS as METRICS, check_choice
 
 
 class MatrixDistances:
@@ -57,8 +57,7 @@ class TreeDistances:
     """
 
     def __init__(self, samples, tree, metric: str = "unweighted"):
-        if metric not in METRICS:
-            raise ValueError(f"UniFrac metric must be one of {METRICS}, got {metric!r}.")
+        check_choice("UniFrac metric", metric, METRICS)
         self.metric = metric
         self.indptr, self.indices = samples.indptr, samples.indices
         self.counts = samples.counts.astype(np.float64)
@@ -133,3 +132,18 @@ class TreeDistances:
                 distances = np.where(denominator > 0, numerator / denominator, 0.0)
         np.fill_diagonal(distances, 0.0)
         return torch.as_tensor(distances, dtype=torch.float32, device=self.device)
+
+
+def pair_distances(distances, n: int) -> "MatrixDistances | TreeDistances | None":
+    """``distances`` (an ``(n, n)`` array, a :class:`TreeDistances`, or a function that
+    returns either, called now) as the loss reads them, checked to cover the ``n`` samples."""
+    if callable(distances) and not isinstance(distances, (MatrixDistances, TreeDistances)):
+        distances = distances()
+    if distances is None:
+        return None
+    if not isinstance(distances, (MatrixDistances, TreeDistances)):
+        distances = MatrixDistances(distances)
+    if len(distances) != n:
+        raise ValueError(f"The distances cover {len(distances)} samples, but there are {n} "
+                         "samples; they must hold exactly the same samples.")
+    return distances

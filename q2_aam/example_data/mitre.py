@@ -373,6 +373,35 @@ def _ecam_checks(table_ids, metadata_ids, info):
     info["excluded_maternal"] = len(maternal)
 
 
+def _sample_metadata(name, folder, sample_md, sample_ids, info):
+    """Age, subject and the subject's categorical columns of each kept sample."""
+    subject_col = SUBJECT_ID_COLUMNS[name]
+    subjects = pd.read_csv(folder / "subject_data.csv", dtype=str)
+    subjects[subject_col] = subjects[subject_col].str.strip()
+    if not subjects[subject_col].is_unique:
+        raise DataError(f"{name}: repeated subjects in subject_data.csv")
+    subjects = subjects.set_index(subject_col)
+    categorical = CATEGORICAL_COLUMNS[name]
+
+    md = sample_md.loc[sample_ids, ["subject", "age_days"]].copy()
+    missing_subjects = set(md["subject"]) - set(subjects.index)
+    if missing_subjects:
+        raise DataError(f"{name}: subjects without subject data: "
+                        f"{sorted(missing_subjects)[:5]}")
+    per_subject = subjects.loc[md["subject"], categorical]
+    per_subject.index = md.index
+    metadata = pd.concat([md[["age_days", "subject"]], per_subject], axis=1)
+    metadata.index = pd.Index(metadata.index.astype(str), name="sample-id")
+    metadata["age_days"] = metadata["age_days"].astype(float)
+    metadata["subject"] = metadata["subject"].astype(str)
+    if metadata["age_days"].isna().any():
+        raise DataError(f"{name}: samples without an age")
+    info["subjects"] = int(metadata["subject"].nunique())
+    info["missing_values"] = {c: int(metadata[c].isna().sum())
+                              for c in categorical if metadata[c].isna().any()}
+    return metadata
+
+
 def load_dataset(name, cache_dir=None, build_tree=True):
     """Load benchmark dataset ``name`` ("ecam" or "karelia")."""
     from .tree import placement_tree
@@ -413,30 +442,7 @@ def load_dataset(name, cache_dir=None, build_tree=True):
     info["dropped_absent_features"] = int((~present).sum())
     counts = counts.loc[:, present]
 
-    subject_col = SUBJECT_ID_COLUMNS[name]
-    subjects = pd.read_csv(folder / "subject_data.csv", dtype=str)
-    subjects[subject_col] = subjects[subject_col].str.strip()
-    if not subjects[subject_col].is_unique:
-        raise DataError(f"{name}: repeated subjects in subject_data.csv")
-    subjects = subjects.set_index(subject_col)
-    categorical = CATEGORICAL_COLUMNS[name]
-
-    md = sample_md.loc[counts.index, ["subject", "age_days"]].copy()
-    missing_subjects = set(md["subject"]) - set(subjects.index)
-    if missing_subjects:
-        raise DataError(f"{name}: subjects without subject data: "
-                        f"{sorted(missing_subjects)[:5]}")
-    per_subject = subjects.loc[md["subject"], categorical]
-    per_subject.index = md.index
-    metadata = pd.concat([md[["age_days", "subject"]], per_subject], axis=1)
-    metadata.index = pd.Index(metadata.index.astype(str), name="sample-id")
-    metadata["age_days"] = metadata["age_days"].astype(float)
-    metadata["subject"] = metadata["subject"].astype(str)
-    if metadata["age_days"].isna().any():
-        raise DataError(f"{name}: samples without an age")
-    info["subjects"] = int(metadata["subject"].nunique())
-    info["missing_values"] = {c: int(metadata[c].isna().sum())
-                              for c in categorical if metadata[c].isna().any()}
+    metadata = _sample_metadata(name, folder, sample_md, counts.index, info)
 
     data = scipy.sparse.csr_matrix(counts.to_numpy().T)
     table = biom.Table(data, observation_ids=list(counts.columns),

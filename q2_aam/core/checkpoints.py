@@ -1,4 +1,4 @@
-"""Checkpoints that resume a training run and never unpickle anything.
+"""The on-disk format of a training run's checkpoints, and resuming from it.
 
 A checkpoint folder may come from another person or machine, so reading it must
 not run code. Accelerate's ``save_state`` / ``load_state`` (and
@@ -10,21 +10,35 @@ state is written here in two safe formats only:
 * everything else (the loop state, the scheduler, the optimizer's
   hyperparameters, the settings the run was started with) as JSON.
 
-``DIR/epoch-K`` holds one epoch's state and ``DIR/latest`` names the newest
-complete one; it moves (atomically) only once every process has written its
-part, so a kill at any moment leaves the previous checkpoint loadable.
+The folder given as ``--p-checkpoint-dir`` holds::
 
-With FSDP each process writes and reads only its own shards
-(``weights-RANK.safetensors``); otherwise the main process writes
-``weights-0.safetensors`` and every process reads it. Random states are per
-process (``rng-RANK.safetensors``).
+    latest                      the name of the newest complete epoch folder
+    epoch-K/run.json            settings ("signature"), loop state (epoch, step, best
+                                validation loss, patience count, history), scheduler,
+                                optimizer hyperparameters and scalars, AMP scaler
+    epoch-K/weights-R.safetensors
+                                "model.*" weights and "optimizer.ID.*" moments: R = 0
+                                written by the main process, or each process's own
+                                shards under FSDP (R = its rank)
+    epoch-K/rng-R.safetensors   process R's generators: shuffling, masking, dropout
+                                (torch and CUDA)
+    epoch-K/best.safetensors    the weights of the best epoch so far (with validation)
+
+``latest`` moves (atomically) only once every process has written its part, so
+a kill at any moment leaves the previous checkpoint loadable; older epoch
+folders are then removed. A run resumes only with the same signature (its
+settings, model, objective and a fingerprint of its data); the device and
+activation checkpointing may differ, since they do not change what is computed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 WEIGHTS = "weights-{}.safetensors"
@@ -161,9 +175,9 @@ class Checkpoints:
 
     # -- resume ----------------------------------------------------------------------------
 
-    def resume(self, log, differences) -> bool:
-        """Load the newest complete checkpoint, if any; ``differences(saved, current)``
-        lists the settings that differ from the run's."""
+    def resume(self, log) -> bool:
+        """Load the newest complete checkpoint, if any (refusing one written with other
+        settings)."""
         latest = self.dir / "latest"
         if not latest.exists():
             return False
@@ -249,3 +263,96 @@ class Checkpoints:
         for pid, values in meta.get("scalars", {}).items():
             state.setdefault(int(pid), {}).update(values)
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class LoopState:
+    """What the training loop carries from epoch to epoch; saved in checkpoints."""
+
+    def __init__(self, loader_rng: torch.Generator, mask_rng: torch.Generator):
+        self.loader_rng, self.mask_rng = loader_rng, mask_rng
+        self.epoch, self.step, self.best, self.stale = 0, 0, math.inf, 0
+        self.stopped = False  # stopped early: a resumed run has nothing left to do
+        self.history: list[dict] = []
+        self.best_state: dict | None = None
+
+    # The random generators are saved per process (see ``rng_state``), not here:
+    # Accelerate writes registered objects from the main process only, so every worker
+    # would resume with rank 0's dropout and masking streams.
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "best": self.best,
+                "stale": self.stale, "stopped": self.stopped, "history": self.history}
+
+    def load_state_dict(self, values: dict) -> None:
+        self.epoch, self.step = values["epoch"], values["step"]
+        self.best, self.stale, self.history = values["best"], values["stale"], values["history"]
+        self.stopped = values["stopped"]
+
+    def rng_state(self) -> dict:
+        """This process's random generators: shuffling, masking, dropout (torch's global
+        generator, and CUDA's)."""
+        return {"loader_rng": self.loader_rng.get_state(), "mask_rng": self.mask_rng.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def set_rng_state(self, values: dict) -> None:
+        self.loader_rng.set_state(values["loader_rng"])
+        self.mask_rng.set_state(values["mask_rng"])
+        torch.set_rng_state(values["torch_rng"])
+        if values["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(values["cuda_rng"])
+
+
+def fingerprint(collator) -> str:
+    """Which samples, with which ASV counts, targets and categories: a resumed run must
+    continue on the same data, not just the same number of samples."""
+    digest = hashlib.sha256()
+    samples = collator.samples
+    digest.update("\n".join(samples.sample_ids).encode())
+    for array in (samples.indptr, samples.indices, samples.counts, collator.targets,
+                  collator.categories):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return f"{len(samples)} samples, sha256 {digest.hexdigest()[:16]}"
+
+
+def run_signature(config, objective, model_config: dict, freeze_encoder: bool,
+                  train_collator, val_collator, processes: int) -> dict:
+    """The settings a checkpoint must share with the run that resumes it."""
+    # Neither the device nor activation checkpointing changes what is computed.
+    return {"config": {k: v for k, v in config.to_dict().items()
+                       if k not in ("device", "activation_checkpointing")},
+            "objective": {"target_weight": objective.target_weight,
+                          "unifrac_weight": objective.unifrac_weight,
+                          "mlm_weight": objective.mlm_weight,
+                          "mask_rate": objective.mask_rate},
+            "model": model_config, "freeze_encoder": freeze_encoder,
+            "training_data": fingerprint(train_collator),
+            "validation_data": fingerprint(val_collator) if val_collator is not None else None,
+            "processes": processes}
+
+
+def differences(saved: dict, current: dict, prefix: str = "") -> list:
+    """``(setting, saved value, current value)`` for every setting that differs."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def writable_directory(path: str, what: str, rank: int = 0) -> None:
+    """Create the folder ``path`` (for ``what``: checkpoints, TensorBoard) or say why not."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"The {what} directory {folder} is a file; give a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".writable-{rank}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"The {what} directory {folder} cannot be written ({error.strerror}); "
+                         "give a folder you can write to.") from None

@@ -1,0 +1,314 @@
+"""QIIME 2 views -> the torch core's inputs, for the methods and visualizers alike.
+
+(No ``from __future__ import annotations`` here either: the actions share these
+types.) Each function checks its input and names the QIIME 2 option it came
+from; torch is imported only by the core, when an action runs.
+"""
+
+import functools
+import os
+import sys
+import tempfile
+
+import biom
+import numpy as np
+import pandas as pd
+import qiime2
+import skbio
+
+from .core.bundle import ModelBundle
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def examples(ids, n: int = 3) -> str:
+    ids = list(ids)
+    shown = ", ".join(repr(str(i)) for i in ids[:n])
+    return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def feature_sequences(table: biom.Table, sequences: pd.Series | None) -> list[str]:
+    """The DNA sequence of each table feature, from ``sequences`` or the feature IDs."""
+    from .core.api import is_dna
+    ids = [str(i) for i in table.ids(axis="observation")]
+    if sequences is None:
+        bad = [i for i in ids if not is_dna(i)]
+        if bad:
+            raise ValueError(
+                f"No sequences were given (--i-sequences) and {len(bad)} of {len(ids)} feature "
+                f"IDs are not DNA sequences ({examples(bad)}). Pass the representative "
+                "sequences as FeatureData[Sequence].")
+        return [i.upper() for i in ids]
+    lookup = {str(k): str(v) for k, v in sequences.items()}
+    missing = [i for i in ids if i not in lookup]
+    if missing:
+        raise ValueError(f"{len(missing)} of the table's {len(ids)} features have no sequence in "
+                         f"--i-sequences ({examples(missing)}). Pass the sequences that belong "
+                         "to this table (e.g. from the same DADA2/Deblur run).")
+    return [lookup[i] for i in ids]
+
+
+def amplicon_samples(table: biom.Table, sequences: pd.Series | None, token_limit: int,
+                     sample_ids=None):
+    """The table (optionally only ``sample_ids``, in that order) as core samples."""
+    from .core.api import AmpliconSamples
+    if table.is_empty():
+        raise ValueError(f"The feature table is empty ({table.shape[0]} features x "
+                         f"{table.shape[1]} samples, no counts). Check the filtering that made "
+                         "it, e.g. with 'qiime feature-table summarize'.")
+    if sample_ids is not None:
+        table = table.filter(list(sample_ids), axis="sample", inplace=False)
+        table = table.sort_order(list(sample_ids), axis="sample")
+    counts = table.matrix_data.T.tocsr()  # (samples, features)
+    fractional = np.flatnonzero(np.mod(counts.data, 1) != 0) if counts.nnz else []
+    if len(fractional):
+        row = int(np.searchsorted(counts.indptr, fractional[0], side="right") - 1)
+        log(f"The feature table holds {len(fractional)} non-integer value(s) (e.g. "
+             f"{counts.data[fractional[0]]:g} in sample {str(table.ids()[row])!r}), so it is "
+             "not a table of read counts: each sample is read as relative abundances (values "
+             "/ the sample's total), and the model's log-count input no longer reflects read "
+             "depth. Give a table of read counts (FeatureTable[Frequency] from DADA2 or "
+             "Deblur) if you have one.")
+    return AmpliconSamples.from_counts(
+        counts, [str(i) for i in table.ids()], [str(i) for i in table.ids(axis="observation")],
+        feature_sequences(table, sequences), token_limit)
+
+
+#: Up to this many samples, UniFrac is computed once as a full matrix (fastest); past it,
+#: per batch from the tree (core.unifrac.TreeDistances), since n x n doubles outgrow memory
+#: (5,000 samples: 200 MB; 100,000: 80 GB).
+UNIFRAC_MATRIX_MAX_SAMPLES = 5000
+
+
+def check_tips(samples, phylogeny: skbio.TreeNode):
+    """The kept counts ``(features, samples)``, the features the model sees and their IDs;
+    refuses a phylogeny that lacks any of them."""
+    kept = samples.kept_counts().T.tocsr()  # (features, samples)
+    used = np.flatnonzero(np.asarray(kept.sum(axis=1)).ravel() > 0)
+    feature_ids = [samples.feature_ids[i] for i in used]
+    tips = {t.name for t in phylogeny.tips()}
+    missing = [f for f in feature_ids if f not in tips]
+    if missing:
+        raise ValueError(f"{len(missing)} feature(s) are not tips of the phylogeny "
+                         f"({examples(missing)}). Use a tree built from these sequences "
+                         "(e.g. qiime phylogeny align-to-tree-mafft-fasttree).")
+    return kept, used, feature_ids
+
+
+def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
+                      distance_matrix: skbio.DistanceMatrix | None, metric: str):
+    """``(n, n)`` distances between ``samples``, in their order, or, past
+    ``UNIFRAC_MATRIX_MAX_SAMPLES`` samples with a phylogeny, a ``TreeDistances`` that computes
+    each batch's pairs.
+
+    From the given matrix, or UniFrac computed on the counts the model sees
+    (each sample's ``token_limit`` most abundant ASVs).
+    """
+    if phylogeny is not None and distance_matrix is not None:
+        raise ValueError("Give either a phylogeny or a distance matrix, not both.")
+    ids = samples.sample_ids
+    if distance_matrix is not None:
+        missing = [i for i in ids if i not in distance_matrix.ids]
+        if missing:
+            raise ValueError(f"{len(missing)} sample(s) of the table are not in the distance "
+                             f"matrix ({examples(missing)}). Use a matrix computed on the "
+                             "same samples.")
+        return distance_matrix.filter(ids).data
+    if phylogeny is None:  # the core's Objective says what to give
+        return None
+    import unifrac
+    kept, used, feature_ids = check_tips(samples, phylogeny)
+    if len(ids) > UNIFRAC_MATRIX_MAX_SAMPLES:
+        from .core.api import TreeDistances
+        log(f"{len(ids)} samples: {metric} UniFrac is computed for each batch's pairs as "
+             f"training needs them (past {UNIFRAC_MATRIX_MAX_SAMPLES} samples the full matrix "
+             "is not held in memory).")
+        return TreeDistances(samples, phylogeny, metric)
+    table = biom.Table(kept[used], feature_ids, ids)
+    log(f"Computing {metric} UniFrac for {len(ids)} samples on the ASVs the model sees.")
+    if metric == "unweighted":
+        result = unifrac.unweighted(table, phylogeny)
+    else:
+        # unifrac 1.2 reads weighted UniFrac's inputs from files only (it passes str(table)
+        # on), so they go through a BIOM HDF5 file and a Newick file.
+        with tempfile.TemporaryDirectory(prefix="q2-aam-unifrac-") as folder:
+            table_path, tree_path = os.path.join(folder, "table.biom"), \
+                os.path.join(folder, "tree.nwk")
+            with biom.util.biom_open(table_path, "w") as handle:
+                table.to_hdf5(handle, "q2-aam")
+            phylogeny.write(tree_path, format="newick")
+            result = unifrac.weighted_normalized(table_path, tree_path)
+    return result.filter(ids).data
+
+
+def distances_if_used(samples, phylogeny, distance_matrix, metric, weight,
+                       clades: bool = False):
+    """UniFrac distances when the UniFrac loss is on; refuse inputs that would go unused
+    (``clades``: the phylogeny is used by the linear readout's clades)."""
+    if weight > 0:  # computed by the core once it has checked every other input
+        return functools.partial(unifrac_distances, samples, phylogeny, distance_matrix,
+                                 metric)
+    if distance_matrix is not None:
+        raise ValueError("A distance matrix was given, but --p-unifrac-weight is 0, so it "
+                         "would not be used. Set --p-unifrac-weight (e.g. 0.1) to use "
+                         "UniFrac, or leave the input out.")
+    if phylogeny is not None and clades:
+        check_tips(samples, phylogeny)
+        return None
+    if phylogeny is not None:
+        raise ValueError("A phylogeny was given, but it would not be used: --p-unifrac-weight "
+                         "is 0, and the linear readout's clades need --p-task regression "
+                         "with --p-linear-readout. Set --p-unifrac-weight (e.g. 0.1) to use "
+                         "UniFrac, or leave the input out.")
+    return None
+
+
+OPTIMISATION = ("epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction",
+                "patience", "num_processes", "distributed", "mixed_precision",
+                "gradient_accumulation_steps", "activation_checkpointing")
+ARCHITECTURE = ("embedding_dim", "attention_heads", "nucleotide_layers", "sample_layers",
+                "patch_size", "target_layers", "dropout", "nucleotide_dropout")
+
+
+def settings(params: dict):
+    """The core's ``TrainConfig`` and architecture overrides from an action's parameters.
+
+    Also checks the output folders now, before the (slow) UniFrac computation.
+    """
+    from .core.api import TrainConfig, writable_directory
+    for name, what in (("checkpoint_dir", "checkpoint"), ("tensorboard_dir", "TensorBoard")):
+        if params.get(name):
+            writable_directory(params[name], what)
+    config = TrainConfig(**{k: params[k] for k in OPTIMISATION}, seed=params["random_seed"],
+                         device=params["device"])
+    return config, {k: params[k] for k in ARCHITECTURE if k in params}
+
+
+def subject_groups(subjects: qiime2.Metadata | None, sample_ids):
+    if subjects is None:
+        return None
+    series = subjects.to_series()
+    missing = [i for i in sample_ids if i not in series.index or pd.isna(series.get(i))]
+    if missing:
+        raise ValueError(f"{len(missing)} sample(s) have no value in the subjects column "
+                         f"{series.name!r} ({examples(missing)}).")
+    return series.loc[list(sample_ids)].astype(str).to_numpy()
+
+
+def categorical_frame(sample_metadata, columns, sample_ids, parameter, required=True):
+    """The categorical ``columns`` of the sample metadata, one row per sample (in order).
+
+    ``parameter`` names the option that asked for them, for error messages.
+    """
+    if sample_metadata is None:
+        raise ValueError(f"{parameter} {' '.join(columns)} needs the metadata that holds "
+                         "these columns: pass --m-sample-metadata-file.")
+    frame = sample_metadata.to_dataframe()
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise ValueError(f"{parameter} names {absent}, which the sample metadata does not "
+                         f"have (it has {list(frame.columns)}).")
+    numeric = [c for c in columns if sample_metadata.columns[c].type == "numeric"]
+    if numeric:
+        raise ValueError(f"{parameter} columns must be categorical; {numeric} are numeric "
+                         "(declare them with '#q2:types categorical').")
+    missing = [i for i in sample_ids if i not in frame.index]
+    if missing and required:
+        raise ValueError(f"{len(missing)} sample(s) are not in the sample metadata "
+                         f"({examples(missing)}); {parameter} needs every sample.")
+    return frame.reindex(list(sample_ids))[list(columns)]
+
+
+def category_groups(sample_metadata, columns, sample_ids, required=True):
+    """Each sample's group label from the categorical ``columns`` ("FIN|vaginal")."""
+    if not columns:
+        return None
+    from .core.api import group_labels
+    frame = categorical_frame(sample_metadata, columns, sample_ids, "--p-normalize-by",
+                               required)
+    return group_labels([frame[c].tolist() for c in columns])
+
+
+#: How errors name the conditioning columns when the model, not a parameter, asks for them.
+MODEL_COLUMNS = "The model's categorical conditioning"
+
+
+def categorical_columns(sample_metadata, columns, sample_ids, required=True,
+                 parameter="--p-categorical-columns"):
+    """``{column: per-sample values}`` of the categorical conditioning columns."""
+    if not columns:
+        return None
+    frame = categorical_frame(sample_metadata, columns, sample_ids, parameter, required)
+    return {c: [None if pd.isna(v) else str(v) for v in frame[c]] for c in columns}
+
+
+def target_samples(table: biom.Table, metadata: qiime2.MetadataColumn,
+                    missing_samples: str) -> pd.Series:
+    """The target of each table sample that has one, in table order."""
+    series = metadata.to_series()
+    table_ids = [str(i) for i in table.ids()]
+    if not table_ids:
+        raise ValueError("The feature table has no samples (shape "
+                         f"{table.shape[0]} features x 0 samples). Check the filtering that "
+                         "made it, e.g. with 'qiime feature-table summarize'.")
+    absent = [i for i in table_ids if i not in series.index]
+    if absent:
+        if missing_samples == "error":
+            raise ValueError(
+                f"{len(absent)} sample(s) of the table are not in the metadata ({examples(absent)}). "
+                "Add them to the metadata, filter them from the table, or pass "
+                "--p-missing-samples ignore to leave them out.")
+        log(f"Leaving out {len(absent)} sample(s) that are not in the metadata "
+             f"({examples(absent)}).")
+    values = series.reindex([i for i in table_ids if i in series.index])
+    empty = values.index[values.isna()]
+    if len(empty):
+        log(f"Leaving out {len(empty)} sample(s) whose {series.name!r} is missing "
+             f"({examples(empty)}).")
+        values = values.dropna()
+    if values.empty:
+        raise ValueError(f"No sample of the table has a value in the metadata column "
+                         f"{series.name!r}.")
+    return values
+
+
+def prediction_inputs(model: ModelBundle, table: biom.Table, sequences: pd.Series | None,
+                       sample_metadata: qiime2.Metadata | None, sample_ids=None):
+    """The table's samples as the model reads them, with the metadata it needs: ``(samples,
+    normalize groups, categorical columns)``."""
+    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
+                               sample_ids=sample_ids)
+    columns = model.target.get("normalize_by") or None
+    if columns and sample_metadata is None:
+        raise ValueError(f"This model z-scores its target within groups of {columns}; pass "
+                         "--m-sample-metadata-file with these columns.")
+    groups = category_groups(sample_metadata, columns, samples.sample_ids, required=False)
+    conditioned = model.target.get("categorical", {}).get("columns")
+    if conditioned and sample_metadata is None:
+        raise ValueError(f"This model is conditioned on the metadata column(s) {conditioned}; "
+                         "pass --m-sample-metadata-file with them.")
+    categorical = categorical_columns(sample_metadata, conditioned, samples.sample_ids, required=False,
+                               parameter=MODEL_COLUMNS)
+    return samples, groups, categorical
+
+
+def class_names(values: pd.Series) -> pd.Series:
+    """Class labels as strings; numeric class codes are named "1", not "1.0"."""
+    return values.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
+
+
+def predictions(model: ModelBundle, table: biom.Table, sequences: pd.Series | None,
+                sample_metadata: qiime2.Metadata | None, batch_size: int, device: str,
+                sample_ids=None) -> pd.Series:
+    """The model's predictions for the table's samples (only ``sample_ids``, in that order,
+    when given): original units or class names, indexed by sample ID."""
+    from .core import api
+    samples, groups, categorical = prediction_inputs(model, table, sequences,
+                                                      sample_metadata, sample_ids)
+    values = api.predict(model, samples, normalize_groups=groups, batch_size=batch_size,
+                         device=device, categorical=categorical, log=log)
+    series = pd.Series(values, index=pd.Index(samples.sample_ids, name="SampleID"),
+                       name="prediction")
+    return series.astype(float) if model.kind == "regressor" else series.astype(str)

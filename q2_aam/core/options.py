@@ -1,0 +1,76 @@
+"""Every choice a user makes, with its allowed values and default: defined once, here.
+
+Torch-free and qiime2-free, so that ``plugin_setup`` builds its ``Choices``
+and signature defaults from these tuples, and the core checks values against
+the same tuples. The reasons behind each default are given where it is set.
+"""
+from __future__ import annotations
+
+#: What ``train`` learns (``encoder`` is what ``pretrain`` makes).
+TASKS = ("regression", "classification")
+MODEL_TASKS = ("encoder",) + TASKS
+
+#: Target transforms (``targets.TargetTransform``).
+TARGET_TRANSFORMS = ("none", "minmax", "zscore", "zscore-category", "log-minmax",
+                     "log-zscore")
+#: Transforms whose output is negative for part of the training targets by construction.
+CENTRED_TRANSFORMS = ("zscore", "zscore-category", "log-zscore")
+#: The default of ``train``. The model's linear readout (``linear``) is a ridge regression on
+#: log abundances, fitted on this scale: with 'log-zscore' it fitted log(age) linearly and the
+#: ECAM development folds' MAE rose from 104 to 142 days (benchmarks/results/ablation.md).
+DEFAULT_TARGET_TRANSFORM = "zscore"
+
+#: Output constraints of a regressor (``model.OutputConstraint``).
+OUTPUT_CONSTRAINTS = ("none", "bounded", "nonnegative", "nonnegative-learnable")
+DEFAULT_OUTPUT_CONSTRAINT = "none"
+
+#: Regression losses (``losses.RegressionLoss``).
+REGRESSION_LOSSES = ("huber", "mse", "mae", "quantile", "asymmetric")
+#: Huber: as accurate as MSE on the benchmarks and not pulled by a few extreme targets.
+DEFAULT_LOSS = "huber"
+#: The quantile loss's quantiles unless others are given.
+DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
+#: The asymmetric loss's penalties unless others are given (1, 1 is the MAE).
+DEFAULT_PENALTY = 1.0
+
+#: Class weights of a classifier's cross-entropy.
+CLASS_WEIGHTS = ("none", "balanced")
+DEFAULT_CLASS_WEIGHTS = "none"
+
+#: How categorical metadata enters the model (``fusion``).
+FUSION_MODES = ("none", "concat", "add", "gmu", "cross-attention", "perceiver")
+#: Fusion when columns are given without a mode: the residual GMU, the only mode not worse
+#: than no conditioning on average on either benchmark dataset
+#: (benchmarks/results/fusion.md: ECAM -3.7, karelia -0.5 days MAE against none).
+DEFAULT_FUSION = "gmu"
+#: The GMU's two forms; residual (h + z * tanh(W_c c)) was better than the canonical unit on
+#: every ECAM split measured (benchmarks/results/fusion.md).
+GMU_VARIANTS = ("canonical", "residual")
+DEFAULT_GMU_VARIANT = "residual"
+FUSION_GUIDANCE = (
+    "Which conditioning to use: 'gmu' (the default) to let each sample gate the metadata "
+    "in or out, the safe choice when it is unclear whether the columns help; 'concat' for a "
+    "few simple columns; "
+    "'add' + --p-conditional-output-scaling for a per-category shift of the target; "
+    "'cross-attention' when different taxa should respond to different conditions (its "
+    "linear readout also gives each ASV a coefficient per category value); "
+    "'perceiver' for many ASVs or many, often missing, columns; --p-film-conditioning "
+    "(with fusion 'none') to modulate the prediction head's features.")
+
+#: UniFrac variants computed from a phylogeny.
+UNIFRAC_METRICS = ("unweighted", "weighted-normalized")
+DEFAULT_UNIFRAC_METRIC = "unweighted"
+
+#: Where and how training runs (``engine.TrainConfig``).
+DEVICES = ("auto", "cpu", "cuda")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DISTRIBUTED = ("ddp", "fsdp")
+
+#: What ``train`` does with table samples that the metadata lacks.
+MISSING_SAMPLES = ("error", "ignore")
+
+
+def check_choice(name: str, value, allowed: tuple) -> None:
+    """Refuse ``value`` for the setting ``name`` unless it is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
