@@ -6,7 +6,7 @@ training) and has its own learned embedding. Shapes: ``B`` samples, ``S`` ASV
 slots, ``C`` categorical columns, ``K = C + 1`` metadata tokens (one per
 column plus a learned null token), ``D`` the embedding dimension.
 
-Where each mode acts (see ``FUSION_MODES``):
+Where each mode acts (see ``options.FUSION_MODES``):
 
 * ``concat`` / ``add``: the sample's categorical vector broadcast to every ASV
   slot before the target encoder (position-agnostic).
@@ -26,7 +26,7 @@ from torch import nn
 
 from .layers import transformer
 
-from .options import (DEFAULT_FUSION, FUSION_GUIDANCE, FUSION_MODES, GMU_VARIANTS,
+from .options import (DEFAULT_FUSION, FUSION_GUIDANCE, GMU_VARIANTS, VECTOR_FUSIONS,
                       check_choice)
 
 
@@ -248,12 +248,11 @@ def resolve_conditioning(architecture: dict | None, columns, *, transform: str |
                 f"({', '.join(asked)}) is a no-op.")
         return {**settings, "categorical_fusion": "none", "film_conditioning": False,
                 "conditional_output_scaling": False}
-    check_choice("categorical_fusion", fusion, FUSION_MODES)
     if fusion == "none" and not film and not scaling:
         raise ValueError(f"--p-categorical-columns {' '.join(columns)} would not be used: "
                          "--p-categorical-fusion is 'none' and neither FiLM nor conditional "
                          f"output scaling is on. {FUSION_GUIDANCE}")
-    if film and fusion in ("concat", "add", "gmu"):
+    if film and fusion in VECTOR_FUSIONS:
         log(f"Warning: --p-film-conditioning and --p-categorical-fusion {fusion} both inject "
             "the same categorical vector; FiLM alone (--p-categorical-fusion none) or the "
             "fusion alone is usually enough.")

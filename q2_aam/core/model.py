@@ -22,7 +22,7 @@ from .fusion import (AddFusion, CategoricalEmbedding, ConcatFusion,
 from .tokenizer import NUCLEOTIDE_CLASSES, PAD, VOCAB_SIZE
 
 from .options import (DEFAULT_GMU_VARIANT, FUSION_MODES, GMU_VARIANTS, MODEL_TASKS,
-                      OUTPUT_CONSTRAINTS, check_choice)
+                      OUTPUT_CONSTRAINTS, TOKEN_FUSIONS, VECTOR_FUSIONS, check_choice)
 
 
 @dataclass
@@ -399,8 +399,8 @@ class AAMModel(nn.Module):
         if self.asv_identity is not None:
             nn.init.normal_(self.asv_identity.weight, std=0.02)
         film = config.film_conditioning and bool(cards)
-        needs_tokens = fusion in ("cross-attention", "perceiver")
-        needs_vector = fusion in ("concat", "add", "gmu") or film
+        needs_tokens = fusion in TOKEN_FUSIONS
+        needs_vector = fusion in VECTOR_FUSIONS or film
         self.categories = (CategoricalEmbedding(cards, d, tokens=needs_tokens,
                                                 vector=needs_vector)
                            if needs_tokens or needs_vector else None)

@@ -43,6 +43,9 @@ FUSION_MODES = ("none", "concat", "add", "gmu", "cross-attention", "perceiver")
 #: than no conditioning on average on either benchmark dataset
 #: (benchmarks/results/fusion.md: ECAM -3.7, karelia -0.5 days MAE against none).
 DEFAULT_FUSION = "gmu"
+#: The modes that read one pooled categorical vector, and those that read metadata tokens.
+VECTOR_FUSIONS = ("concat", "add", "gmu")
+TOKEN_FUSIONS = ("cross-attention", "perceiver")
 #: The GMU's two forms; residual (h + z * tanh(W_c c)) was better than the canonical unit on
 #: every ECAM split measured (benchmarks/results/fusion.md).
 GMU_VARIANTS = ("canonical", "residual")
