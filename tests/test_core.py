@@ -405,3 +405,24 @@ def test_a_sequence_longer_than_any_amplicon_is_refused_with_its_length():
                                          r".*'f3' \(12000 nt\).*Trim"):
         api.train(long, np.arange(8.0), task="regression", config=TrainConfig(epochs=1),
                   log=lambda m: None)
+
+
+def test_deferred_distances_are_computed_once_before_workers_start(monkeypatch):
+    """With several processes, a function given as ``distances`` is called once in the
+    parent and its matrix handed to the workers (not computed again in each)."""
+    from q2_aam.core import launch
+    from q2_aam.core.engine import TrainConfig
+    calls, handed = [], {}
+
+    def distances():
+        calls.append(1)
+        return np.zeros((3, 3))
+
+    def fake_workers(action, args, keywords, num_processes):
+        handed.update(action=action, processes=num_processes, distances=args[1])
+        return "model"
+    monkeypatch.setattr(launch, "run_in_workers", fake_workers)
+    assert api.pretrain("samples", distances, config=TrainConfig(num_processes=2)) == "model"
+    assert calls == [1]
+    assert handed["action"] == "pretrain" and handed["processes"] == 2
+    assert isinstance(handed["distances"], np.ndarray)

@@ -65,8 +65,9 @@ def pretrain(samples: AmpliconSamples, distances, *,
         samples: the samples (all are used; no labels needed).
         distances: ``(n, n)`` UniFrac distances between ``samples``, same order, a
             :class:`~q2_aam.core.unifrac.TreeDistances` that computes each batch's pairs,
-            or a function returning either (called once every other input is checked;
-            ``None`` only with ``unifrac_weight=0``).
+            or a function returning either (called once every other input is checked, or,
+            with several processes, once before the workers start; ``None`` only with
+            ``unifrac_weight=0``).
         config: how to train, on how many processes (``launch.distributable``).
         checkpoint_dir, tensorboard_dir, progress: see ``engine.fit``.
     """
