@@ -1,8 +1,8 @@
 """QIIME 2 views -> the torch core's inputs, for the methods and visualizers alike.
 
-(No ``from __future__ import annotations`` here either: the actions share these
-types.) Each function checks its input and names the QIIME 2 option it came
-from; torch is imported only by the core, when an action runs.
+Each function checks its input and names the QIIME 2 option it came from; the
+core (and torch with it) is imported inside the functions, when an action runs,
+never when the plugin is loaded.
 """
 
 import functools

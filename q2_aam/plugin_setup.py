@@ -15,7 +15,6 @@ from . import __version__, _examples, _methods, _transformers
 from ._formats import (AAMModelConfigFormat, AAMModelDirectoryFormat,
                        AAMModelWeightsFormat)
 from ._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
-from .core.bundle import ModelBundle
 from .core import options
 
 citations = Citations.load("citations.bib", package="q2_aam")
