@@ -21,9 +21,12 @@ STEPS_PER_EPOCH = 4  # 16 training samples (20, of which 4 validate), batches of
 
 # Trains in a child process; SIGKILLs itself in the optimizer step after KILL_AFTER steps.
 CHILD = """
-import os, signal, sys
+import atexit, os, signal, sys, threading
 import numpy as np, torch
 sys.path.insert(0, {tests!r})
+atexit.register(lambda: print("threads at exit:", sorted(
+    t.name for t in threading.enumerate() if t is not threading.main_thread()),
+    file=sys.stderr))
 from conftest import random_samples
 from q2_aam.core import api
 from q2_aam.core.engine import TrainConfig
@@ -197,6 +200,9 @@ def test_a_signalled_run_writes_no_model_stops_its_workers_and_resumes(tmp_path,
     assert signalled.returncode == 1, signalled.stderr[-3000:]
     assert f"Training was stopped by SIG{name}" in signalled.stderr, signalled.stderr[-3000:]
     assert "running the same command again resumes" in signalled.stderr
+    # No thread of the launcher is left running into the interpreter's exit: one that
+    # was (the c10d rendezvous heartbeat) sometimes aborted the process at exit.
+    assert "threads at exit: []" in signalled.stderr, signalled.stderr[-3000:]
     assert not (tmp_path / "model").exists()
     assert (tmp_path / "ck" / "latest").read_text() == "epoch-2"
     workers = [int(p.name) for p in pids.iterdir()]

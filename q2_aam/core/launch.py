@@ -60,11 +60,16 @@ def run_workers(function, args: tuple, num_processes: int):
 
     if num_processes < 2:
         raise ValueError(f"run_workers needs at least 2 processes, got {num_processes}.")
+    # The static rendezvous (torchrun's default) is one TCP store on this machine. The
+    # 'c10d' one adds a heartbeat thread that the launcher leaves running when a signal
+    # stops it; that thread, still inside the store's C++ code when Python exits, aborted
+    # the process ("terminate called without an active exception") instead of exit 1.
     with tempfile.TemporaryDirectory(prefix="q2-aam-workers-") as logs:
         config = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=num_processes,
-            run_id=f"q2-aam-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
-            rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
+            run_id=f"q2-aam-{uuid.uuid4().hex[:8]}", rdzv_backend="static",
+            rdzv_configs={"rank": 0}, rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+            max_restarts=0,
             monitor_interval=0.2, start_method="spawn", logs_specs=None)
         # gloo picks a network interface from the host name, which may not resolve; the
         # workers all run here, so the loopback interface is the right one. Each worker
