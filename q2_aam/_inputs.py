@@ -66,11 +66,11 @@ def amplicon_samples(table: biom.Table, sequences: pd.Series | None, token_limit
     if len(fractional):
         row = int(np.searchsorted(counts.indptr, fractional[0], side="right") - 1)
         log(f"The feature table holds {len(fractional)} non-integer value(s) (e.g. "
-             f"{counts.data[fractional[0]]:g} in sample {str(table.ids()[row])!r}), so it is "
-             "not a table of read counts: each sample is read as relative abundances (values "
-             "/ the sample's total), and the model's log-count input no longer reflects read "
-             "depth. Give a table of read counts (FeatureTable[Frequency] from DADA2 or "
-             "Deblur) if you have one.")
+            f"{counts.data[fractional[0]]:g} in sample {str(table.ids()[row])!r}), so it is "
+            "not a table of read counts: each sample is read as relative abundances (values "
+            "/ the sample's total), and the model's log-count input no longer reflects read "
+            "depth. Give a table of read counts (FeatureTable[Frequency] from DADA2 or "
+            "Deblur) if you have one.")
     return AmpliconSamples.from_counts(
         counts, [str(i) for i in table.ids()], [str(i) for i in table.ids(axis="observation")],
         feature_sequences(table, sequences), token_limit)
@@ -107,7 +107,8 @@ def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
     (each sample's ``token_limit`` most abundant ASVs).
     """
     if phylogeny is not None and distance_matrix is not None:
-        raise ValueError("Give either a phylogeny or a distance matrix, not both.")
+        raise ValueError("Give either a phylogeny (--i-phylogeny) or a distance matrix "
+                         "(--i-distance-matrix) for UniFrac, not both.")
     ids = samples.sample_ids
     if distance_matrix is not None:
         missing = [i for i in ids if i not in distance_matrix.ids]
@@ -123,8 +124,8 @@ def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
     if len(ids) > UNIFRAC_MATRIX_MAX_SAMPLES:
         from .core.api import TreeDistances
         log(f"{len(ids)} samples: {metric} UniFrac is computed for each batch's pairs as "
-             f"training needs them (past {UNIFRAC_MATRIX_MAX_SAMPLES} samples the full matrix "
-             "is not held in memory).")
+            f"training needs them (past {UNIFRAC_MATRIX_MAX_SAMPLES} samples the full matrix "
+            "is not held in memory).")
         return TreeDistances(samples, phylogeny, metric)
     table = biom.Table(kept[used], feature_ids, ids)
     log(f"Computing {metric} UniFrac for {len(ids)} samples on the ASVs the model sees.")
@@ -144,12 +145,16 @@ def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
 
 
 def distances_if_used(samples, phylogeny, distance_matrix, metric, weight,
-                       clades: bool = False):
+                      clades: bool = False):
     """UniFrac distances when the UniFrac loss is on; refuse inputs that would go unused
     (``clades``: the phylogeny is used by the linear readout's clades)."""
-    if weight > 0:  # computed by the core once it has checked every other input
-        return functools.partial(unifrac_distances, samples, phylogeny, distance_matrix,
-                                 metric)
+    if weight > 0:
+        if distance_matrix is not None or phylogeny is None:  # a lookup: checked here
+            return unifrac_distances(samples, phylogeny, distance_matrix, metric)
+        # The tree is checked now; UniFrac itself (the slow part) is computed by the core
+        # once it has checked every other input.
+        check_tips(samples, phylogeny)
+        return functools.partial(unifrac_distances, samples, phylogeny, None, metric)
     if distance_matrix is not None:
         raise ValueError("A distance matrix was given, but --p-unifrac-weight is 0, so it "
                          "would not be used. Set --p-unifrac-weight (e.g. 0.1) to use "
@@ -227,7 +232,7 @@ def category_groups(sample_metadata, columns, sample_ids, required=True):
         return None
     from .core.api import group_labels
     frame = categorical_frame(sample_metadata, columns, sample_ids, "--p-normalize-by",
-                               required)
+                              required)
     return group_labels([frame[c].tolist() for c in columns])
 
 
@@ -236,7 +241,7 @@ MODEL_COLUMNS = "The model's categorical conditioning"
 
 
 def categorical_columns(sample_metadata, columns, sample_ids, required=True,
-                 parameter="--p-categorical-columns"):
+                        parameter="--p-categorical-columns"):
     """``{column: per-sample values}`` of the categorical conditioning columns."""
     if not columns:
         return None
@@ -245,7 +250,7 @@ def categorical_columns(sample_metadata, columns, sample_ids, required=True,
 
 
 def target_samples(table: biom.Table, metadata: qiime2.MetadataColumn,
-                    missing_samples: str) -> pd.Series:
+                   missing_samples: str) -> pd.Series:
     """The target of each table sample that has one, in table order."""
     series = metadata.to_series()
     table_ids = [str(i) for i in table.ids()]
@@ -257,16 +262,16 @@ def target_samples(table: biom.Table, metadata: qiime2.MetadataColumn,
     if absent:
         if missing_samples == "error":
             raise ValueError(
-                f"{len(absent)} sample(s) of the table are not in the metadata ({examples(absent)}). "
-                "Add them to the metadata, filter them from the table, or pass "
-                "--p-missing-samples ignore to leave them out.")
+                f"{len(absent)} sample(s) of the table are not in the metadata "
+                f"({examples(absent)}). Add them to the metadata, filter them from the "
+                "table, or pass --p-missing-samples ignore to leave them out.")
         log(f"Leaving out {len(absent)} sample(s) that are not in the metadata "
-             f"({examples(absent)}).")
+            f"({examples(absent)}).")
     values = series.reindex([i for i in table_ids if i in series.index])
     empty = values.index[values.isna()]
     if len(empty):
         log(f"Leaving out {len(empty)} sample(s) whose {series.name!r} is missing "
-             f"({examples(empty)}).")
+            f"({examples(empty)}).")
         values = values.dropna()
     if values.empty:
         raise ValueError(f"No sample of the table has a value in the metadata column "
@@ -275,7 +280,7 @@ def target_samples(table: biom.Table, metadata: qiime2.MetadataColumn,
 
 
 def prediction_inputs(model: ModelBundle, table: biom.Table, sequences: pd.Series | None,
-                       sample_metadata: qiime2.Metadata | None, sample_ids=None):
+                      sample_metadata: qiime2.Metadata | None, sample_ids=None):
     """The table's samples as the model reads them, with the metadata it needs: ``(samples,
     normalize groups, categorical columns)``."""
     samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
@@ -289,8 +294,8 @@ def prediction_inputs(model: ModelBundle, table: biom.Table, sequences: pd.Serie
     if conditioned and sample_metadata is None:
         raise ValueError(f"This model is conditioned on the metadata column(s) {conditioned}; "
                          "pass --m-sample-metadata-file with them.")
-    categorical = categorical_columns(sample_metadata, conditioned, samples.sample_ids, required=False,
-                               parameter=MODEL_COLUMNS)
+    categorical = categorical_columns(sample_metadata, conditioned, samples.sample_ids,
+                                      required=False, parameter=MODEL_COLUMNS)
     return samples, groups, categorical
 
 

@@ -22,9 +22,10 @@ def split_ids(ids: list, truth: pd.Series, subjects: pd.Series | None, test_size
                              "needs one. Fill the column or leave out --m-subjects-*.")
         groups = subjects.reindex(labelled).astype(str).to_numpy()
     if len(set(groups)) < 4:
-        raise ValueError(f"Only {len(set(groups))} {'subjects' if subjects is not None else 'samples'}"
-                         f" with a value in {truth.name!r}: too few to hold some out for "
-                         "testing and still train. Give more samples, or use 'train' and "
+        unit = "subjects" if subjects is not None else "samples"
+        raise ValueError(f"Only {len(set(groups))} {unit} with a value in {truth.name!r}: "
+                         "too few to hold some out for testing and still train. Give "
+                         "more samples, or use 'train' and "
                          "'accuracy' with a test table of your own.")
     split = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
     train, test = next(split.split(np.zeros(len(labelled)), groups=groups))
@@ -36,6 +37,12 @@ def train_and_evaluate(ctx, table, metadata, task="regression", sequences=None,
                        epochs=40, random_seed=0, device="auto"):
     import biom
     import qiime2
+    regression = task == "regression"
+    if phylogeny is not None and not regression and not pretrain_epochs:
+        raise ValueError("A phylogeny was given, but it would not be used: a classifier's "
+                         "training does not read it, and --p-pretrain-epochs is 0. Set "
+                         "--p-pretrain-epochs to pretrain with UniFrac, or leave the input "
+                         "out.")
     ids = [str(i) for i in table.view(biom.Table).ids()]
     truth = metadata.to_series()
     train_ids, test_ids = split_ids(ids, truth, None if subjects is None else
@@ -55,7 +62,6 @@ def train_and_evaluate(ctx, table, metadata, task="regression", sequences=None,
             table=table, sequences=sequences, phylogeny=phylogeny,
             unifrac_weight=1.0 if phylogeny is not None else 0.0, epochs=pretrain_epochs,
             **common)
-    regression = task == "regression"
     model, = ctx.get_action("aam", "train")(
         table=train_table, metadata=metadata, task=task, sequences=sequences,
         pretrained=encoder, phylogeny=phylogeny if regression else None, subjects=subjects,

@@ -263,7 +263,8 @@ CASES = [
     Case("pretrain without a phylogeny or distance matrix",
          r"UniFrac needs a rooted phylogeny.*or a distance", lambda c: c.pretrain()),
     Case("both a phylogeny and a distance matrix",
-         r"either a phylogeny or a distance matrix, not both",
+         r"either a phylogeny \(--i-phylogeny\) or a distance matrix "
+         r"\(--i-distance-matrix\) for UniFrac, not both",
          lambda c: c.pretrain(phylogeny=c.a["tree"],
                               distance_matrix=_distance_matrix(c, c.ids()))),
     Case("a distance matrix lacking some samples",
@@ -284,6 +285,18 @@ CASES = [
     Case("a phylogeny lacking some features, given to train for the readout's clades",
          r"feature\(s\) are not tips of the phylogeny",
          lambda c: c.train(phylogeny=_small_tree(c))),
+    Case("a phylogeny lacking some features, given to train for UniFrac",
+         r"feature\(s\) are not tips of the phylogeny",
+         lambda c: c.train(phylogeny=_small_tree(c), unifrac_weight=0.5)),
+    Case("a distance matrix lacking some samples, given to train",
+         r"sample\(s\) of the table are not in the distance",
+         lambda c: c.train(distance_matrix=_distance_matrix(c, c.ids()[:10]),
+                           unifrac_weight=0.5)),
+    Case("a phylogeny given to train-and-evaluate for a classifier without pretraining",
+         r"phylogeny was given, but it would not be used.*--p-pretrain-epochs is 0",
+         lambda c: c.aam.actions.train_and_evaluate(
+             table=c.a["table"], sequences=c.a["sequences"], phylogeny=c.a["tree"],
+             metadata=c.md.get_column("delivery"), task="classification", epochs=1)),
     Case("--p-mlm-weight with the (default) frozen pretrained encoder",
          r"--p-no-freeze-encoder", lambda c: c.train(pretrained=c.trained[0], mlm_weight=0.5)),
     # -- subjects and metadata columns
@@ -505,6 +518,21 @@ def test_bad_input(case, aam, ecam_subset, trained, tmp_path, capfd):
         assert "Traceback" not in message
     assert not (tmp_path / "ck" / "payload-ran").exists()
     SEEN[case.name] = _normalised(message, tmp_path)
+
+
+@pytest.mark.parametrize("inputs", ["tree", "matrix"])
+def test_bad_distance_inputs_are_refused_before_any_work(inputs, aam, ecam_subset, capfd):
+    """UniFrac is computed late (after every setting is checked), but its inputs are
+    checked at once: the error comes before the samples are read into the model (no
+    readout fitted, no training started)."""
+    c = Context(aam, ecam_subset, None, None)
+    capfd.readouterr()
+    bad = ({"phylogeny": _small_tree(c)} if inputs == "tree" else
+           {"distance_matrix": _distance_matrix(c, c.ids()[:10])})
+    with pytest.raises(ValueError, match="not tips of the phylogeny|not in the distance"):
+        c.train(unifrac_weight=0.5, **bad)
+    err = capfd.readouterr().err
+    assert "Linear readout" not in err and "Training a regression" not in err, err[-2000:]
 
 
 def test_bad_input_doc_is_current():

@@ -445,7 +445,7 @@ def test_pretrain_from_a_distance_matrix(aam, ecam_subset):
     encoder, = aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
                                     distance_matrix=dm, epochs=1, **SMALL)
     assert encoder.view(ModelBundle).training["history"][0]["train_unifrac"] > 0
-    with pytest.raises(ValueError, match="either a phylogeny or a distance matrix"):
+    with pytest.raises(ValueError, match=r"either a phylogeny \(--i-phylogeny\) or a distance matrix"):
         aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
                              distance_matrix=dm, phylogeny=a["tree"], epochs=1, **SMALL)
 

@@ -311,8 +311,8 @@ def prepare_classification(targets, train_rows: np.ndarray, *, class_weights: st
         raise ValueError(f"Each class needs at least 2 samples; {len(rare)} class(es) have "
                          f"fewer: {', '.join(rare[:5])}. Drop or merge rare classes first.")
     if len(classes) > MANY_CLASSES:
-        log(f"Warning: the target has {len(classes)} classes (at most "
-            f"{sizes.min()} samples in the rarest). If it is a numeric column, "
+        log(f"Warning: the target has {len(classes)} classes ({sizes.min()} samples in the "
+            "rarest). If it is a numeric column, "
             "--p-task regression predicts it as a number.")
     weights = (balanced_class_weights(encoded[train_rows], len(classes))
                if class_weights == "balanced" else None)
