@@ -237,7 +237,6 @@ def checkpointing_side_by_side(args) -> None:
 def child(phase: str, patch: int, precision: str, args, code: Path = HERE.parent,
           work: str | None = None, checkpointing: bool = False) -> dict:
     """Run one phase in a fresh process (its own peak memory), with q2_aam from ``code``."""
-    import os
     command = [sys.executable, __file__, "--phase", phase, "--patch", str(patch),
                "--precision", precision, "--samples", str(args.samples),
                "--epochs", str(args.epochs), "--work", work or args.work]

@@ -14,10 +14,10 @@ import pandas as pd
 import qiime2
 import skbio
 
+# (train's parameter ``categorical_columns`` would shadow the function of that name)
 from ._inputs import (amplicon_samples, categorical_columns as conditioning_columns,
-                      category_groups,
-                      class_names, distances_if_used, log, prediction_inputs, predictions,
-                      settings, subject_groups, target_samples)
+                      category_groups, class_names, distances_if_used, log, prediction_inputs,
+                      predictions, settings, subject_groups, target_samples)
 from .core.bundle import ModelBundle
 from .core.options import (DEFAULT_CLASS_WEIGHTS, DEFAULT_FUSION, DEFAULT_LOSS,
                            DEFAULT_OUTPUT_CONSTRAINT, DEFAULT_PENALTY, DEFAULT_QUANTILES,

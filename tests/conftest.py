@@ -41,7 +41,6 @@ def ecam_subset(tmp_path_factory):
     subjects (with ASVs the training samples lack). Downloaded once and cached
     (see q2_aam.example_data).
     """
-    import biom
     import qiime2
     from q2_aam.example_data import load_dataset
 

@@ -2,7 +2,6 @@
 q2-sample-classifier's confusion-matrix, which then draws ROC curves."""
 import numpy as np
 import pytest
-import qiime2
 
 
 @pytest.fixture(scope="module")

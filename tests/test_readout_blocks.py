@@ -4,7 +4,6 @@ planted clade or ASV x category interaction is found by ``api.train``."""
 import io
 
 import numpy as np
-import pytest
 import skbio
 import torch
 

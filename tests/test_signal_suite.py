@@ -21,7 +21,6 @@ is mostly the linear readout's (before the relaxed lasso, clades and the
 conditional readout, 4 and 8 epochs gave the same R²: no epoch beat the
 starting point on validation).
 """
-import numpy as np
 import pytest
 
 from q2_aam.core import api

@@ -1,5 +1,4 @@
 """A training run's side outputs: checkpoints and resume, TensorBoard, accumulation, precision."""
-import json
 import os
 import subprocess
 import sys

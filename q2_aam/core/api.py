@@ -34,14 +34,14 @@ from .unifrac import pair_distances
 
 # What the plugin layer uses besides the entry points (it imports nothing else of the core
 # but ``bundle``, for the artifact format).
-from .checkpoints import writable_directory  # noqa: E402
-from .explain import (MISSING, asv_attention, asv_response, category_groups,  # noqa: E402
+from .checkpoints import writable_directory
+from .explain import (MISSING, asv_attention, asv_response, category_groups,
                       confusion, gate_table, heatmap_matrix, history_frame, latent_attention,
                       metadata_share, rank_by_variance, regression_accuracy, token_names)
-from .model import ModelConfig  # noqa: E402
-from .targets import group_labels  # noqa: E402
-from .tokenizer import is_dna  # noqa: E402
-from .unifrac import TreeDistances  # noqa: E402
+from .model import ModelConfig
+from .targets import group_labels
+from .tokenizer import is_dna
+from .unifrac import TreeDistances
 
 __all__ = ["pretrain", "train", "predict", "predict_raw", "model_outputs",
            "conditioning_response", "ModelBundle", "TrainConfig", "AmpliconSamples",
@@ -419,8 +419,9 @@ def model_outputs(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: 
 
 def predict(bundle: ModelBundle, samples: AmpliconSamples, *,
             normalize_groups: Sequence | None = None, **kwargs) -> np.ndarray:
-    # kwargs: batch_size, device, categorical, log (see predict_raw)
     """Predictions in the target's original units (regression) or class names.
+
+    ``kwargs``: ``batch_size``, ``device``, ``categorical``, ``log`` (see :func:`predict_raw`).
 
     ``normalize_groups``: each sample's group label, for a model trained with
     the ``zscore-category`` transform (groups unseen in training use the

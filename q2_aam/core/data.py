@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .tokenizer import tokenize
 
 #: Abundance features per ASV slot (see ``abundance_features``).
 N_ABUNDANCE_FEATURES = 3
@@ -136,7 +137,7 @@ class BatchCollator:
     Args:
         samples: the samples.
         tokens: ``(n_features, L)`` token matrix of ``samples.sequences``
-            (from ``tokenizer.tokenize``).
+            (from :func:`tokenize`).
         targets: optional per-sample targets (float for regression, int class
             index for classification), indexed like ``samples``.
         global_index: optional per-sample global index (into a distance
@@ -334,7 +335,6 @@ def sample_tokens(samples: AmpliconSamples, max_length: int | None = None,
                   log=None) -> np.ndarray:
     """The token matrix of the samples' features (``tokenizer.tokenize``); ``max_length``:
     what an existing model reads, else a new model's limit ``NEW_MODEL_MAX_LENGTH``."""
-    from .tokenizer import tokenize
     if max_length is None:
         lengths = np.fromiter(map(len, samples.sequences), dtype=np.int64,
                               count=len(samples.sequences))

@@ -2,7 +2,7 @@
 
 Plain PyTorch with a few Accelerate calls: ``prepare``, ``accumulate``,
 ``backward``, ``clip_grad_norm_``, ``gather_for_metrics`` and the TensorBoard
-tracker; checkpoints are written by ``checkpoint`` (safetensors and JSON only).
+tracker; checkpoints are written by ``checkpoints`` (safetensors and JSON only).
 It runs the same in one process and in each process of a distributed run
 (``launch.run_workers``, ``torchrun`` or ``accelerate launch``). Everything a
 task does differently lives in :class:`Objective`.
@@ -293,9 +293,6 @@ def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchColla
     if not (objective.monitors_target or objective.unifrac_weight > 0
             or objective.mlm_weight > 0):
         raise ValueError("Every loss weight is 0: nothing to train.")
-    if freeze_encoder and objective.mlm_weight > 0:
-        raise ValueError("The masked-nucleotide loss trains the nucleotide encoder, which "
-                         "is frozen; set its weight to 0 or do not freeze the encoder.")
     run = _Run(model, train_collator, val_collator, objective, config, freeze_encoder,
                metrics, log, tensorboard_dir)
     if checkpoint_dir:

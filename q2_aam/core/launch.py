@@ -146,10 +146,9 @@ def distributable(action):
         bound.apply_defaults()
         config = bound.arguments["config"]
         if config.num_processes > 1 and not in_distributed_run():
+            from .unifrac import deferred
             distances = bound.arguments.get("distances")
-            if callable(distances) and not hasattr(distances, "between"):
-                # Deferred distances (see unifrac.pair_distances) are computed here, once,
-                # not once in every worker.
+            if deferred(distances):  # computed here, once, not once in every worker
                 bound.arguments["distances"] = distances()
             return run_in_workers(action.__name__, bound.args, bound.kwargs,
                                   config.num_processes)

@@ -51,8 +51,6 @@ def masked_nucleotide_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.
                            ignore_index=IGNORE)
 
 
-
-
 @dataclass(frozen=True)
 class RegressionLoss:
     """The loss of a numeric target, on the transformed scale.

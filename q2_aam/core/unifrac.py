@@ -134,10 +134,16 @@ class TreeDistances:
         return torch.as_tensor(distances, dtype=torch.float32, device=self.device)
 
 
+def deferred(distances) -> bool:
+    """Whether ``distances`` is a function that computes them (called by
+    :func:`pair_distances`, or once before worker processes start)."""
+    return callable(distances) and not isinstance(distances, (MatrixDistances, TreeDistances))
+
+
 def pair_distances(distances, n: int) -> "MatrixDistances | TreeDistances | None":
     """``distances`` (an ``(n, n)`` array, a :class:`TreeDistances`, or a function that
     returns either, called now) as the loss reads them, checked to cover the ``n`` samples."""
-    if callable(distances) and not isinstance(distances, (MatrixDistances, TreeDistances)):
+    if deferred(distances):
         distances = distances()
     if distances is None:
         return None
