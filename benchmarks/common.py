@@ -47,6 +47,19 @@ def pretrained_encoder(name: str, data, samples, epochs: int = 5, seed: int = 0)
     return bundle
 
 
+def readout_alone(bundle):
+    """A copy of the trained ``bundle`` whose network adds nothing: its prediction head's
+    output layer zeroed, so it predicts the closed-form linear readout alone (the network
+    starts so; ``AAMModel._build_target_branch``)."""
+    import dataclasses
+    if not bundle.model_config.get("linear_readout"):
+        raise ValueError("This model has no linear readout.")
+    state = dict(bundle.state_dict)
+    for name in ("target_head.out.weight", "target_head.out.bias"):
+        state[name] = state[name].clone().zero_()
+    return dataclasses.replace(bundle, state_dict=state)
+
+
 def train_defaults(**overrides) -> dict:
     """Keyword arguments of ``api.train`` that reproduce ``qiime aam train``'s defaults (read
     from the action's signature, so a benchmark follows the defaults as they change),
@@ -93,7 +106,8 @@ def variant_of(args) -> tuple[str, dict]:
 def regression_scores(predicted: np.ndarray, truth: np.ndarray) -> dict:
     ss_tot = float(((truth - truth.mean()) ** 2).sum())
     return {"mae": float(np.abs(predicted - truth).mean()),
-            "r2": 1 - float(((truth - predicted) ** 2).sum()) / ss_tot}
+            "r2": 1 - float(((truth - predicted) ** 2).sum()) / ss_tot,
+            "bias": float(np.mean(predicted - truth))}
 
 
 class ResultTable:

@@ -32,9 +32,10 @@ import numpy as np
 import json
 
 from common import (RESULTS, ResultTable, add_variant_option, log, pretrained_encoder,
-                    train_defaults, variant_of)
+                    readout_alone, train_defaults, variant_of)
 
-FUSIONS = ("none", "concat", "cross-attention")
+#: The interaction target is trained once per conditioning: each fusion mode, and FiLM.
+FUSIONS = ("none", "concat", "add", "gmu", "cross-attention", "perceiver", "film")
 COLUMNS = ["kind", "seed", "model", "metric", "score", "rank_planted", "seconds"]
 
 
@@ -80,7 +81,10 @@ def aam(target, encoder, fusion: str | None, overrides: dict, tree=None):
     overrides = json.loads(json.dumps(overrides))  # a copy
     if fusion is not None:
         cats = target.categorical
-        overrides.setdefault("architecture", {})["categorical_fusion"] = fusion
+        overrides.setdefault("architecture", {})["categorical_fusion"] = \
+            "none" if fusion == "film" else fusion
+        if fusion == "film":
+            overrides["architecture"]["film_conditioning"] = True
     kwargs = train_defaults(**overrides)
     def rows(values, r):
         return None if values is None else {c: [v[i] for i in r] for c, v in values.items()}
@@ -91,6 +95,9 @@ def aam(target, encoder, fusion: str | None, overrides: dict, tree=None):
     test = samples.subset(te)
     categorical = rows(cats, te) if fusion not in (None, "none") else None
     predicted = api.predict(bundle, test, categorical=categorical, log=lambda m: None)
+    alone = (score(target, api.predict(readout_alone(bundle), test, categorical=categorical,
+                                       log=lambda m: None))
+             if bundle.model_config.get("linear_readout") else None)
     ranks = ""
     if fusion == "cross-attention":
         response = api.conditioning_response(bundle, test, categorical=categorical,
@@ -99,7 +106,7 @@ def aam(target, encoder, fusion: str | None, overrides: dict, tree=None):
         table = table[table["n_samples"] >= 5].sort_values("season", ascending=False)
         order = list(table.index)
         ranks = " ".join(str(order.index(target.sequences[j]) + 1) for j in target.planted)
-    return score(target, predicted), ranks
+    return score(target, predicted), alone, ranks
 
 
 def main():
@@ -137,11 +144,17 @@ def main():
                 if table.has(kind=kind, seed=seed, model=model):
                     continue
                 started = time.perf_counter()
-                value, ranks = aam(target, encoder, fusion, overrides, data.tree)
+                value, alone, ranks = aam(target, encoder, fusion, overrides, data.tree)
+                seconds = round(time.perf_counter() - started)
                 table.add({"kind": kind, "seed": seed, "model": model, "metric": metric,
                            "score": round(value, 4), "rank_planted": ranks,
-                           "seconds": round(time.perf_counter() - started)})
-                log(f"{kind} seed {seed} {model}: {metric} {value:.3f} {ranks}")
+                           "seconds": seconds})
+                if alone is not None:
+                    table.add({"kind": kind, "seed": seed, "model": f"{model} readout alone",
+                               "metric": metric, "score": round(alone, 4), "rank_planted": "",
+                               "seconds": seconds})
+                log(f"{kind} seed {seed} {model}: {metric} {value:.3f} (readout alone "
+                    f"{alone}) {ranks}")
     (RESULTS / "suite.md").write_text(markdown(table.rows))
     print(markdown(table.rows))
 

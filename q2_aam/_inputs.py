@@ -17,6 +17,7 @@ import qiime2
 import skbio
 
 from .core.bundle import ModelBundle
+from .core.options import DEFAULT_MATCH_IDENTITY
 
 
 def log(message: str) -> None:
@@ -306,14 +307,15 @@ def class_names(values: pd.Series) -> pd.Series:
 
 def predictions(model: ModelBundle, table: biom.Table, sequences: pd.Series | None,
                 sample_metadata: qiime2.Metadata | None, batch_size: int, device: str,
-                sample_ids=None) -> pd.Series:
+                sample_ids=None, match_identity: float = DEFAULT_MATCH_IDENTITY) -> pd.Series:
     """The model's predictions for the table's samples (only ``sample_ids``, in that order,
     when given): original units or class names, indexed by sample ID."""
     from .core import api
     samples, groups, categorical = prediction_inputs(model, table, sequences,
                                                       sample_metadata, sample_ids)
     values = api.predict(model, samples, normalize_groups=groups, batch_size=batch_size,
-                         device=device, categorical=categorical, log=log)
+                         device=device, categorical=categorical,
+                         match_identity=match_identity, log=log)
     series = pd.Series(values, index=pd.Index(samples.sample_ids, name="SampleID"),
                        name="prediction")
     return series.astype(float) if model.kind == "regressor" else series.astype(str)

@@ -21,7 +21,8 @@ from ._inputs import (amplicon_samples, categorical_columns as conditioning_colu
 from .core.bundle import ModelBundle
 from .core.options import (DEFAULT_CLASS_WEIGHTS, DEFAULT_FUSION, DEFAULT_LOSS,
                            DEFAULT_OUTPUT_CONSTRAINT, DEFAULT_PENALTY, DEFAULT_QUANTILES,
-                           DEFAULT_TARGET_TRANSFORM, DEFAULT_UNIFRAC_METRIC)
+                           DEFAULT_MATCH_IDENTITY, DEFAULT_TARGET_TRANSFORM,
+                           DEFAULT_UNIFRAC_METRIC)
 
 
 def pretrain(table: biom.Table, sequences: pd.Series = None,
@@ -126,13 +127,15 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
 
 def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
             sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
-            device: str = "auto") -> pd.Series:
-    return predictions(model, table, sequences, sample_metadata, batch_size, device)
+            device: str = "auto", match_identity: float = DEFAULT_MATCH_IDENTITY) -> pd.Series:
+    return predictions(model, table, sequences, sample_metadata, batch_size, device,
+                       match_identity=match_identity)
 
 
 def predict_classification(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,
                            sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
-                           device: str = "auto") -> (pd.Series, pd.DataFrame):
+                           device: str = "auto", match_identity: float = DEFAULT_MATCH_IDENTITY
+                           ) -> (pd.Series, pd.DataFrame):
     """A classifier's predicted classes and class probabilities (softmax of its outputs)."""
     from .core import api
     if model.kind != "classifier":
@@ -140,7 +143,7 @@ def predict_classification(model: ModelBundle, table: biom.Table, sequences: pd.
                          f"{model.kind}. Use 'predict' for it.")
     samples, _, categorical = prediction_inputs(model, table, sequences, sample_metadata)
     logits = api.predict_raw(model, samples, batch_size=batch_size, device=device,
-                             categorical=categorical, log=log)
+                             categorical=categorical, match_identity=match_identity, log=log)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities = shifted / shifted.sum(axis=1, keepdims=True)
     index = pd.Index(samples.sample_ids, name="SampleID")

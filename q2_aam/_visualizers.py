@@ -17,6 +17,7 @@ import qiime2
 
 from . import _inputs as inputs
 from .core.bundle import ModelBundle
+from .core.options import DEFAULT_MATCH_IDENTITY
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
@@ -144,7 +145,7 @@ def training_history(output_dir: str, model: ModelBundle) -> None:
 def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
              metadata: qiime2.MetadataColumn, sequences: pd.Series = None,
              sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
-             device: str = "auto") -> None:
+             device: str = "auto", match_identity: float = DEFAULT_MATCH_IDENTITY) -> None:
     from .core.api import confusion, regression_accuracy
     plt = _pyplot()
     truth = metadata.to_series()
@@ -162,13 +163,16 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
         raise ValueError(f"This model is a regressor, but the column {truth.name!r} is "
                          "categorical; pass the numeric column it predicts.")
     predicted = inputs.predictions(model, table, sequences, sample_metadata, batch_size, device,
-                            sample_ids=ids).to_numpy()
+                                   sample_ids=ids, match_identity=match_identity).to_numpy()
     observed = truth.loc[ids]
     if not regression and not isinstance(metadata, qiime2.CategoricalMetadataColumn):
         observed = inputs.class_names(observed)  # as 'train' names numeric class codes
     target = model.target.get("name", "target")
     frame = pd.DataFrame({"observed": observed.to_numpy(), "predicted": predicted},
                          index=pd.Index(ids, name="sample_id"))
+    new_asvs = _new_asv_shares(model, table, sequences, ids, match_identity)
+    if new_asvs is not None:
+        frame = frame.join(new_asvs)
     downloads = [_tsv(frame, output_dir, "predictions.tsv")]
     if regression:
         scores = regression_accuracy(frame["observed"], frame["predicted"])
@@ -203,9 +207,32 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
         figure = _save(fig, output_dir, "accuracy.svg")
         summary = pd.DataFrame({"value": {"n": len(frame), "accuracy": correct}})
         text = [f"Observed (rows) against predicted (columns) classes of {target!r}."]
+    if new_asvs is not None:
+        share = new_asvs.drop(columns="reads_in_vocabulary").sum(axis=1)
+        text.append(
+            f"Reads in ASVs outside the model's training vocabulary: median {share.median():.1%}"
+            f" of a sample's reads (max {share.max():.1%}); predictions.tsv gives each "
+            "sample's share read as the nearest vocabulary ASV (at least "
+            f"{match_identity:.0%} identity) and unmatched. Where it is high, the model "
+            "extrapolates.")
     _render(output_dir, "Accuracy", [f"Model: {model.kind} of {target!r}."],
             [_section("Predicted vs observed", text, [_figure(figure)], downloads,
                       table=summary)])
+
+
+def _new_asv_shares(model, table, sequences, ids, match_identity) -> pd.DataFrame | None:
+    """Per sample of ``ids``, the shares of the reads the model reads in its training
+    vocabulary, in new ASVs read as a vocabulary neighbour and in unmatched new ASVs
+    (``None`` for a model without a vocabulary)."""
+    from .core import api
+    samples = inputs.amplicon_samples(table, sequences, model.training.get("token_limit", 256),
+                                      sample_ids=ids)
+    shares = api.read_shares(model, samples, match_identity)
+    if shares is None:
+        return None
+    return pd.DataFrame({f"reads_{'in_' if k == 'vocabulary' else ''}{k}": v.round(4)
+                         for k, v in shares.items()},
+                        index=pd.Index(samples.sample_ids, name="sample_id"))
 
 
 # --- conditioning: GMU gates, cross-attention, Perceiver ------------------------------
@@ -364,7 +391,8 @@ def _response_section(plt, output_dir, model, response, samples, columns, labels
         [_tsv(table, output_dir, "response.tsv", index=False)], table=shown)
 
 
-def _conditioning_response(model, samples, categorical, sample_metadata, batch_size, device):
+def _conditioning_response(model, samples, categorical, sample_metadata, batch_size, device,
+                           match_identity):
     """``api.conditioning_response`` for the visualizer, with the groups a group-normalised
     target needs, and a word first on how long it takes."""
     from .core import api
@@ -377,7 +405,8 @@ def _conditioning_response(model, samples, categorical, sample_metadata, batch_s
          f"the demo's 190 samples take about 7 s on 2 CPU cores.")
     return api.conditioning_response(model, samples, categorical=categorical,
                                      normalize_groups=groups, batch_size=batch_size,
-                                     device=device, log=inputs.log)
+                                     device=device, match_identity=match_identity,
+                                     log=inputs.log)
 
 
 def _cross_attention_view(output_dir, model, outputs, samples, categorical, columns, taxonomy,
@@ -496,7 +525,8 @@ def _perceiver_view(output_dir, model, outputs, samples, categorical, columns, t
 def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
                          sample_metadata: qiime2.Metadata, sequences: pd.Series = None,
                          taxonomy: pd.DataFrame = None, top_n: int = 30, min_samples: int = 5,
-                         batch_size: int = 64, device: str = "auto") -> None:
+                         batch_size: int = 64, device: str = "auto",
+                         match_identity: float = DEFAULT_MATCH_IDENTITY) -> None:
     from .core import api
     from .core.api import MISSING
     fusion = model.model_config.get("categorical_fusion", "none")
@@ -516,14 +546,16 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
         inputs.log(f"{len(absent)} sample(s) are not in the sample metadata ({inputs.examples(absent)}); "
              f"the model reads their columns as unknown, and they are shown as {MISSING!r}.")
     outputs = api.model_outputs(model, samples, batch_size=batch_size, device=device,
-                                categorical=categorical, log=inputs.log)
+                                categorical=categorical, match_identity=match_identity,
+                                log=inputs.log)
     if fusion == "gmu":
         sections = _gmu_view(output_dir, model, outputs, samples, categorical, columns)
     elif fusion == "cross-attention":
         sections = _cross_attention_view(
             output_dir, model, outputs, samples, categorical, columns, taxonomy, top_n,
             min_samples, lambda: _conditioning_response(model, samples, categorical,
-                                                        sample_metadata, batch_size, device))
+                                                        sample_metadata, batch_size, device,
+                                                        match_identity))
     else:
         sections = _perceiver_view(output_dir, model, outputs, samples, categorical, columns,
                                    taxonomy, top_n)

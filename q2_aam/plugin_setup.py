@@ -50,6 +50,7 @@ UNIFRAC = Str % Choices(*options.UNIFRAC_METRICS)
 POSITIVE = Int % Range(1, None)
 FRACTION = Float % Range(0, 1, inclusive_start=True, inclusive_end=False)
 WEIGHT = Float % Range(0, None)
+MATCH_IDENTITY = Float % Range(0.5, 1, inclusive_start=True, inclusive_end=True)
 
 # Every description in one place, shared by the actions.
 INPUTS = {
@@ -192,6 +193,12 @@ PARAMETERS = {
     "random_seed": "Seed for initialisation, shuffling, masking and the validation split: "
                    "the same seed gives the same model on the CPU.",
     "device": "'auto' uses a GPU when torch sees one, else the CPU.",
+    "match_identity": "An ASV outside the model's training vocabulary (another denoising "
+                      "run, trimming or study) is read with the identity and linear-readout "
+                      "coefficients of its nearest vocabulary ASV when their alignment "
+                      "identity is at least this, as closed-reference OTU picking would "
+                      "count it; 1 matches exact sequences only. The log says what share "
+                      "of the reads this concerns.",
     "num_processes": "Worker processes to train in (data parallel, DDP): the GPUs to use on "
                      "a GPU machine, CPU processes otherwise. Each reads its share of every "
                      "batch; the UniFrac loss still covers all pairs of the whole batch. "
@@ -347,7 +354,8 @@ T_model_in, T_predictions = TypeMap({
     AAMModel[AAMRegressor]: SampleData[RegressorPredictions],
     AAMModel[AAMClassifier]: SampleData[ClassifierPredictions],
 })
-predict_params = {"sample_metadata": Metadata, "batch_size": POSITIVE, "device": DEVICE}
+predict_params = {"sample_metadata": Metadata, "batch_size": POSITIVE, "device": DEVICE,
+                  "match_identity": MATCH_IDENTITY}
 plugin.methods.register_function(
     function=_methods.predict,
     inputs={"model": T_model_in, "table": FeatureTable[Frequency],
@@ -357,6 +365,7 @@ plugin.methods.register_function(
     input_descriptions=_describe(["model", "table", "sequences"]),
     parameter_descriptions={"batch_size": "Samples per forward pass.",
                             "device": PARAMETERS["device"],
+                            "match_identity": PARAMETERS["match_identity"],
                             "sample_metadata": PARAMETERS["sample_metadata"]},
     output_descriptions={"predictions": "Predicted values (original units) or classes, "
                                         "usable by q2-sample-classifier's visualizers."},
@@ -378,6 +387,7 @@ plugin.methods.register_function(
     input_descriptions=_describe(["model", "table", "sequences"]),
     parameter_descriptions={"batch_size": "Samples per forward pass.",
                             "device": PARAMETERS["device"],
+                            "match_identity": PARAMETERS["match_identity"],
                             "sample_metadata": PARAMETERS["sample_metadata"]},
     output_descriptions={
         "predictions": "Predicted classes (the most probable), as from 'predict'.",
@@ -403,6 +413,7 @@ TRAINED_MODEL = AAMModel[AAMRegressor | AAMClassifier]
 VIEW_PARAMETERS = {
     "batch_size": "Samples per forward pass.",
     "device": PARAMETERS["device"],
+    "match_identity": PARAMETERS["match_identity"],
     "sample_metadata": "Sample metadata holding the categorical column(s) the model was "
                        "trained with (--p-categorical-columns, --p-normalize-by).",
 }
@@ -411,7 +422,8 @@ VIEW_INPUTS = {"table": "Feature table of the samples to explain (e.g. held-out 
 # What 'accuracy' and 'explain-conditioning' both take: a model run on samples.
 VIEW_INPUT_TYPES = {"model": TRAINED_MODEL, "table": FeatureTable[Frequency],
                     "sequences": FeatureData[Sequence]}
-VIEW_PARAMETER_TYPES = {"sample_metadata": Metadata, "batch_size": POSITIVE, "device": DEVICE}
+VIEW_PARAMETER_TYPES = {"sample_metadata": Metadata, "batch_size": POSITIVE, "device": DEVICE,
+                        "match_identity": MATCH_IDENTITY}
 
 plugin.visualizers.register_function(
     function=_visualizers.training_history,

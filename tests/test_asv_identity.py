@@ -8,11 +8,11 @@ import torch
 
 from q2_aam.core import api
 from q2_aam.core.bundle import ModelBundle
-from q2_aam.core.data import (AmpliconSamples, BatchCollator, asv_vocabulary, sequence_key,
-                              vocabulary_index)
+from q2_aam.core.data import AmpliconSamples, BatchCollator
 from q2_aam.core.engine import TrainConfig
 from q2_aam.core.model import AAMModel, ModelConfig
 from q2_aam.core.tokenizer import tokenize
+from q2_aam.core.vocabulary import Vocabulary, sequence_key
 
 from conftest import random_samples
 
@@ -28,22 +28,23 @@ def test_vocabulary_holds_asvs_of_enough_samples():
     counts = np.array([[5, 1, 0, 0], [3, 0, 2, 0], [1, 0, 0, 7]])
     seqs = ["AAAA", "CCCC", "GGGG", "TTTT"]
     samples = AmpliconSamples.from_counts(counts, ["a", "b", "c"], list("wxyz"), seqs, 4)
-    assert asv_vocabulary(samples, 1) == sorted(sequence_key(s) for s in seqs)
-    assert asv_vocabulary(samples, 2) == [sequence_key("AAAA")]
-    assert asv_vocabulary(samples, 4) == []
+    assert Vocabulary.of_samples(samples, 1).keys == sorted(sequence_key(s) for s in seqs)
+    common = Vocabulary.of_samples(samples, 2)
+    assert (common.keys, common.sequences, common.prevalence) == (
+        [sequence_key("AAAA")], ["AAAA"], [3])
+    assert Vocabulary.of_samples(samples, 4).keys == []
 
 
 def test_vocabulary_index_maps_by_sequence_and_unknown_to_zero():
     vocab = sorted(sequence_key(s) for s in ["AAAA", "CCCC"])
-    rows = vocabulary_index(["cccc", "GGGG", "AAAA"], vocab)
+    rows = Vocabulary(vocab).exact_rows(["cccc", "GGGG", "AAAA"])
     assert rows[1] == 0
     assert rows[0] == vocab.index(sequence_key("CCCC")) + 1
     assert rows[2] == vocab.index(sequence_key("AAAA")) + 1
 
 
 def test_collated_slots_carry_their_asvs_vocabulary_row(samples):
-    vocab = asv_vocabulary(samples, 2)
-    rows = vocabulary_index(samples.sequences, vocab)
+    rows = Vocabulary.of_samples(samples, 2).exact_rows(samples.sequences)
     batch = BatchCollator(samples, tokenize(samples.sequences).tokens,
                           vocabulary=rows)([0, 1, 2, 3])
     for b, r in enumerate([0, 1, 2, 3]):

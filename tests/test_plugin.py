@@ -86,6 +86,42 @@ def test_pretrain_train_predict_round_trip(aam, ecam_subset, trained, tmp_path):
     assert viz is not None
 
 
+def test_predict_on_new_asvs_says_how_much_it_extrapolates(aam, ecam_subset, trained,
+                                                           capfd, tmp_path):
+    """Every ASV of the table is new (its sequences cut 10 nt later, as another primer
+    would): predict says so, warns, reads them as their nearest training ASVs (so the
+    predictions stay those of the original table), and the accuracy view gives each
+    sample's shares."""
+    from q2_aam.example_data.variants import retrim
+    _, model = trained
+    a = ecam_subset["artifacts"]
+    own, = aam.actions.predict(model=model, table=a["new_table"])
+    shifted = qiime2.Artifact.import_data(
+        "FeatureTable[Frequency]", retrim(a["new_table"].view(biom.Table), 10))
+    capfd.readouterr()
+    preds, = aam.actions.predict(model=model, table=shifted)
+    err = capfd.readouterr().err
+    assert "New ASVs: 100.0% of the reads" in err
+    assert "Warning: 100% of the reads are in ASVs this model did not learn" in err
+    changes = (preds.view(pd.Series) - own.view(pd.Series)).abs()
+    spread = own.view(pd.Series).std()
+    assert changes.mean() < 0.2 * spread
+    exact, = aam.actions.predict(model=model, table=shifted, match_identity=1.0)
+    assert "with matching off (match identity 1), all 100.0% are read by the sequence " \
+        "network alone" in capfd.readouterr().err
+    assert (exact.view(pd.Series) - own.view(pd.Series)).abs().mean() > changes.mean()
+    viz, = aam.visualizers.accuracy(model=model, table=shifted,
+                                    metadata=ecam_subset["metadata"].get_column("age_days"))
+    viz.export_data(str(tmp_path / "viz"))
+    table = pd.read_csv(tmp_path / "viz" / "predictions.tsv", sep="\t", index_col=0)
+    assert (table["reads_in_vocabulary"] == 0).all()
+    np.testing.assert_allclose(table[["reads_in_vocabulary", "reads_neighbour",
+                                      "reads_unmatched"]].sum(axis=1), 1, atol=1e-3)
+    assert table["reads_neighbour"].mean() > 0.5
+    assert "Reads in ASVs outside the model's training vocabulary: median 100.0%" in \
+        (tmp_path / "viz" / "index.html").read_text()
+
+
 def test_model_artifact_holds_what_predict_needs(trained):
     _, model = trained
     bundle = model.view(ModelBundle)

@@ -4,6 +4,7 @@ planted clade or ASV x category interaction is found by ``api.train``."""
 import io
 
 import numpy as np
+import pytest
 import skbio
 import torch
 
@@ -160,3 +161,58 @@ def test_phylogeny_gives_the_readout_clades_and_they_are_saved(tmp_path):
     again = ModelBundle.load(tmp_path / "m")
     np.testing.assert_allclose(api.predict(again, samples), api.predict(bundle, samples),
                                rtol=1e-6)
+
+
+def _reference_l1(x, y, folds):
+    """The L1 candidates as q2-aam computed them before issue 26: scikit-learn's
+    ``ElasticNetCV``, then a second elastic-net path per fold for the relaxed lasso."""
+    from sklearn.linear_model import ElasticNetCV, Ridge, enet_path
+    from q2_aam.core.linear import L1_RATIOS, REFIT_ALPHA, RELAXED_MIX
+    net = ElasticNetCV(l1_ratio=list(L1_RATIOS), n_alphas=30, cv=folds, max_iter=5000,
+                       tol=1e-3).fit(x, y)
+    alphas = np.asarray(net.alphas_)[list(L1_RATIOS).index(net.l1_ratio_)]
+    errors = np.zeros((len(alphas), len(RELAXED_MIX)))
+    for train, test in folds:
+        mean, centre = x[train].mean(axis=0), y[train].mean()
+        _, path, _ = enet_path(x[train] - mean, y[train] - centre, alphas=alphas,
+                               l1_ratio=net.l1_ratio_, max_iter=5000, tol=1e-3)
+        for k in range(len(alphas)):
+            support = np.flatnonzero(path[:, k])
+            if len(support) > len(train) // 2:
+                errors[k] = np.inf
+                continue
+            lasso = (x[test] - mean) @ path[:, k] + centre
+            if len(support):
+                ridge = Ridge(alpha=REFIT_ALPHA).fit(x[train][:, support], y[train])
+                refit = x[test][:, support] @ ridge.coef_ + ridge.intercept_
+            else:
+                refit = y[train].mean()
+            for m, mix in enumerate(RELAXED_MIX):
+                errors[k, m] += np.mean((mix * lasso + (1 - mix) * refit - y[test]) ** 2) \
+                    / len(folds)
+    k, m = np.unravel_index(np.argmin(errors), errors.shape)
+    return {"l1_ratio": net.l1_ratio_, "error": float(net.mse_path_.mean(axis=-1).min()),
+            "alpha": float(net.alpha_), "relaxed_error": float(errors[k, m]),
+            "relaxed_alpha": float(alphas[k]), "mix": RELAXED_MIX[m], "coef": net.coef_}
+
+
+@pytest.mark.parametrize("signal", ["sparse", "dense"])
+def test_the_l1_cross_validation_chooses_as_scikit_learns_elastic_net_cv(signal):
+    """The readout's own pass over the folds (each elastic-net path computed once, folds in
+    parallel) gives the choice, penalties and errors of scikit-learn's ElasticNetCV plus
+    the relaxed lasso's second pass, which it replaced."""
+    from sklearn.linear_model import ElasticNet
+    from q2_aam.core.linear import _folds, _l1_cv
+    rng = np.random.default_rng(0 if signal == "sparse" else 1)
+    x = np.where(rng.random((150, 120)) < 0.4, rng.random((150, 120)), 0.0)
+    beta = np.zeros(120)
+    beta[:4 if signal == "sparse" else 120] = rng.normal(size=4 if signal == "sparse" else 120)
+    y = x @ beta + 0.3 * rng.normal(size=150)
+    folds = _folds(150, np.repeat(np.arange(30), 5))
+    ours, reference = _l1_cv(x, y, folds), _reference_l1(x, y, folds)
+    assert ours["l1_ratio"] == reference["l1_ratio"] and ours["mix"] == reference["mix"]
+    for key in ("error", "alpha", "relaxed_error", "relaxed_alpha"):
+        assert ours[key] == pytest.approx(reference[key], rel=1e-9), key
+    net = ElasticNet(alpha=ours["alpha"], l1_ratio=ours["l1_ratio"], max_iter=5000,
+                     tol=1e-3).fit(x, y)
+    np.testing.assert_allclose(net.coef_, reference["coef"], atol=1e-12)

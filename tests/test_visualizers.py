@@ -119,12 +119,13 @@ def _top_asv_on(bundle, sample, own, other):
     """The model's raw output for one sample when its most abundant ASV (slot 0) alone
     takes its cross-attention output from a pass with the ``other`` metadata: done with
     forward hooks on the plain model, independently of ``conditioning_response``."""
-    from q2_aam.core.data import BatchCollator, encode_categories, vocabulary_index
+    from q2_aam.core.data import BatchCollator, encode_categories
+    from q2_aam.core.vocabulary import Vocabulary
     from q2_aam.core.tokenizer import tokenize
     model = bundle.build_model()
     tokens = tokenize(sample.sequences, max_length=model.config.max_sequence_length).tokens
     vocabularies = bundle.target["categorical"]["vocabularies"]
-    asv_rows = vocabulary_index(sample.sequences, bundle.target["asv_vocabulary"])
+    asv_rows = Vocabulary.from_target(bundle.target).exact_rows(sample.sequences)
 
     def run(categorical):
         batch = BatchCollator(sample, tokens, categories=encode_categories(

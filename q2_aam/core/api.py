@@ -18,19 +18,21 @@ import torch.nn.functional as F
 
 from .bundle import ModelBundle, library_versions
 from .data import (AmpliconSamples, BatchCollator, encode_categories, fit_categories,
-                   sample_tokens, validation_split, vocabulary_index)
+                   sample_tokens, validation_split)
 from .engine import Objective, TrainConfig, embed_features, fit
 from .explain import conditioning_change
 from .fusion import resolve_conditioning
 from .launch import distributable, stderr as _stderr
 from .losses import RegressionLoss
 from .model import AAMModel, build_config
-from .options import (DEFAULT_LOSS, DEFAULT_OUTPUT_CONSTRAINT, DEFAULT_PENALTY,
-                      DEFAULT_QUANTILES, DEFAULT_TARGET_TRANSFORM, TASKS, check_choice)
+from .options import (DEFAULT_LOSS, DEFAULT_MATCH_IDENTITY, DEFAULT_OUTPUT_CONSTRAINT,
+                      DEFAULT_PENALTY, DEFAULT_QUANTILES, DEFAULT_TARGET_TRANSFORM, TASKS,
+                      check_choice)
 from .parallel import make_accelerator, resolved_device
 from .targets import (PreparedTarget, TargetTransform, check_target_settings,
                       prepare_classification, prepare_regression)
 from .unifrac import pair_distances
+from .vocabulary import Vocabulary
 
 # What the plugin layer uses besides the entry points (it imports nothing else of the core
 # but ``bundle``, for the artifact format).
@@ -207,11 +209,11 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         cats, cardinalities, target.info["categorical"] = fit_categories(categorical,
                                                                           train_rows, warn=log)
         architecture["categorical_cardinalities"] = cardinalities
-    model = _new_model(samples, tokens, train_rows, target, task, architecture, pretrained,
-                       output_constraint=output_constraint, cats=cats, groups=groups,
-                       readout={"asv_min_samples": asv_min_samples,
-                                "linear_readout": linear_readout},
-                       phylogeny=phylogeny, seed=config.seed, log=log)
+    model, vocabulary_rows = _new_model(
+        samples, tokens, train_rows, target, task, architecture, pretrained,
+        output_constraint=output_constraint, cats=cats, groups=groups,
+        readout={"asv_min_samples": asv_min_samples, "linear_readout": linear_readout},
+        phylogeny=phylogeny, seed=config.seed, log=log)
     objective = Objective(task=task, target_weight=1.0, unifrac_weight=unifrac_weight,
                           mlm_weight=mlm_weight, mask_rate=mask_rate, regression_loss=loss,
                           class_weights=None if target.class_weights is None else
@@ -223,7 +225,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         f"token limit {samples.token_limit}"
         + (", from a pretrained encoder" + (" (frozen)" if freeze_encoder else "")
            if pretrained else "") + ".")
-    collators = [_collator(samples, tokens, target.encoded, rows, cats, target.info)
+    collators = [_collator(samples, tokens, target.encoded, rows, cats, vocabulary_rows)
                  if len(rows) else None for rows in (train_rows, val_rows)]
     history = fit(model, *collators, objective, config, freeze_encoder=freeze_encoder,
                   metrics=target.metrics, log=log, checkpoint_dir=checkpoint_dir,
@@ -233,25 +235,24 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
                    pretrained=pretrained is not None, freeze_encoder=freeze_encoder)
 
 
-def _collator(samples, tokens, encoded, rows, cats, info: dict) -> BatchCollator:
-    vocabulary = info["asv_vocabulary"]
+def _collator(samples, tokens, encoded, rows, cats, vocabulary_rows) -> BatchCollator:
     return BatchCollator(samples.subset(rows), tokens, encoded[rows], global_index=rows,
                          categories=None if cats is None else cats[rows],
-                         vocabulary=vocabulary_index(samples.sequences, vocabulary)
-                         if vocabulary else None)
+                         vocabulary=vocabulary_rows)
 
 
 def _new_model(samples: AmpliconSamples, tokens: np.ndarray, train_rows: np.ndarray,
                target: PreparedTarget, task: str, architecture: dict,
                pretrained: ModelBundle | None, *, output_constraint: str, cats, groups,
-               readout: dict, phylogeny, seed: int, log) -> AAMModel:
+               readout: dict, phylogeny, seed: int, log) -> tuple[AAMModel, np.ndarray | None]:
     """The model to train: seeded weights, the pretrained encoder's, and the linear readout
-    (``readout``: ``plan_readout``'s settings) fitted in closed form on the training rows."""
+    (``readout``: ``plan_readout``'s settings) fitted in closed form on the training rows;
+    and each feature's row in its vocabulary."""
     from .linear import fit_readout, plan_readout
     plan = plan_readout(samples.subset(train_rows), samples.sequences, samples.feature_ids,
                         phylogeny=phylogeny if task == "regression" else None, log=log,
                         **readout)
-    target.info["asv_vocabulary"] = plan.vocabulary
+    target.info.update(plan.vocabulary.to_target())
     conditional = architecture.pop("linear_conditional", None)
     if conditional is None:
         conditional = architecture["categorical_fusion"] == "cross-attention"
@@ -279,34 +280,68 @@ def _new_model(samples: AmpliconSamples, tokens: np.ndarray, train_rows: np.ndar
             None if groups is None else np.asarray([str(g) for g in groups])[train_rows],
             target.info.get("class_weights", "none"),
             None if cats is None else cats[train_rows]) + ".")
-    return model
+    return model, plan.rows
 
 
 @torch.no_grad()
 def predict_raw(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: int = 64,
                 device: str = "auto", categorical: dict | None = None,
+                match_identity: float = DEFAULT_MATCH_IDENTITY,
                 log: Callable[[str], None] = _stderr) -> np.ndarray:
     """The model's raw outputs ``(n, n_outputs)`` (transformed scale / logits).
 
     Each distinct ASV is encoded once for the whole table. ``categorical``:
     ``{column: per-sample values}`` for a model conditioned on metadata.
+    ``match_identity``: a sequence outside the training vocabulary reads the identity and
+    readout coefficients of its nearest vocabulary sequence at this alignment identity or
+    more (1: exact sequences only; see ``vocabulary``).
     """
     outputs = model_outputs(bundle, samples, batch_size=batch_size, device=device,
-                            categorical=categorical, log=log)
+                            categorical=categorical, match_identity=match_identity, log=log)
     return outputs["prediction"]
 
 
+def vocabulary_match(bundle: ModelBundle, samples: AmpliconSamples,
+                     match_identity: float = DEFAULT_MATCH_IDENTITY, log=None):
+    """Where the samples' features sit in the model's training vocabulary (a
+    ``vocabulary.VocabularyMatch``; ``None`` for a model without one)."""
+    if not 0 < match_identity <= 1:
+        raise ValueError(f"match_identity must be in (0, 1], got {match_identity}; 1 reads "
+                         "only the vocabulary's own sequences as known.")
+    vocabulary = Vocabulary.from_target(bundle.target)
+    if vocabulary is None:
+        return None
+    if vocabulary.sequences is None and match_identity < 1 and log is not None:
+        log("This model was saved by an earlier q2-aam without its vocabulary's "
+            "sequences, so ASVs it never saw are not matched to similar ones; train it "
+            "again to have them matched.")
+    return vocabulary.match(samples.sequences, match_identity, log=log)
+
+
+def read_shares(bundle: ModelBundle, samples: AmpliconSamples,
+                match_identity: float = DEFAULT_MATCH_IDENTITY) -> dict | None:
+    """Per sample, the shares of the reads the model reads (``samples``' kept ASVs) in the
+    training vocabulary, in new ASVs read as a vocabulary neighbour and in new ASVs with
+    none (``VocabularyMatch.read_shares``); ``None`` for a model without a vocabulary."""
+    match = vocabulary_match(bundle, samples, match_identity)
+    return None if match is None else match.read_shares(samples.kept_counts())
+
+
 def _batches(bundle: ModelBundle, samples: AmpliconSamples, batch_size: int, device: str,
-             categorical: dict | None, log: Callable[[str], None]):
+             categorical: dict | None, match_identity: float, log: Callable[[str], None]):
     """``(model, batch, asv_embeddings, rows)`` for batches of ``samples`` (``rows``: which
     samples, by position), each distinct ASV encoded once; the metadata encoded with the
-    model's vocabularies.
+    model's vocabularies; new ASVs matched to the training vocabulary, and how much of
+    the table that concerns said.
 
     Batches hold samples of similar length (samples ordered by their number of ASVs), so
     that padding slots cost almost nothing: in random batches of 8 to 16 ECAM or karelia
     samples, about half of all slots were padding. The outputs of a sample do not depend
     on its batch (padding is masked out), so callers put them back in place by ``rows``.
     """
+    match = vocabulary_match(bundle, samples, match_identity, log=log)
+    if match is not None:
+        report_new_asvs(match, samples, log)
     accelerator = make_accelerator(device)
     model = bundle.build_model().to(accelerator.device)
     tokens = sample_tokens(samples, max_length=model.config.max_sequence_length, log=log)
@@ -318,10 +353,8 @@ def _batches(bundle: ModelBundle, samples: AmpliconSamples, batch_size: int, dev
             raise ValueError(f"This model is conditioned on the metadata column(s) "
                              f"{list(vocabularies)}; pass the sample metadata holding them.")
         cats = encode_categories(categorical, vocabularies, warn=log)
-    vocabulary = bundle.target.get("asv_vocabulary")
     collator = BatchCollator(samples, tokens, categories=cats,
-                             vocabulary=vocabulary_index(samples.sequences, vocabulary)
-                             if vocabulary else None)
+                             vocabulary=None if match is None else match.rows)
     order = np.argsort(np.diff(samples.indptr), kind="stable")
     for start in range(0, len(samples), batch_size):
         rows = order[start:start + batch_size]
@@ -330,9 +363,39 @@ def _batches(bundle: ModelBundle, samples: AmpliconSamples, batch_size: int, dev
         yield model, batch, table[batch["asv_feature"]], rows
 
 
+#: ``predict`` warns when more than this share of the reads is in ASVs outside the
+#: training vocabulary.
+NEW_READS_WARNING = 0.25
+
+
+def report_new_asvs(match, samples: AmpliconSamples, log: Callable[[str], None]) -> None:
+    """Say how much of the reads the model reads are in ASVs outside its training
+    vocabulary and how they are read; warn above ``NEW_READS_WARNING``."""
+    counts = samples.kept_counts()
+    per_sample = match.read_shares(counts)
+    reads = np.asarray(counts.sum(axis=1)).ravel()
+    overall = {name: float(share @ reads) / max(float(reads.sum()), 1e-300)
+               for name, share in per_sample.items()}
+    new = per_sample["neighbour"] + per_sample["unmatched"]
+    share = overall["neighbour"] + overall["unmatched"]
+    how = (f"{overall['neighbour']:.1%} are read as their nearest vocabulary ASV (alignment "
+           f"identity {match.min_identity:.0%} or more) and {overall['unmatched']:.1%}"
+           if match.min_identity < 1 else
+           f"with matching off (match identity 1), all {overall['unmatched']:.1%} are read")
+    log(f"New ASVs: {share:.1%} of the reads (per sample: median {np.median(new):.1%}, "
+        f"max {new.max():.1%}) are in ASVs outside the model's training vocabulary; "
+        f"{how} by the sequence network alone.")
+    if share > NEW_READS_WARNING:
+        log(f"Warning: {share:.0%} of the reads are in ASVs this model did not learn "
+            "(another denoising run, trimming, primer pair or study?), so its predictions "
+            "extrapolate. Check them on samples with known values (qiime aam accuracy "
+            "lists each sample's share), or train on data processed like these samples.")
+
+
 def conditioning_response(bundle: ModelBundle, samples: AmpliconSamples, *,
                           categorical: dict, normalize_groups: Sequence | None = None,
                           batch_size: int = 16, device: str = "auto",
+                          match_identity: float = DEFAULT_MATCH_IDENTITY,
                           log: Callable[[str], None] = _stderr) -> np.ndarray:
     """How much each ASV's conditioning moves each sample's prediction, per column.
 
@@ -356,7 +419,7 @@ def conditioning_response(bundle: ModelBundle, samples: AmpliconSamples, *,
     result = np.full((len(samples), samples.token_limit,
                       len(bundle.target["categorical"]["columns"])), np.nan)
     for model, batch, embeddings, rows in _batches(bundle, samples, batch_size, device,
-                                                   categorical, log):
+                                                   categorical, match_identity, log):
         plain, patched = (t.double().cpu() for t in model.conditioning_response(batch,
                                                                               embeddings))
         if transform is None:  # classifiers: class probabilities
@@ -386,6 +449,7 @@ def _transform(bundle: ModelBundle, normalize_groups) -> TargetTransform | None:
 @torch.no_grad()
 def model_outputs(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: int = 64,
                   device: str = "auto", categorical: dict | None = None,
+                  match_identity: float = DEFAULT_MATCH_IDENTITY,
                   log: Callable[[str], None] = _stderr) -> dict:
     """Every per-sample output of the model: ``prediction``, ``sample_embedding``, and,
     by fusion mode, ``gmu_gate`` ``(n, D)``, ``cross_attention`` ``(n, heads, S, K)`` or
@@ -398,7 +462,7 @@ def model_outputs(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: 
     order = []
     width = samples.token_limit
     for model, batch, embeddings, rows in _batches(bundle, samples, batch_size, device,
-                                                   categorical, log):
+                                                   categorical, match_identity, log):
         order.append(rows)
         out = model(batch, asv_embeddings=embeddings)
         for key in ("prediction", "sample_embedding", "gmu_gate", "cross_attention",
@@ -421,7 +485,8 @@ def predict(bundle: ModelBundle, samples: AmpliconSamples, *,
             normalize_groups: Sequence | None = None, **kwargs) -> np.ndarray:
     """Predictions in the target's original units (regression) or class names.
 
-    ``kwargs``: ``batch_size``, ``device``, ``categorical``, ``log`` (see :func:`predict_raw`).
+    ``kwargs``: ``batch_size``, ``device``, ``categorical``, ``match_identity``, ``log`` (see
+    :func:`predict_raw`).
 
     ``normalize_groups``: each sample's group label, for a model trained with
     the ``zscore-category`` transform (groups unseen in training use the

@@ -120,15 +120,30 @@ class AmpliconSamples:
             totals=self.totals[rows], token_limit=self.token_limit)
 
 
+def log_level(rel):
+    """The log-abundance level of relative abundances ``rel`` (a numpy array or a torch
+    tensor): ``1 + log10(rel) / 6`` where ``rel > 0`` (1 for a whole sample, 0 at one read
+    in a million), else 0. The model's third abundance feature and the linear readout's
+    ``level`` columns."""
+    if isinstance(rel, torch.Tensor):
+        return torch.where(rel > 0, 1 + torch.log10(rel.clamp_min(1e-30)) / 6,
+                           torch.zeros_like(rel))
+    rel = np.asarray(rel)
+    out = np.zeros(rel.shape, dtype=np.result_type(rel.dtype, np.float32))
+    held = rel > 0
+    out[held] = 1.0 + np.log10(rel[held]) / 6.0
+    return out
+
+
 def abundance_features(counts: np.ndarray, total: float) -> np.ndarray:
     """``(S, 3)`` features of each ASV's abundance in a sample.
 
-    log count, relative abundance, and log relative abundance, each scaled
-    to roughly unit range, so the sample encoder sees abundance as an input.
+    log count, relative abundance, and log relative abundance (:func:`log_level`), each
+    scaled to roughly unit range, so the sample encoder sees abundance as an input.
     """
     rel = counts / total
-    return np.stack([np.log1p(counts) / math.log(1e5), rel,
-                     1.0 + np.log10(rel) / 6.0], axis=1).astype(np.float32)
+    return np.stack([np.log1p(counts) / math.log(1e5), rel, log_level(rel)],
+                    axis=1).astype(np.float32)
 
 
 class BatchCollator:
@@ -145,7 +160,7 @@ class BatchCollator:
         categories: optional ``(n_samples, C)`` category indices (see
             :func:`encode_categories`).
         vocabulary: optional ``(n_features,)`` row of each feature in a model's
-            ASV identity embeddings (0: none of its own; see :func:`vocabulary_index`).
+            ASV identity embeddings (0: none of its own; see ``vocabulary``).
     """
 
     def __init__(self, samples: AmpliconSamples, tokens: np.ndarray,
@@ -196,31 +211,6 @@ class BatchCollator:
             batch["asv_vocab"] = torch.as_tensor(
                 np.where(asv_mask, self.vocabulary[unique][asv_index], 0).astype(np.int64))
         return batch
-
-
-def sequence_key(sequence: str) -> str:
-    """The MD5 of an upper-case DNA sequence (as DADA2 and Deblur name features)."""
-    import hashlib
-    return hashlib.md5(sequence.upper().encode("ascii")).hexdigest()
-
-
-def asv_vocabulary(samples: AmpliconSamples, min_samples: int = 2) -> list[str]:
-    """Keys (:func:`sequence_key`) of the ASVs that ``min_samples`` or more samples hold.
-
-    These get their own identity embedding; rarer ASVs share row 0, which is
-    trained on them, so an ASV never seen in training is read like a rare one.
-    """
-    held = np.bincount(samples.indices, minlength=len(samples.sequences))
-    return sorted({sequence_key(samples.sequences[f])
-                   for f in np.flatnonzero(held >= min_samples)})
-
-
-def vocabulary_index(sequences: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
-    """``(n,)`` row of each sequence in the identity embeddings: ``i + 1`` for the
-    ``i``-th key of ``vocabulary``, 0 for a sequence not in it."""
-    row = {key: i + 1 for i, key in enumerate(vocabulary)}
-    return np.fromiter((row.get(sequence_key(s), 0) for s in sequences), dtype=np.int64,
-                       count=len(sequences))
 
 
 def _is_missing(value) -> bool:

@@ -40,7 +40,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .data import AmpliconSamples, abundance_features
+from .data import AmpliconSamples, abundance_features, log_level
+from .vocabulary import Vocabulary
 
 #: Ridge penalties tried (on features in [0, 1], a z-scored target).
 ALPHAS = np.logspace(-2, 5, 36)
@@ -57,14 +58,6 @@ REFIT_ALPHA = 1e-2
 CS = np.logspace(-3, 3, 13)
 #: A clade enters the readout when held by this share of the training samples.
 CLADE_PREVALENCE = (0.02, 0.98)
-
-
-def log_level(rel: np.ndarray) -> np.ndarray:
-    """``1 + log10(rel) / 6`` where ``rel > 0``, else 0 (as :func:`abundance_features`)."""
-    out = np.zeros(rel.shape, dtype=np.float64)
-    held = rel > 0
-    out[held] = 1.0 + np.log10(rel[held]) / 6.0
-    return out
 
 
 def relative_matrix(samples: AmpliconSamples, vocabulary_rows: np.ndarray,
@@ -205,29 +198,77 @@ def _refit(x: np.ndarray, y: np.ndarray, support: np.ndarray) -> tuple[np.ndarra
     return coef, float(ridge.intercept_)
 
 
-def _relaxed_cv(x: np.ndarray, y: np.ndarray, folds: list, l1_ratio: float,
-                alphas: np.ndarray):
-    """Cross-validated error of the best relaxed lasso along the elastic net's path: its
-    error, penalty and mix (the lasso's share)."""
+#: Penalties per elastic-net path, from the largest (no coefficient) down by ``PATH_EPS``.
+N_PATH_ALPHAS = 30
+PATH_EPS = 1e-3
+
+
+def _path_alphas(x: np.ndarray, y: np.ndarray, l1_ratio: float) -> np.ndarray:
+    """The elastic net's penalties for ``x``, ``y``: from the smallest that keeps every
+    coefficient at 0 down to ``PATH_EPS`` times it, log-spaced (as scikit-learn's
+    ``ElasticNetCV`` chooses them)."""
+    top = np.abs((x - x.mean(axis=0)).T @ (y - y.mean())).max() / (len(y) * l1_ratio)
+    if top <= np.finfo(float).resolution:
+        return np.full(N_PATH_ALPHAS, np.finfo(float).resolution)
+    return np.logspace(np.log10(top * PATH_EPS), np.log10(top), N_PATH_ALPHAS)[::-1]
+
+
+def _fold_path(x: np.ndarray, y: np.ndarray, train, test, l1_ratio: float,
+               alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The elastic net's coefficient path ``(p, alphas)`` on fold ``train`` (centred) and its
+    mean squared error on ``test`` at each penalty."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import enet_path
-    errors = np.zeros((len(alphas), len(RELAXED_MIX)))
-    for train, test in folds:
-        mean, centre = x[train].mean(axis=0), y[train].mean()
-        _, path, _ = enet_path(x[train] - mean, y[train] - centre, alphas=alphas,
-                               l1_ratio=l1_ratio, max_iter=5000, tol=1e-3)
-        for k in range(len(alphas)):
-            lasso = (x[test] - mean) @ path[:, k] + centre
-            support = np.flatnonzero(path[:, k])
-            if len(support) > len(train) // 2:  # no longer a sparse fit to relax
-                errors[k] = np.inf
-                continue
-            coef, intercept = _refit(x[train], y[train], support)
-            refit = x[test] @ coef + intercept
-            for m, mix in enumerate(RELAXED_MIX):
-                errors[k, m] += np.mean((mix * lasso + (1 - mix) * refit - y[test]) ** 2) \
-                    / len(folds)
-    k, m = np.unravel_index(np.argmin(errors), errors.shape)
-    return float(errors[k, m]), float(alphas[k]), RELAXED_MIX[m]
+    mean, centre = x[train].mean(axis=0), y[train].mean()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        _, path, _ = enet_path(np.asfortranarray(x[train] - mean), y[train] - centre,
+                               alphas=alphas, l1_ratio=l1_ratio, max_iter=5000, tol=1e-3)
+    errors = ((((x[test] - mean) @ path + centre) - y[test][:, None]) ** 2).mean(axis=0)
+    return path, errors
+
+
+def _relaxed_fold(x: np.ndarray, y: np.ndarray, train, test, path: np.ndarray) -> np.ndarray:
+    """``(alphas, mixes)`` squared errors on ``test`` of the relaxed lasso along ``path``
+    (fitted on ``train``): its support refitted, mixed with the lasso by ``RELAXED_MIX``."""
+    mean, centre = x[train].mean(axis=0), y[train].mean()
+    errors = np.zeros((path.shape[1], len(RELAXED_MIX)))
+    for k in range(path.shape[1]):
+        support = np.flatnonzero(path[:, k])
+        if len(support) > len(train) // 2:  # no longer a sparse fit to relax
+            errors[k] = np.inf
+            continue
+        lasso = (x[test] - mean) @ path[:, k] + centre
+        coef, intercept = _refit(x[train], y[train], support)
+        refit = x[test] @ coef + intercept
+        for m, mix in enumerate(RELAXED_MIX):
+            errors[k, m] = np.mean((mix * lasso + (1 - mix) * refit - y[test]) ** 2)
+    return errors
+
+
+def _l1_cv(x: np.ndarray, y: np.ndarray, folds: list) -> dict:
+    """Cross-validation of the L1 candidates on the same paths: for each ``L1_RATIOS``, the
+    elastic net's path on each fold (as ``ElasticNetCV`` computes them, once each), then
+    the relaxed lasso along the paths of the ratio with the lower error. Folds run in
+    parallel threads (the coordinate descent releases the GIL), one per core."""
+    from joblib import Parallel, delayed, effective_n_jobs
+    parallel = Parallel(n_jobs=min(effective_n_jobs(-1), len(folds) * len(L1_RATIOS)),
+                        prefer="threads")
+    alphas = {ratio: _path_alphas(x, y, ratio) for ratio in L1_RATIOS}
+    runs = parallel(delayed(_fold_path)(x, y, train, test, ratio, alphas[ratio])
+                    for ratio in L1_RATIOS for train, test in folds)
+    mean = {ratio: np.mean([errors for _, errors in runs[i * len(folds):(i + 1) * len(folds)]],
+                           axis=0) for i, ratio in enumerate(L1_RATIOS)}
+    best = {ratio: int(np.argmin(m)) for ratio, m in mean.items()}
+    ratio = min(L1_RATIOS, key=lambda r: (mean[r][best[r]], L1_RATIOS.index(r)))
+    start = L1_RATIOS.index(ratio) * len(folds)
+    relaxed = np.mean(parallel(delayed(_relaxed_fold)(x, y, train, test, path)
+                               for (train, test), (path, _) in
+                               zip(folds, runs[start:start + len(folds)])), axis=0)
+    k, m = np.unravel_index(np.argmin(relaxed), relaxed.shape)
+    return {"l1_ratio": ratio, "error": float(mean[ratio][best[ratio]]),
+            "alpha": float(alphas[ratio][best[ratio]]), "relaxed_error": float(relaxed[k, m]),
+            "relaxed_alpha": float(alphas[ratio][k]), "mix": RELAXED_MIX[m]}
 
 
 def fit_regression(blocks: dict, target: np.ndarray,
@@ -237,36 +278,32 @@ def fit_regression(blocks: dict, target: np.ndarray,
     ``blocks`` with the lowest cross-validated error: a ridge, an elastic net or a relaxed
     lasso."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import ElasticNet, ElasticNetCV, Ridge
+    from sklearn.linear_model import ElasticNet, Ridge
     y = np.asarray(target, dtype=np.float64)
     folds = _folds(len(y), groups)
     ridge_error, weights, alpha = _ridge_cv(blocks, y, folds)
     dense = _stack(blocks, {})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        net = ElasticNetCV(l1_ratio=list(L1_RATIOS), n_alphas=30, cv=folds, max_iter=5000,
-                           tol=1e-3).fit(dense, y)
-        net_error = float(net.mse_path_.mean(axis=-1).min())
-        path = np.asarray(net.alphas_)[list(L1_RATIOS).index(net.l1_ratio_)]
-        relaxed_error, relaxed_alpha, mix = _relaxed_cv(dense, y, folds, net.l1_ratio_, path)
-    errors = (f"cross-validated MSE: ridge {ridge_error:.3g}, elastic net {net_error:.3g}, "
-              f"relaxed lasso {relaxed_error:.3g}")
-    l1 = "lasso" if net.l1_ratio_ == 1 else "elastic net"
-    if relaxed_error < min(net_error, ridge_error):
+    l1 = _l1_cv(dense, y, folds)
+    errors = (f"cross-validated MSE: ridge {ridge_error:.3g}, elastic net {l1['error']:.3g}, "
+              f"relaxed lasso {l1['relaxed_error']:.3g}")
+    kind = "lasso" if l1["l1_ratio"] == 1 else "elastic net"
+    if min(l1["error"], l1["relaxed_error"]) < ridge_error:
+        relaxed = l1["relaxed_error"] < l1["error"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            sparse = ElasticNet(alpha=relaxed_alpha, l1_ratio=net.l1_ratio_, max_iter=5000,
-                                tol=1e-3).fit(dense, y)
-        coef, intercept = _refit(dense, y, np.flatnonzero(sparse.coef_))
-        coef = mix * sparse.coef_ + (1 - mix) * coef
-        intercept = mix * float(sparse.intercept_) + (1 - mix) * intercept
-        how = (f"relaxed {l1} (penalty {relaxed_alpha:.3g}, {np.count_nonzero(coef)} nonzero "
-               f"coefficients, lasso share {mix:g}; {errors})")
+            net = ElasticNet(alpha=l1["relaxed_alpha" if relaxed else "alpha"],
+                             l1_ratio=l1["l1_ratio"], max_iter=5000, tol=1e-3).fit(dense, y)
+        if not relaxed:
+            how = (f"{kind} (penalty {l1['alpha']:.3g}, {np.count_nonzero(net.coef_)} "
+                   f"nonzero coefficients; {errors})")
+            return np.asarray(net.coef_, dtype=np.float64), float(net.intercept_), how
+        mix = l1["mix"]
+        coef, intercept = _refit(dense, y, np.flatnonzero(net.coef_))
+        coef = mix * net.coef_ + (1 - mix) * coef
+        intercept = mix * float(net.intercept_) + (1 - mix) * intercept
+        how = (f"relaxed {kind} (penalty {l1['relaxed_alpha']:.3g}, "
+               f"{np.count_nonzero(coef)} nonzero coefficients, lasso share {mix:g}; {errors})")
         return coef, intercept, how
-    if net_error < ridge_error:
-        how = (f"{l1} (penalty {net.alpha_:.3g}, {np.count_nonzero(net.coef_)} nonzero "
-               f"coefficients; {errors})")
-        return np.asarray(net.coef_, dtype=np.float64), float(net.intercept_), how
     ridge = Ridge(alpha=alpha).fit(_stack(blocks, weights), y)
     coef, start = [], 0
     for name, x in blocks.items():
@@ -346,11 +383,11 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
 
 @dataclass
 class ReadoutPlan:
-    """What a new model's ASV identities and linear readout cover: the ``vocabulary``
-    (sequence keys, ``data.asv_vocabulary``), each feature's row in it (``rows``, 0: none),
-    whether there is a readout, and the clades' memberships (``clade_rows``, ``clade_ids``)."""
+    """What a new model's ASV identities and linear readout cover: the ``vocabulary``, each
+    feature's row in it (``rows``, 0: none), whether there is a readout, and the clades'
+    memberships (``clade_rows``, ``clade_ids``)."""
 
-    vocabulary: list
+    vocabulary: Vocabulary
     rows: np.ndarray | None
     readout: bool
     clade_rows: np.ndarray | None = None
@@ -369,18 +406,20 @@ class ReadoutPlan:
 def plan_readout(train_samples: AmpliconSamples, sequences, feature_ids, *,
                  asv_min_samples: int, linear_readout: bool, phylogeny=None,
                  log=print) -> ReadoutPlan:
-    """The vocabulary of ASVs held by ``asv_min_samples`` training samples or more, and with
-    a ``phylogeny`` (regression), the clades of the readout."""
-    from .data import asv_vocabulary, vocabulary_index
-    vocabulary = (asv_vocabulary(train_samples, asv_min_samples)
-                  if asv_min_samples > 0 else [])
-    if linear_readout and not vocabulary:
+    """The vocabulary of ASVs held by ``asv_min_samples`` training samples or more, each
+    feature's row (exact; a feature no training sample holds, i.e. a validation sample's
+    new ASV, reads its nearest vocabulary sequence's, as prediction will), and with a
+    ``phylogeny`` (regression), the clades of the readout."""
+    vocabulary = (Vocabulary.of_samples(train_samples, asv_min_samples)
+                  if asv_min_samples > 0 else Vocabulary([], [], [], []))
+    if linear_readout and not len(vocabulary):
         log(f"No ASV is held by {asv_min_samples} or more training samples, so the model has "
             "no linear readout.")
-    rows = vocabulary_index(sequences, vocabulary) if vocabulary else None
-    plan = ReadoutPlan(vocabulary, rows, linear_readout and bool(vocabulary))
+    rows = vocabulary.match(sequences, log=log).rows if len(vocabulary) else None
+    plan = ReadoutPlan(vocabulary, rows, linear_readout and bool(len(vocabulary)))
     if plan.readout and phylogeny is not None:
-        tip_columns = {name: int(row) - 1 for name, row in zip(feature_ids, rows) if row}
+        exact = vocabulary.exact_rows(sequences)
+        tip_columns = {name: int(row) - 1 for name, row in zip(feature_ids, exact) if row}
         plan.clade_rows, plan.clade_ids = clades(phylogeny, tip_columns, relative_matrix(
             train_samples, rows, len(vocabulary)))
     return plan

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .data import N_ABUNDANCE_FEATURES
+from .data import N_ABUNDANCE_FEATURES, log_level
 from .layers import transformer
 from .fusion import (AddFusion, CategoricalEmbedding, ConcatFusion,
                      ConditionalOutputScaling, CrossAttentionFusion, FiLM, GatedMultimodalUnit,
@@ -514,29 +514,36 @@ class AAMModel(nn.Module):
                 + [p for p in (self.linear_clade, self.linear_bias) if p is not None])
 
     def _linear_term(self, batch: dict) -> torch.Tensor | None:
-        """``(B, n_outputs)``: sum over slots of each ASV's coefficient x its log abundance,
-        plus its presence coefficient, plus each clade's coefficient x its log abundance,
-        plus each ASV's coefficient for the sample's category values x its log abundance
-        (see ``linear``)."""
+        """``(B, n_outputs)``: the linear readout on the sample's vocabulary rows (see
+        ``linear``): each row's coefficient x its log-abundance level, plus its presence
+        coefficient, plus each clade's coefficient x its level, plus each row's coefficient
+        for the sample's category values x its level.
+
+        Abundances are summed per row first: at prediction two slots may read one row (a
+        new ASV matched to a vocabulary neighbour, ``vocabulary``), and the readout was
+        fitted on each row's total, as closed-reference picking would count it."""
         if self.linear is None:
             return None
-        dtype, vocab = self.linear.weight.dtype, batch["asv_vocab"]
-        held = batch["asv_mask"].to(dtype)
-        level = batch["abundance"][..., 2].to(dtype) * held  # (B, S) log-abundance level
-        out = torch.einsum("bs,bso->bo", level, self.linear(vocab)) + self.linear_bias
+        dtype = self.linear.weight.dtype
+        rel = batch["abundance"][..., 1].to(dtype) * batch["asv_mask"]  # (B, S)
+        per_row = rel.new_zeros(len(rel), self.config.asv_vocabulary_size + 1)
+        per_row.scatter_add_(1, batch["asv_vocab"], rel)  # (B, V + 1); row 0: no row
+        level = log_level(per_row[:, 1:])  # (B, V)
+        out = level @ self.linear.weight[1:] + self.linear_bias
         if self.linear_presence is not None:
-            out = out + torch.einsum("bs,bso->bo", held, self.linear_presence(vocab))
+            out = out + (per_row[:, 1:] > 0).to(dtype) @ self.linear_presence.weight[1:]
         if self.linear_clade is not None:
-            rel = batch["abundance"][..., 1].to(dtype) * held  # (B, S) relative abundance
-            per_asv = rel.new_zeros(len(rel), self.config.asv_vocabulary_size + 1)
-            per_asv.scatter_add_(1, vocab, rel)  # row 0 (ASVs without a row) is in no clade
             clade = rel.new_zeros(len(rel), len(self.linear_clade)).index_add_(
-                1, self.clade_ids, per_asv[:, self.clade_rows])
-            clade_level = torch.where(clade > 0, 1 + torch.log10(clade.clamp_min(1e-30)) / 6,
-                                      torch.zeros_like(clade))
-            out = out + clade_level @ self.linear_clade
+                1, self.clade_ids, per_row[:, self.clade_rows])
+            out = out + log_level(clade) @ self.linear_clade
         if self.linear_conditional is not None:
-            out = out + self._conditional_terms(level, vocab, batch["categories"]).sum(1)
+            cards, n_outputs = self.config.categorical_cardinalities, self.config.n_outputs
+            per_value = (level @ self.linear_conditional.weight[1:]).unflatten(
+                -1, (sum(cards), n_outputs))  # (B, values, O)
+            offsets = torch.as_tensor(np.cumsum([0] + cards[:-1]),
+                                      device=per_value.device)
+            index = (batch["categories"] + offsets)[..., None].expand(-1, -1, n_outputs)
+            out = out + per_value.gather(1, index).sum(1)  # the sample's values, (B, O)
         return out
 
     def _conditional_terms(self, level: torch.Tensor, vocab: torch.Tensor,

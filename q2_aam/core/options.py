@@ -60,6 +60,11 @@ FUSION_GUIDANCE = (
     "'perceiver' for many ASVs or many, often missing, columns; --p-film-conditioning "
     "(with fusion 'none') to modulate the prediction head's features.")
 
+#: At prediction, a sequence outside the training vocabulary reads the identity and readout
+#: coefficients of its nearest vocabulary sequence when they share this alignment identity
+#: (``vocabulary``): closed-reference OTU picking's customary 97 %. 1 turns it off.
+DEFAULT_MATCH_IDENTITY = 0.97
+
 #: UniFrac variants computed from a phylogeny.
 UNIFRAC_METRICS = ("unweighted", "weighted-normalized")
 DEFAULT_UNIFRAC_METRIC = "unweighted"

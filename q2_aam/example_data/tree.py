@@ -274,7 +274,7 @@ def _mean_tip_depth(root):
     return total / count if count else 1.0
 
 
-def placement_tree(jplace_path, name_to_feature, features):
+def placement_tree(jplace_path, name_to_feature, features, more=()):
     """The rooted tree of ``features`` from a jplace file.
 
     ``name_to_feature`` maps jplace query names to feature IDs (here the
@@ -282,6 +282,11 @@ def placement_tree(jplace_path, name_to_feature, features):
     without a placement are attached to the root on a branch as long as the
     mean root-to-tip distance of the placed ones (a lineage of their own), and
     counted in the returned info.
+
+    ``more``: further ``(jplace_path, name_to_feature)`` pairs, placed on the
+    same reference tree (e.g. another study's ASVs, for one tree of both); a
+    feature placed by an earlier file, or by an earlier query of the same
+    file, keeps that placement.
 
     Returns (skbio.TreeNode, info dict).
     """
@@ -305,6 +310,18 @@ def placement_tree(jplace_path, name_to_feature, features):
         if feature in chosen:
             raise JplaceError(f"two queries map to feature {feature[:20]}...")
         chosen[feature] = (edge, distal, pendant)
+    for path, names in more:
+        with open(path) as fh:
+            other = json.load(fh)
+        if other["tree"] != jplace["tree"]:
+            raise JplaceError(f"{path} places its queries on another reference tree than "
+                              f"{jplace_path}")
+        other_best, other_ties = best_placements(other)
+        ties += other_ties
+        for name in sorted(other_best):
+            feature = names.get(name)
+            if feature in wanted and feature not in chosen:
+                chosen[feature] = other_best[name][:3]
     placed = [f for f in features if f in chosen]
     unplaced = [f for f in features if f not in chosen]
     info = {"reference_tips": n_reference_tips, "placed": len(placed),
