@@ -22,11 +22,14 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q tests q2_aam/tests
 
-# The accuracy benchmarks of issue 12 (not part of `make test`): the signal suite and real
-# data, q2-aam beside classical models on the same splits. Rows already in
-# benchmarks/results/*.tsv are kept (delete a file to rerun it); about 2 h on 2 CPU cores.
+# The accuracy benchmarks (not part of `make test`): the signal suite, real data, new ASVs
+# (re-denoised and retrimmed test tables), transfer between studies and every fusion mode,
+# q2-aam beside classical models on the same splits. Rows already in
+# benchmarks/results/*.tsv are kept (delete a file to rerun it); about 9 h on 2 CPU cores.
 bench: install
-	cd benchmarks && ../$(BIN)/python suite.py && ../$(BIN)/python accuracy.py
+	cd benchmarks && ../$(BIN)/python suite.py && ../$(BIN)/python accuracy.py && \
+		../$(BIN)/python new_asvs.py && ../$(BIN)/python transfer.py && \
+		../$(BIN)/python fusion.py --dataset ecam && ../$(BIN)/python fusion.py --dataset karelia
 
 # The speed benchmarks of issue 13 (not part of `make test`): samples/s, peak memory and
 # FLOP/s per phase at issue 13's size (results/speed.md, about 10 min), one pretraining

@@ -20,7 +20,9 @@ on the split's training subjects only and scored on its test subjects:
   ``api.train`` with ``qiime aam train``'s defaults (``common.train_defaults``),
   or those changed by ``--variant``, and the dataset's phylogeny
   (``--i-phylogeny``: the readout's clades, for regression); early stopping on
-  training subjects only.
+  training subjects only;
+* ``q2-aam <variant> readout alone``: the same trained model without its network's term
+  (the closed-form linear readout by itself; ``common.readout_alone``).
 
 Rows go to ``results/accuracy.tsv`` as they finish (a rerun skips them) and the
 table (mean ± sd over splits) to ``results/accuracy.md``.
@@ -31,7 +33,7 @@ import time
 import numpy as np
 
 from common import (RESULTS, ResultTable, add_variant_option, load, log, pretrained_encoder,
-                    train_defaults, variant_of)
+                    readout_alone, train_defaults, variant_of)
 
 TASKS = {"ecam:age": ("ecam", "age_days"), "karelia:age": ("karelia", "age_days"),
          "karelia:country": ("karelia", "country")}
@@ -118,8 +120,15 @@ def main():
                         samples.subset(train), y[train],
                         task="classification" if classification else "regression",
                         target_name=column, pretrained=encoder, groups=subjects[train],
-                        phylogeny=data.tree, log=lambda m: None, **train_defaults(**overrides))
+                        log=lambda m: None,
+                        **train_defaults(**{"phylogeny": data.tree, **overrides}))
                     predicted = api.predict(bundle, samples.subset(test), log=lambda m: None)
+                    if bundle.model_config.get("linear_readout"):
+                        alone = api.predict(readout_alone(bundle), samples.subset(test),
+                                            log=lambda m: None)
+                        table.add({**key, "model": f"{name} readout alone",
+                                   **scores(np.asarray(alone), y[test], classification),
+                                   "seconds": round(time.perf_counter() - started)})
                 else:
                     if counts is None:
                         counts, kept = features(data, samples, train)

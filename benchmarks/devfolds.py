@@ -85,7 +85,7 @@ def main():
         bundle = api.train(samples.subset(rows), y.loc[fit_ids].to_numpy(), task="regression",
                            target_name="age_days", pretrained=encoder,
                            groups=subjects[~held], log=lambda m: None,
-                           **train_defaults(phylogeny=data.tree, **overrides))
+                           **train_defaults(**{"phylogeny": data.tree, **overrides}))
         seconds = round(time.perf_counter() - started)
         tables = test_tables(data.table, dev_ids, f"dev:{args.dataset}", 100 * args.split + fold)
         for condition in CONDITIONS:

@@ -329,6 +329,12 @@ CASES = [
     # -- models
     Case("predict with an encoder", r"AAMModel\[AAMEncoder\] was passed",
          lambda c: c.predict(c.trained[0])),
+    Case("predict on a table whose ASVs are all new (sequences cut 10 nt later)",
+         r"Warning: 100% of the reads are in ASVs this model did not learn",
+         lambda c: c.aam.actions.predict(
+             model=c.trained[1], table=_retrimmed(c)), warns=True),
+    Case("--p-match-identity below 0.5", r"match_identity.*incompatible",
+         lambda c: c.predict(c.trained[1], match_identity=0.3)),
     Case("a pretrained encoder with another --p-embedding-dim",
          r"embedding_dim=32 \(pretrained: 16\)",
          lambda c: c.train(pretrained=c.trained[0], embedding_dim=32)),
@@ -442,6 +448,12 @@ def _flip_byte(d):
     raw = bytearray((d / "model.safetensors").read_bytes())
     raw[len(raw) // 2] ^= 0x01
     (d / "model.safetensors").write_bytes(bytes(raw))
+
+
+def _retrimmed(c):
+    from q2_aam.example_data.variants import retrim
+    return qiime2.Artifact.import_data("FeatureTable[Frequency]",
+                                       retrim(c.a["new_table"].view(biom.Table), 10))
 
 
 def _a_file(c):
