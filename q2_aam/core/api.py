@@ -279,7 +279,7 @@ def _new_model(samples: AmpliconSamples, tokens: np.ndarray, train_rows: np.ndar
             model.output_constraint.inverse(y) if task == "regression" else y, task,
             None if groups is None else np.asarray([str(g) for g in groups])[train_rows],
             target.info.get("class_weights", "none"),
-            None if cats is None else cats[train_rows]) + ".")
+            None if cats is None else cats[train_rows], log=log) + ".")
     return model, plan.rows
 
 
