@@ -23,6 +23,7 @@ gaps and ends the local alignment clipped all count against it. The overlap must
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -41,8 +42,9 @@ CANDIDATES = 8
 COMMON_KMER_SHARE = 0.05
 #: The share of a new sequence that its overlap with a vocabulary sequence must cover.
 MATCH_COVERAGE = 0.9
-#: New sequences matched per progress line.
-_CHUNK = 4096
+#: New sequences matched at once: their candidate scores are a dense (chunk x vocabulary)
+#: float32 matrix, kept near this many entries (64 MB).
+_SCORES = 16_000_000
 
 
 def sequence_key(sequence: str) -> str:
@@ -228,10 +230,13 @@ def nearest(queries: Sequence[str], references: Sequence[str],
     references = [r.upper() for r in references]
     reference_kmers = _kmer_matrix(references)
     rank = np.zeros(len(references)) if prevalence is None else np.asarray(prevalence, float)
-    for start in range(0, len(queries), _CHUNK):
-        chunk = [q.upper() for q in queries[start:start + _CHUNK]]
-        if log is not None and len(queries) > _CHUNK:
+    size = max(256, _SCORES // len(references))
+    said = time.perf_counter()
+    for start in range(0, len(queries), size):
+        chunk = [q.upper() for q in queries[start:start + size]]
+        if log is not None and time.perf_counter() - said > 10:
             log(f"Matching new ASVs to the vocabulary: {start} of {len(queries)} done.")
+            said = time.perf_counter()
         top = _candidates(_kmer_matrix(chunk), reference_kmers, candidates)
         for i, sequence in enumerate(chunk):
             if not sequence:
