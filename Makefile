@@ -31,13 +31,17 @@ bench: install
 		../$(BIN)/python new_asvs.py && ../$(BIN)/python transfer.py && \
 		../$(BIN)/python fusion.py --dataset ecam && ../$(BIN)/python fusion.py --dataset karelia
 
-# The speed benchmarks of issue 13 (not part of `make test`): samples/s, peak memory and
-# FLOP/s per phase at issue 13's size (results/speed.md, about 10 min), one pretraining
-# epoch on synthetic studies of 10k-100k samples (results/scale.md, about 5 min), and cost
-# per sample at 64-4096 ASVs per sample (results/token-limits.md, about 6 min), 2 cores.
+# The speed benchmarks (not part of `make test`): samples/s, peak memory and FLOP/s per
+# phase at issue 13's size (results/speed.md, about 10 min), one pretraining epoch on
+# synthetic studies of 10k-100k samples (results/scale.md, about 5 min), cost per sample
+# at 64-4096 ASVs per sample (results/token-limits.md, about 6 min), the readout at
+# karelia's size against earlier commits (results/readout-speed.md, about 13 min), and
+# each step of train and predict on synthetic studies of 1k-20k samples x 3k-30k ASVs
+# (results/train-scale.md; up to 30 min a row, rows that exceed it are marked), 2 cores.
 bench-speed: install
 	cd benchmarks && ../$(BIN)/python speed.py && ../$(BIN)/python scale.py && \
-		../$(BIN)/python token_limits.py
+		../$(BIN)/python token_limits.py && ../$(BIN)/python readout_speed.py && \
+		../$(BIN)/python train_scale.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

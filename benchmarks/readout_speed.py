@@ -1,15 +1,16 @@
 """The linear readout's fit at karelia's size, side by side with the code before issue 26.
 
-    .venv/bin/python benchmarks/readout_speed.py [--before 25a231c] [--repeats 1]
+    .venv/bin/python benchmarks/readout_speed.py [--before 25a231c 8acec1c] [--repeats 1]
 
 The readout of ``qiime aam train``'s defaults on the issue's setting: karelia cut to the
 region it shares with ECAM (``example_data.variants.common_region``), every karelia
 sample less ``train``'s validation subjects (20 %, seed 0), ASVs held by 2 or more of
-them, with the joint tree's clades. ``fit_regression`` of the commit ``--before`` (read
-with ``git show``, loaded as a module of this package) and of the working tree run one
-after the other in this process, alternating when repeated, on the same blocks. Printed:
-seconds of each, what each chose, the cross-validated errors and the largest
-coefficient difference. Results go to ``results/readout-speed.md``.
+them, with the joint tree's clades. ``fit_regression`` of each commit ``--before`` (read
+with ``git show``, loaded as a module of this package: 25a231c is the code the issue
+timed, 8acec1c the first speed-up) and of the working tree run one after the other in this
+process, alternating when repeated, on the same blocks. Printed: seconds of each, what
+each chose, the cross-validated errors and the largest coefficient difference to the
+first. Results go to ``results/readout-speed.md``.
 """
 import argparse
 import importlib.util
@@ -64,14 +65,15 @@ def karelia_blocks():
 def main():
     from q2_aam.core import linear
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", default="25a231c")
+    parser.add_argument("--before", nargs="+", default=["25a231c", "8acec1c"])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     blocks, y, groups = karelia_blocks()
     shape = (len(y), sum(x.shape[1] for x in blocks.values()))
     log(f"{shape[0]} samples x {shape[1]} columns ("
         + ", ".join(f"{k} {x.shape[1]}" for k, x in blocks.items()) + ")")
-    versions = {f"before ({args.before})": module_at(args.before), "now": linear}
+    versions = {**{f"before ({commit})": module_at(commit) for commit in args.before},
+                "now": linear}
     runs = {name: [] for name in versions}
     for _ in range(args.repeats):
         for name, module in versions.items():
@@ -79,18 +81,19 @@ def main():
             coef, intercept, how = module.fit_regression(blocks, y, groups)
             runs[name].append((time.perf_counter() - started, coef, how))
             log(f"{name}: {runs[name][-1][0]:.1f} s; {how}")
-    (before, now) = (runs[name][-1] for name in versions)
+    first = runs[next(iter(versions))][-1]
     lines = ["# The linear readout's fit at karelia's size (issue 26)", "",
              f"Made by `benchmarks/readout_speed.py`: {shape[0]} samples x {shape[1]} "
              "columns (" + ", ".join(f"{k} {x.shape[1]}" for k, x in blocks.items())
-             + "), one process, the two versions one after the other on the same blocks.", "",
+             + "), one process, the versions one after the other on the same blocks.", "",
              "| version | seconds | chosen, with the cross-validated errors |", "|---|---|---|"]
     for name in versions:
         seconds = [r[0] for r in runs[name]]
         lines.append(f"| {name} | {' / '.join(f'{s:.1f}' for s in seconds)} | "
                      f"{runs[name][-1][2]} |")
-    lines += ["", f"Largest coefficient difference: {np.abs(before[1] - now[1]).max():.2g} "
-              f"(largest coefficient {np.abs(before[1]).max():.2g}).", ""]
+    lines += [""] + [f"Largest coefficient difference, {name} vs {next(iter(versions))}: "
+                     f"{np.abs(first[1] - runs[name][-1][1]).max():.2g} (largest coefficient "
+                     f"{np.abs(first[1]).max():.2g})." for name in list(versions)[1:]] + [""]
     (RESULTS / "readout-speed.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -19,6 +19,7 @@ from ._inputs import (amplicon_samples, categorical_columns as conditioning_colu
                       category_groups, class_names, distances_if_used, log, prediction_inputs,
                       predictions, settings, subject_groups, target_samples)
 from .core.bundle import ModelBundle
+from .core.progress import Steps
 from .core.options import (DEFAULT_CLASS_WEIGHTS, DEFAULT_FUSION, DEFAULT_LOSS,
                            DEFAULT_OUTPUT_CONSTRAINT, DEFAULT_PENALTY, DEFAULT_QUANTILES,
                            DEFAULT_MATCH_IDENTITY, DEFAULT_TARGET_TRANSFORM,
@@ -90,10 +91,12 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     if sample_metadata is not None and not normalize_by and not categorical_columns:
         raise ValueError("--m-sample-metadata-file was given but nothing uses it; it is read "
                          "for --p-categorical-columns and --p-normalize-by.")
-    values = target_samples(table, metadata, missing_samples)
-    if token_limit is None:
-        token_limit = pretrained.training.get("token_limit", 256) if pretrained else 256
-    samples = amplicon_samples(table, sequences, token_limit, sample_ids=values.index)
+    steps = Steps(log)
+    with steps("reading the table"):
+        values = target_samples(table, metadata, missing_samples)
+        if token_limit is None:
+            token_limit = pretrained.training.get("token_limit", 256) if pretrained else 256
+        samples = amplicon_samples(table, sequences, token_limit, sample_ids=values.index)
     config, architecture = settings(locals())
     readout_tree = linear_readout and not classification
     architecture.update(categorical_fusion=categorical_fusion, cross_attn_heads=cross_attn_heads,
@@ -122,7 +125,7 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
         validation_fraction=validation_fraction,
         phylogeny=phylogeny if readout_tree else None,
         groups=subject_groups(subjects, samples.sample_ids), checkpoint_dir=checkpoint_dir,
-        tensorboard_dir=tensorboard_dir, log=log)
+        tensorboard_dir=tensorboard_dir, steps=steps, log=log)
 
 
 def predict(model: ModelBundle, table: biom.Table, sequences: pd.Series = None,

@@ -128,6 +128,10 @@ def training_history(output_dir: str, model: ModelBundle) -> None:
              f"{config.get('batch_size', '?')}, learning rate {config.get('learning_rate', '?')}"
              f"; device {model.training.get('device', config.get('device', '?'))}, "
              f"{config.get('num_processes', 1)} process(es)."]
+    steps = model.training.get("steps")
+    if steps:
+        intro.append("Time per step: " + "; ".join(
+            f"{name} {seconds:.1f} s" for name, seconds in steps) + ".")
     if chosen is not None:
         intro.append(f"The saved weights are those of epoch {chosen} (dotted line): the best "
                      "validation score; training stops after 'patience' epochs without a new best.")

@@ -122,6 +122,33 @@ def test_predict_on_new_asvs_says_how_much_it_extrapolates(aam, ecam_subset, tra
         (tmp_path / "viz" / "index.html").read_text()
 
 
+def test_train_says_its_progress_and_keeps_each_steps_time(aam, ecam_subset, capfd,
+                                                            monkeypatch, tmp_path):
+    """Every long step of train says where it is (here with lines allowed at any time, as
+    they would be every 10 s of a long step), and the training record and
+    training-history keep the time of each step."""
+    from q2_aam.core import progress
+    monkeypatch.setattr(progress, "EVERY", 0.0)
+    a = ecam_subset["artifacts"]
+    capfd.readouterr()
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"], phylogeny=a["tree"],
+                               metadata=ecam_subset["metadata"].get_column("age_days"),
+                               epochs=1, **SMALL)
+    err = capfd.readouterr().err
+    for line in ("Readout: cross-validating a ridge, an elastic net and a relaxed lasso",
+                 "Readout: ridge, 1 of 60 weightings x folds fitted.",
+                 "Readout: elastic-net paths, penalty 1 of at most 30.",
+                 "epoch 1/1: step 1 of "):
+        assert line in err, (line, err[-3000:])
+    steps = model.view(ModelBundle).training["steps"]
+    assert [name for name, _ in steps] == ["reading the table", "the vocabulary and clades",
+                                           "the linear readout", "training the network"]
+    assert all(seconds >= 0 for _, seconds in steps)
+    viz, = aam.visualizers.training_history(model=model)
+    viz.export_data(str(tmp_path / "viz"))
+    assert "Time per step: reading the table" in (tmp_path / "viz" / "index.html").read_text()
+
+
 def test_model_artifact_holds_what_predict_needs(trained):
     _, model = trained
     bundle = model.view(ModelBundle)

@@ -29,6 +29,7 @@ from .options import (DEFAULT_LOSS, DEFAULT_MATCH_IDENTITY, DEFAULT_OUTPUT_CONST
                       DEFAULT_PENALTY, DEFAULT_QUANTILES, DEFAULT_TARGET_TRANSFORM, TASKS,
                       check_choice)
 from .parallel import make_accelerator, resolved_device
+from .progress import Steps
 from .targets import (PreparedTarget, TargetTransform, check_target_settings,
                       prepare_classification, prepare_regression)
 from .unifrac import pair_distances
@@ -169,7 +170,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
           validation_fraction: float = 0.2, groups: Sequence | None = None,
           asv_min_samples: int = 2, linear_readout: bool = True, phylogeny=None,
           checkpoint_dir: str | None = None, tensorboard_dir: str | None = None,
-          progress: bool | None = None,
+          progress: bool | None = None, steps: Steps | None = None,
           log: Callable[[str], None] = _stderr) -> ModelBundle:
     """Train a regressor (numeric ``targets``, aligned with ``samples``) or classifier.
 
@@ -180,8 +181,10 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
     per-sample values}``, fused as ``architecture`` says (``fusion.resolve_conditioning``).
     ``asv_min_samples``, ``linear_readout``, ``phylogeny``: ``linear.plan_readout``.
     ``distances``, ``config``, ``checkpoint_dir``, ``tensorboard_dir``, ``progress``:
-    as in :func:`pretrain`.
+    as in :func:`pretrain`. ``steps``: the action's step times so far (e.g. reading the
+    table); the model's training record keeps them with this function's steps.
     """
+    steps = steps if steps is not None else Steps(log)
     _check_train_inputs(samples, targets, task, pretrained, freeze_encoder, mlm_weight, {
         "target_transform": target_transform != DEFAULT_TARGET_TRANSFORM,
         "normalize_by": bool(normalize_by),
@@ -213,7 +216,7 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
         samples, tokens, train_rows, target, task, architecture, pretrained,
         output_constraint=output_constraint, cats=cats, groups=groups,
         readout={"asv_min_samples": asv_min_samples, "linear_readout": linear_readout},
-        phylogeny=phylogeny, seed=config.seed, log=log)
+        phylogeny=phylogeny, seed=config.seed, steps=steps, log=log)
     objective = Objective(task=task, target_weight=1.0, unifrac_weight=unifrac_weight,
                           mlm_weight=mlm_weight, mask_rate=mask_rate, regression_loss=loss,
                           class_weights=None if target.class_weights is None else
@@ -227,12 +230,14 @@ def train(samples: AmpliconSamples, targets: Sequence, *, task: str, target_name
            if pretrained else "") + ".")
     collators = [_collator(samples, tokens, target.encoded, rows, cats, vocabulary_rows)
                  if len(rows) else None for rows in (train_rows, val_rows)]
-    history = fit(model, *collators, objective, config, freeze_encoder=freeze_encoder,
-                  metrics=target.metrics, log=log, checkpoint_dir=checkpoint_dir,
-                  tensorboard_dir=tensorboard_dir, progress=progress)
+    with steps("training the network"):
+        history = fit(model, *collators, objective, config, freeze_encoder=freeze_encoder,
+                      metrics=target.metrics, log=log, checkpoint_dir=checkpoint_dir,
+                      tensorboard_dir=tensorboard_dir, progress=progress)
     return _bundle("regressor" if task == "regression" else "classifier", model, target.info,
                    "train", config, objective, samples, train_rows, val_rows, history,
-                   pretrained=pretrained is not None, freeze_encoder=freeze_encoder)
+                   pretrained=pretrained is not None, freeze_encoder=freeze_encoder,
+                   steps=[[name, seconds] for name, seconds in steps.seconds.items()])
 
 
 def _collator(samples, tokens, encoded, rows, cats, vocabulary_rows) -> BatchCollator:
@@ -244,14 +249,16 @@ def _collator(samples, tokens, encoded, rows, cats, vocabulary_rows) -> BatchCol
 def _new_model(samples: AmpliconSamples, tokens: np.ndarray, train_rows: np.ndarray,
                target: PreparedTarget, task: str, architecture: dict,
                pretrained: ModelBundle | None, *, output_constraint: str, cats, groups,
-               readout: dict, phylogeny, seed: int, log) -> tuple[AAMModel, np.ndarray | None]:
+               readout: dict, phylogeny, seed: int, steps: Steps,
+               log) -> tuple[AAMModel, np.ndarray | None]:
     """The model to train: seeded weights, the pretrained encoder's, and the linear readout
     (``readout``: ``plan_readout``'s settings) fitted in closed form on the training rows;
     and each feature's row in its vocabulary."""
     from .linear import fit_readout, plan_readout
-    plan = plan_readout(samples.subset(train_rows), samples.sequences, samples.feature_ids,
-                        phylogeny=phylogeny if task == "regression" else None, log=log,
-                        **readout)
+    with steps("the vocabulary and clades"):
+        plan = plan_readout(samples.subset(train_rows), samples.sequences,
+                            samples.feature_ids, log=log, **readout,
+                            phylogeny=phylogeny if task == "regression" else None)
     target.info.update(plan.vocabulary.to_target())
     conditional = architecture.pop("linear_conditional", None)
     if conditional is None:
@@ -274,12 +281,14 @@ def _new_model(samples: AmpliconSamples, tokens: np.ndarray, train_rows: np.ndar
         pretrained.load_encoder_into(model)
     if model.linear is not None:
         y = target.encoded[train_rows]
-        log("Linear readout: " + fit_readout(
-            model, samples.subset(train_rows), plan.rows,
-            model.output_constraint.inverse(y) if task == "regression" else y, task,
-            None if groups is None else np.asarray([str(g) for g in groups])[train_rows],
-            target.info.get("class_weights", "none"),
-            None if cats is None else cats[train_rows], log=log) + ".")
+        with steps("the linear readout", say=False):
+            how = fit_readout(
+                model, samples.subset(train_rows), plan.rows,
+                model.output_constraint.inverse(y) if task == "regression" else y, task,
+                None if groups is None else np.asarray([str(g) for g in groups])[train_rows],
+                target.info.get("class_weights", "none"),
+                None if cats is None else cats[train_rows], log=log)
+        log(f"Linear readout ({steps.seconds['the linear readout']:.1f} s): {how}.")
     return model, plan.rows
 
 

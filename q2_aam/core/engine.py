@@ -30,6 +30,7 @@ from .model import AAMModel
 from .options import DEVICES, DISTRIBUTED, MIXED_PRECISION, check_choice
 from .parallel import (full_state_dict, global_batch, local_numel, make_accelerator,
                        micro_batch, resolved_device, shard)
+from .progress import Ticker
 from .unifrac import MatrixDistances
 
 
@@ -221,8 +222,10 @@ class FrozenEncoderCache:
     """
 
     @torch.no_grad()
-    def __init__(self, model: AAMModel, collator: BatchCollator, device, batch_size: int = 64):
-        asv = embed_features(model, collator.tokens, np.unique(collator.samples.indices), device)
+    def __init__(self, model: AAMModel, collator: BatchCollator, device, batch_size: int = 64,
+                 tick=None):
+        asv = embed_features(model, collator.tokens, np.unique(collator.samples.indices), device,
+                             tick=tick)
         n = len(collator.samples)
         width = int(np.diff(collator.samples.indptr).max())
         d = model.config.embedding_dim
@@ -238,6 +241,8 @@ class FrozenEncoderCache:
                                                       batch["abundance"])
             self.tokens[batch["row"], : tokens_out.shape[1]] = tokens_out
             self.pooled[batch["row"]] = pooled
+            if tick is not None:
+                tick(f"Frozen encoder: {min(start + batch_size, n)} of {n} samples encoded.")
         model.train(was_training)
 
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,8 +252,9 @@ class FrozenEncoderCache:
 
 @torch.no_grad()
 def embed_features(model: AAMModel, tokens: np.ndarray, features: np.ndarray,
-                   device, chunk: int = 512) -> torch.Tensor:
-    """``(n_features, D)`` embeddings of the given feature rows of ``tokens``, computed once."""
+                   device, chunk: int = 512, tick=None) -> torch.Tensor:
+    """``(n_features, D)`` embeddings of the given feature rows of ``tokens``, computed once
+    (``tick(message)`` after each chunk)."""
     was_training = model.training
     model.eval()
     table = torch.zeros(tokens.shape[0], model.config.embedding_dim, device=device)
@@ -259,6 +265,9 @@ def embed_features(model: AAMModel, tokens: np.ndarray, features: np.ndarray,
         width = int(lengths[rows].max())
         batch = torch.as_tensor(tokens[rows, :width].astype(np.int64), device=device)
         table[torch.as_tensor(rows, device=device)] = model.encode_asvs(batch)
+        if tick is not None:
+            tick(f"Frozen encoder: {min(start + chunk, len(order))} of {len(order)} ASV "
+                 "sequences encoded.")
     model.train(was_training)
     return table
 
@@ -348,10 +357,16 @@ class _Run:
         if objective.distances is not None:
             objective.distances = objective.distances.to(accelerator.device)
         self.cache_train = self.cache_val = None
+        self.ticker = Ticker(self.say)
         if freeze_encoder:
-            self.cache_train = FrozenEncoderCache(self.core, train_collator, accelerator.device)
+            started = time.perf_counter()
+            self.say("Frozen encoder: encoding each ASV and sample once, for every epoch.")
+            self.cache_train = FrozenEncoderCache(self.core, train_collator, accelerator.device,
+                                                  tick=self.ticker)
             if self.has_val:
-                self.cache_val = FrozenEncoderCache(self.core, val_collator, accelerator.device)
+                self.cache_val = FrozenEncoderCache(self.core, val_collator, accelerator.device,
+                                                    tick=self.ticker)
+            self.say(f"Frozen encoder: done in {time.perf_counter() - started:.1f} s.")
         self.state = LoopState(loader_rng, self.mask_rng)
         self.checkpoints = None
         self.tracker = _Tracker(accelerator, config, tensorboard_dir)
@@ -465,6 +480,10 @@ class _Run:
             self.bar.update(1)
             self.bar.set_postfix(epoch=f"{epoch}/{self.config.epochs}",
                                  loss=f"{float(loss.detach()):.4g}")
+        else:  # no bar (stderr is not a terminal): a line at most every progress.EVERY s
+            done = self.state.step - (epoch - 1) * self.steps_per_epoch
+            self.ticker(lambda: f"epoch {epoch}/{self.config.epochs}: step {done} of "
+                                f"{self.steps_per_epoch}, loss {float(loss.detach()):.4g}")
 
     def end_epoch(self, row: dict) -> bool:
         """Validate, keep the best weights, log and checkpoint; whether to stop early."""

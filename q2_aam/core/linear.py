@@ -41,6 +41,7 @@ import scipy.sparse as sp
 import torch
 
 from .data import AmpliconSamples, abundance_features, log_level
+from .progress import Ticker
 from .vocabulary import Vocabulary
 
 #: Ridge penalties tried (on features in [0, 1], a z-scored target).
@@ -151,9 +152,11 @@ def _stack(blocks: dict, weights: dict) -> np.ndarray:
                       if weights.get(name, 1.0)])
 
 
-def _ridge_fold(blocks: dict, y: np.ndarray, train, test, choices: list) -> np.ndarray:
+def _ridge_fold(blocks: dict, y: np.ndarray, train, test, choices: list,
+                tick=None) -> np.ndarray:
     """``(choices, ALPHAS)`` mean squared errors on ``test`` of the ridge fitted on ``train``
-    for each block weighting in ``choices`` and each penalty (see :func:`_ridge_cv`)."""
+    for each block weighting in ``choices`` and each penalty (see :func:`_ridge_cv`);
+    ``tick()`` after each weighting."""
     per_block = {}
     for name, x in blocks.items():
         mean = x[train].mean(axis=0)
@@ -170,22 +173,31 @@ def _ridge_fold(blocks: dict, y: np.ndarray, train, test, choices: list) -> np.n
         for i, alpha in enumerate(ALPHAS):
             predicted = kernel @ (projected / (values + alpha)) + centre
             errors[c, i] = np.mean((predicted - y[test]) ** 2)
+        if tick is not None:
+            tick()
     return errors
 
 
-def _ridge_cv(blocks: dict, y: np.ndarray, folds: list):
+def _ridge_cv(blocks: dict, y: np.ndarray, folds: list, ticker=None):
     """Cross-validated mean squared error of the best ridge, its block weights and penalty.
 
     A ridge's predictions depend on its columns only through the kernel ``X Xᵀ``, and the
     kernel of blocks scaled by weights ``w`` is ``Σ w² X_b X_bᵀ``; so each block's
     (centred) kernels are computed once per fold, and each weight combination costs a sum
     and an eigendecomposition of a samples x samples matrix, whatever the number of
-    columns. Every penalty then costs a matrix product. Folds run in parallel threads."""
+    columns. Every penalty then costs a matrix product. Folds run in parallel threads;
+    ``ticker`` (a :class:`~.progress.Ticker`) hears how many fits are done."""
     import itertools
     names = [name for name in blocks if name in BLOCK_WEIGHTS]
     choices = [dict(zip(names, choice))
                for choice in itertools.product(*(BLOCK_WEIGHTS[name] for name in names))]
-    per_fold = _in_threads(_ridge_fold, [(blocks, y, train, test, choices)
+    done, total = [], len(choices) * len(folds)
+
+    def tick():
+        done.append(1)
+        if ticker is not None:
+            ticker(f"Readout: ridge, {len(done)} of {total} weightings x folds fitted.")
+    per_fold = _in_threads(_ridge_fold, [(blocks, y, train, test, choices, tick)
                                          for train, test in folds])
     errors = np.zeros((len(choices), len(ALPHAS)))
     for fold_errors in per_fold:  # in fold order, as the sum was always taken
@@ -226,6 +238,12 @@ def _refit(x: np.ndarray, y: np.ndarray, support: np.ndarray) -> tuple[np.ndarra
 #: Penalties per elastic-net path, from the largest (no coefficient) down by ``PATH_EPS``.
 N_PATH_ALPHAS = 30
 PATH_EPS = 1e-3
+#: A path stops early once the folds' mean held-out error has stayed above its lowest
+#: for ``PATH_PATIENCE`` penalties and ends ``PATH_MARGIN`` above it: past the best
+#: penalty, smaller penalties overfit more and more, and they are the slow ones (on
+#: karelia the last 6 of 30 took 90 % of a path's time).
+PATH_PATIENCE = 3
+PATH_MARGIN = 0.05
 
 
 def _path_alphas(x: np.ndarray, y: np.ndarray, l1_ratio: float) -> np.ndarray:
@@ -238,91 +256,130 @@ def _path_alphas(x: np.ndarray, y: np.ndarray, l1_ratio: float) -> np.ndarray:
     return np.logspace(np.log10(top * PATH_EPS), np.log10(top), N_PATH_ALPHAS)[::-1]
 
 
-def _screened_path(x: np.ndarray, y: np.ndarray, alphas: np.ndarray,
-                   l1_ratio: float) -> np.ndarray:
-    """The elastic net's coefficient path ``(p, alphas)`` on centred ``x``, ``y``: scikit-learn's
-    coordinate descent (``enet_path``, warm-started penalty by penalty) on a working set of
-    columns, the sequential strong rule's (Tibshirani et al. 2012: columns whose
-    correlation with the last residual passes ``l1_ratio * (2 alpha - previous alpha)``,
-    and every column ever nonzero); columns outside it that break the optimality
-    condition ``|x_jᵀ r| / n <= l1_ratio * alpha`` join it and the penalty is solved again.
-    The same solution as coordinate descent over every column (within its tolerance), at
-    the cost of the columns that matter: most of a readout's thousands never do."""
+def _screened_steps(x: np.ndarray, y: np.ndarray, train, test, alphas: np.ndarray,
+                    l1_ratio: float):
+    """Yields, penalty by penalty along ``alphas``, the elastic net's coefficients fitted on
+    the rows ``train`` (centred there) and their mean squared error on the rows ``test``.
+
+    scikit-learn's coordinate descent (``enet_path``, warm-started from the last penalty)
+    runs on a working set of columns, the sequential strong rule's (Tibshirani et al.
+    2012: columns whose correlation with the last residual passes
+    ``l1_ratio * (2 alpha - previous alpha)``, and every column ever nonzero); columns
+    outside it that break the optimality condition ``|x_jᵀ r| / n <= l1_ratio * alpha``
+    join it and the penalty is solved again. The same solution as coordinate descent over
+    every column (within its tolerance), at the cost of the columns that matter: most of
+    a readout's thousands never do. Only the working set is ever copied out of ``x``."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import enet_path
-    n, p = x.shape
+    n, p = len(train), x.shape[1]
+    rows = np.zeros(x.shape[0])
+    rows[train] = 1.0 / n
+    mean, centre = rows @ x, float(y[train].mean())
+    centred = y[train] - centre
+    residual = np.zeros(x.shape[0])  # on the train rows; 0 elsewhere, so x.T @ it is theirs
+    residual[train] = centred
     coef = np.zeros(p)
-    path = np.zeros((p, len(alphas)))
-    correlation = x.T @ y / n
+    correlation = x.T @ residual / n
     keep = np.zeros(p, dtype=bool)
     previous = alphas[0]
-    for k, alpha in enumerate(alphas):
+    for alpha in alphas:
         keep |= np.abs(correlation) >= l1_ratio * (2 * alpha - previous)
         while True:
             columns = np.flatnonzero(keep)
             if len(columns):
-                _, sub, _ = enet_path(np.asfortranarray(x[:, columns]), y, alphas=[alpha],
-                                      l1_ratio=l1_ratio, coef_init=coef[columns],
-                                      max_iter=5000, tol=1e-3)
+                working = np.asfortranarray(x[np.ix_(train, columns)] - mean[columns])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    _, sub, _ = enet_path(working, centred, alphas=[alpha],
+                                          l1_ratio=l1_ratio, coef_init=coef[columns],
+                                          max_iter=5000, tol=1e-3)
                 coef[:] = 0
                 coef[columns] = sub[:, 0]
-            correlation = x.T @ (y - x[:, columns] @ coef[columns]) / n
+                residual[train] = centred - working @ sub[:, 0]
+            correlation = x.T @ residual / n
             broken = ~keep & (np.abs(correlation) > l1_ratio * alpha * (1 + 1e-9))
             if not broken.any():
                 break
             keep |= broken
         keep |= coef != 0
-        path[:, k] = coef
+        predicted = x[test] @ coef - mean @ coef + centre
+        yield coef.copy(), float(np.mean((predicted - y[test]) ** 2))
         previous = alpha
-    return path
 
 
-def _fold_path(x: np.ndarray, y: np.ndarray, train, test, l1_ratio: float,
-               alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The elastic net's coefficient path ``(p, alphas)`` on fold ``train`` (centred) and its
-    mean squared error on ``test`` at each penalty."""
-    from sklearn.exceptions import ConvergenceWarning
-    mean, centre = x[train].mean(axis=0), y[train].mean()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        path = _screened_path(x[train] - mean, y[train] - centre, alphas, l1_ratio)
-    errors = ((((x[test] - mean) @ path + centre) - y[test][:, None]) ** 2).mean(axis=0)
-    return path, errors
+def _past_its_best(errors: np.ndarray) -> bool:
+    """Whether a path whose mean held-out errors so far are ``errors`` can stop: see
+    ``PATH_PATIENCE``."""
+    best = int(np.argmin(errors))
+    return (len(errors) - 1 - best >= PATH_PATIENCE
+            and errors[-1] > errors[best] * (1 + PATH_MARGIN))
+
+
+def _l1_paths(x: np.ndarray, y: np.ndarray, folds: list, alphas: dict,
+              ticker=None) -> dict:
+    """For each ``L1_RATIOS`` ratio: each fold's coefficient path ``(p, k)`` and the held-out
+    errors ``(folds, k)`` along its first ``k`` penalties. The folds (and ratios) advance
+    together, penalty by penalty, in parallel threads, until their mean error is past its
+    best (:func:`_past_its_best`), which is where each path would be the slowest.
+    ``ticker`` hears the penalties done."""
+    steps = {ratio: [_screened_steps(x, y, train, test, alphas[ratio], ratio)
+                     for train, test in folds] for ratio in L1_RATIOS}
+    paths = {ratio: [[] for _ in folds] for ratio in L1_RATIOS}
+    errors = {ratio: [] for ratio in L1_RATIOS}
+    going = list(L1_RATIOS)
+    for k in range(N_PATH_ALPHAS):
+        if ticker is not None:
+            ticker(f"Readout: elastic-net paths, penalty {k + 1} of at most {N_PATH_ALPHAS}.")
+        results = _in_threads(next, [(step,) for ratio in going for step in steps[ratio]])
+        for i, ratio in enumerate(going):
+            fold_results = results[i * len(folds):(i + 1) * len(folds)]
+            for path, (coef, _) in zip(paths[ratio], fold_results):
+                path.append(coef)
+            errors[ratio].append([error for _, error in fold_results])
+        going = [r for r in going if not _past_its_best(np.mean(errors[r], axis=1))]
+        if not going:
+            break
+    return {ratio: ([np.column_stack(path) for path in paths[ratio]],
+                    np.array(errors[ratio]).T) for ratio in L1_RATIOS}
 
 
 def _relaxed_fold(x: np.ndarray, y: np.ndarray, train, test, path: np.ndarray) -> np.ndarray:
-    """``(alphas, mixes)`` squared errors on ``test`` of the relaxed lasso along ``path``
+    """``(penalties, mixes)`` squared errors on ``test`` of the relaxed lasso along ``path``
     (fitted on ``train``): its support refitted, mixed with the lasso by ``RELAXED_MIX``."""
-    mean, centre = x[train].mean(axis=0), y[train].mean()
+    from sklearn.linear_model import Ridge
+    rows = np.zeros(x.shape[0])
+    rows[train] = 1.0 / len(train)
+    mean, centre = rows @ x, y[train].mean()
     errors = np.zeros((path.shape[1], len(RELAXED_MIX)))
     for k in range(path.shape[1]):
         support = np.flatnonzero(path[:, k])
         if len(support) > len(train) // 2:  # no longer a sparse fit to relax
             errors[k] = np.inf
             continue
-        lasso = (x[test] - mean) @ path[:, k] + centre
-        coef, intercept = _refit(x[train], y[train], support)
-        refit = x[test] @ coef + intercept
+        lasso = x[test] @ path[:, k] - mean @ path[:, k] + centre
+        refit = np.full(len(test), centre)
+        if len(support):
+            ridge = Ridge(alpha=REFIT_ALPHA).fit(x[np.ix_(train, support)], y[train])
+            refit = x[np.ix_(test, support)] @ ridge.coef_ + ridge.intercept_
         for m, mix in enumerate(RELAXED_MIX):
             errors[k, m] = np.mean((mix * lasso + (1 - mix) * refit - y[test]) ** 2)
     return errors
 
 
-def _l1_cv(x: np.ndarray, y: np.ndarray, folds: list) -> dict:
+def _l1_cv(x: np.ndarray, y: np.ndarray, folds: list, ticker=None) -> dict:
     """Cross-validation of the L1 candidates on the same paths: for each ``L1_RATIOS``, the
     elastic net's path on each fold (as ``ElasticNetCV`` computes them, once each, on a
-    working set of columns: :func:`_screened_path`), then the relaxed lasso along the
-    paths of the ratio with the lower error. Folds run in parallel threads."""
+    working set of columns, stopped past the best penalty: :func:`_l1_paths`), then the
+    relaxed lasso along the paths of the ratio with the lower error. Folds run in parallel
+    threads."""
     alphas = {ratio: _path_alphas(x, y, ratio) for ratio in L1_RATIOS}
-    runs = _in_threads(_fold_path, [(x, y, train, test, ratio, alphas[ratio])
-                                    for ratio in L1_RATIOS for train, test in folds])
-    mean = {ratio: np.mean([errors for _, errors in runs[i * len(folds):(i + 1) * len(folds)]],
-                           axis=0) for i, ratio in enumerate(L1_RATIOS)}
+    runs = _l1_paths(x, y, folds, alphas, ticker)
+    mean = {ratio: errors.mean(axis=0) for ratio, (_, errors) in runs.items()}
     best = {ratio: int(np.argmin(m)) for ratio, m in mean.items()}
     ratio = min(L1_RATIOS, key=lambda r: (mean[r][best[r]], L1_RATIOS.index(r)))
-    start = L1_RATIOS.index(ratio) * len(folds)
     relaxed = np.mean(_in_threads(_relaxed_fold, [
-        (x, y, train, test, path)
-        for (train, test), (path, _) in zip(folds, runs[start:start + len(folds)])]), axis=0)
+        (x, y, train, test, path) for (train, test), path in zip(folds, runs[ratio][0])]),
+        axis=0)
     k, m = np.unravel_index(np.argmin(relaxed), relaxed.shape)
     return {"l1_ratio": ratio, "error": float(mean[ratio][best[ratio]]),
             "alpha": float(alphas[ratio][best[ratio]]), "relaxed_error": float(relaxed[k, m]),
@@ -342,13 +399,15 @@ def fit_regression(blocks: dict, target: np.ndarray, groups=None,
     y = np.asarray(target, dtype=np.float64)
     folds = _folds(len(y), groups)
     size = f"{len(y)} samples x {sum(x.shape[1] for x in blocks.values())} columns"
+    say(f"Readout: cross-validating a ridge, an elastic net and a relaxed lasso "
+        f"({len(folds)} folds, {size}).")
+    ticker = Ticker(log)
     started = time.perf_counter()
-    ridge_error, weights, alpha = _ridge_cv(blocks, y, folds)
-    say(f"Readout: ridge cross-validated ({len(folds)} folds, {size}) in "
-        f"{time.perf_counter() - started:.1f} s.")
+    ridge_error, weights, alpha = _ridge_cv(blocks, y, folds, ticker)
+    say(f"Readout: ridge cross-validated in {time.perf_counter() - started:.1f} s.")
     started = time.perf_counter()
     dense = _stack(blocks, {})
-    l1 = _l1_cv(dense, y, folds)
+    l1 = _l1_cv(dense, y, folds, ticker)
     say(f"Readout: elastic net, lasso and relaxed lasso cross-validated in "
         f"{time.perf_counter() - started:.1f} s.")
     errors = (f"cross-validated MSE: ridge {ridge_error:.3g}, elastic net {l1['error']:.3g}, "
@@ -386,14 +445,16 @@ def fit_regression(blocks: dict, target: np.ndarray, groups=None,
 
 
 def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: int,
-                       groups=None, class_weight: str | None = None
+                       groups=None, class_weight: str | None = None, log=None
                        ) -> tuple[np.ndarray, np.ndarray, str]:
     """``(n_features, n_classes)`` coefficients, ``(n_classes,)`` intercepts (logits) and
     what was chosen in words, of the penalised logistic regression with the lower
     cross-validated log-loss: L2 on the log levels, or (two classes only) L1 on log levels
     and presences.
     Classes absent from ``classes`` keep logits of 0 plus a large negative intercept.
+    ``log`` hears each candidate's cross-validation as it starts and ends.
     """
+    import time
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegressionCV
     dense = features.toarray()
@@ -410,6 +471,10 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", UserWarning)  # "least populated class" in a fold
         for name, columns, settings in options:
+            started = time.perf_counter()
+            if log is not None:
+                log(f"Readout: cross-validating an {name} logistic regression ({len(folds)} "
+                    f"folds, {len(classes)} samples x {dense[:, columns].shape[1]} columns).")
             try:
                 model = LogisticRegressionCV(Cs=CS, cv=folds, scoring="neg_log_loss",
                                              class_weight=class_weight,
@@ -419,6 +484,9 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
                 continue
             score = float(np.mean(list(model.scores_.values())[0], axis=0).max())
             candidates[name] = (score, columns, model)
+            if log is not None:
+                log(f"Readout: {name} logistic regression cross-validated in "
+                    f"{time.perf_counter() - started:.1f} s.")
         if not candidates:
             from sklearn.linear_model import LogisticRegression
             model = LogisticRegression(C=1.0, max_iter=2000, class_weight=class_weight)
@@ -516,7 +584,7 @@ def fit_readout(model, samples: AmpliconSamples, vocabulary_rows: np.ndarray,
         features = sp.csr_matrix(np.hstack([blocks["level"], blocks["presence"]]))
         coef, intercept, how = fit_classification(
             features, target, n_outputs, groups,
-            "balanced" if class_weights == "balanced" else None)
+            "balanced" if class_weights == "balanced" else None, log=log)
     coef = torch.as_tensor(coef, dtype=model.linear.weight.dtype)
     parts = dict(zip(blocks, torch.split(coef, [x.shape[1] for x in blocks.values()])))
     with torch.no_grad():
