@@ -39,24 +39,28 @@ DEFAULT_CLASS_WEIGHTS = "none"
 
 #: How categorical metadata enters the model (``fusion``).
 FUSION_MODES = ("none", "concat", "add", "gmu", "cross-attention", "perceiver")
-#: Fusion when columns are given without a mode: the residual GMU, the only mode not worse
-#: than no conditioning on average on either benchmark dataset
-#: (benchmarks/results/fusion.md: ECAM -3.7, karelia -0.5 days MAE against none).
+#: Fusion when columns are given without a mode: the residual GMU. With the linear readout
+#: (benchmarks/results/fusion.md, split 0), age MAE against no conditioning: ECAM (delivery,
+#: diet) -0.5 days, karelia (country) -1.9, the best there; cross-attention -1.7 and +8.3.
+#: Only cross-attention learns an ASV x category signal (the suite's interaction target,
+#: suite.md: R² 0.830 against 0.501 for the GMU), through its readout: FUSION_GUIDANCE says
+#: so, and a user who expects such a signal chooses it.
 DEFAULT_FUSION = "gmu"
 #: The modes that read one pooled categorical vector, and those that read metadata tokens.
 VECTOR_FUSIONS = ("concat", "add", "gmu")
 TOKEN_FUSIONS = ("cross-attention", "perceiver")
 #: The GMU's two forms; residual (h + z * tanh(W_c c)) was better than the canonical unit on
-#: every ECAM split measured (benchmarks/results/fusion.md).
+#: every ECAM split measured (benchmarks/results/fusion-before-readout.md).
 GMU_VARIANTS = ("canonical", "residual")
 DEFAULT_GMU_VARIANT = "residual"
 FUSION_GUIDANCE = (
     "Which conditioning to use: 'gmu' (the default) to let each sample gate the metadata "
-    "in or out, the safe choice when it is unclear whether the columns help; 'concat' for a "
-    "few simple columns; "
-    "'add' + --p-conditional-output-scaling for a per-category shift of the target; "
-    "'cross-attention' when different taxa should respond to different conditions (its "
-    "linear readout also gives each ASV a coefficient per category value); "
+    "in or out, the safe choice when it is unclear whether the columns help; "
+    "'cross-attention' when different taxa should respond to different conditions: its "
+    "linear readout gives each ASV a coefficient per category value, the only mode that "
+    "learned such a signal in our benchmarks (other modes do not); 'concat' for a few "
+    "simple columns; 'add' + --p-conditional-output-scaling for a per-category shift of "
+    "the target; "
     "'perceiver' for many ASVs or many, often missing, columns; --p-film-conditioning "
     "(with fusion 'none') to modulate the prediction head's features.")
 
