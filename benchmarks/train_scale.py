@@ -35,7 +35,7 @@ from common import RESULTS, log  # noqa: E402
 ARCHITECTURE = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
                     patch_size=8)
 TOKEN_LIMIT = 64
-SIZES = ["1000x3000", "5000x3000", "5000x10000", "20000x10000", "20000x30000"]
+SIZES = ["1000x3000", "2000x3000", "5000x3000", "5000x10000", "20000x10000", "20000x30000"]
 JSON = RESULTS / "train-scale.json"
 
 
