@@ -248,3 +248,27 @@ def test_the_ridge_cross_validation_equals_fitting_every_weighting_and_penalty()
     error, weights, alpha = _ridge_cv(blocks, y, folds)
     assert (weights, alpha) == (best[1], best[2])
     assert error == pytest.approx(best[0], rel=1e-8)
+
+
+def _whole_path_errors(x, y, train, test, ratio, alphas):
+    """Held-out errors along every penalty of the path, never stopping."""
+    from q2_aam.core.linear import _screened_steps
+    return np.array([error for _, error in _screened_steps(x, y, train, test, alphas, ratio)])
+
+
+def test_the_paths_stop_past_their_best_and_choose_as_the_whole_path():
+    """The elastic-net paths stop a few penalties past the folds' best mean error (the
+    slow end of a path) and choose the penalty the whole path would have chosen."""
+    from q2_aam.core import linear
+    rng = np.random.default_rng(2)
+    x = np.where(rng.random((150, 200)) < 0.4, rng.random((150, 200)), 0.0)
+    y = x[:, :4] @ np.array([3.0, -2.0, 2.0, 1.5]) + 0.3 * rng.normal(size=150)
+    folds = linear._folds(150, np.repeat(np.arange(30), 5))
+    alphas = {r: linear._path_alphas(x, y, r) for r in linear.L1_RATIOS}
+    stopped = linear._l1_paths(x, y, folds, alphas)
+    for ratio, (paths, errors) in stopped.items():
+        assert errors.shape[1] < linear.N_PATH_ALPHAS, ratio  # it did stop early
+        whole = np.mean([_whole_path_errors(x, y, train, test, ratio, alphas[ratio])
+                         for train, test in folds], axis=0)
+        assert int(np.argmin(errors.mean(axis=0))) == int(np.argmin(whole))
+        np.testing.assert_allclose(errors.mean(axis=0), whole[:errors.shape[1]], rtol=1e-9)

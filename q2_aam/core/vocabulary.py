@@ -23,7 +23,6 @@ gaps and ends the local alignment clipped all count against it. The overlap must
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -31,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .options import DEFAULT_MATCH_IDENTITY
+from .progress import Ticker
 
 #: Length of the k-mers that pick the candidates.
 KMER = 8
@@ -231,12 +231,10 @@ def nearest(queries: Sequence[str], references: Sequence[str],
     reference_kmers = _kmer_matrix(references)
     rank = np.zeros(len(references)) if prevalence is None else np.asarray(prevalence, float)
     size = max(256, _SCORES // len(references))
-    said = time.perf_counter()
+    ticker = Ticker(log)
     for start in range(0, len(queries), size):
         chunk = [q.upper() for q in queries[start:start + size]]
-        if log is not None and time.perf_counter() - said > 10:
-            log(f"Matching new ASVs to the vocabulary: {start} of {len(queries)} done.")
-            said = time.perf_counter()
+        ticker(f"Matching new ASVs to the vocabulary: {start} of {len(queries)} done.")
         top = _candidates(_kmer_matrix(chunk), reference_kmers, candidates)
         for i, sequence in enumerate(chunk):
             if not sequence:
