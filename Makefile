@@ -36,8 +36,10 @@ bench: install
 # synthetic studies of 10k-100k samples (results/scale.md, about 5 min), cost per sample
 # at 64-4096 ASVs per sample (results/token-limits.md, about 6 min), the readout at
 # karelia's size against earlier commits (results/readout-speed.md, about 13 min), and
-# each step of train and predict on synthetic studies of 1k-20k samples x 3k-30k ASVs
-# (results/train-scale.md; up to 30 min a row, rows that exceed it are marked), 2 cores.
+# each step of train (1k-20k samples x 3k-30k ASVs, with earlier commits' readouts side by
+# side) and predict (up to 100k samples) on synthetic studies (results/scale.md, second
+# section; about 15 min for this code, up to 30 min a row for the earlier ones, rows that
+# exceed it are marked), 2 cores.
 bench-speed: install
 	cd benchmarks && ../$(BIN)/python speed.py && ../$(BIN)/python scale.py && \
 		../$(BIN)/python token_limits.py && ../$(BIN)/python readout_speed.py && \

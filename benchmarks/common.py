@@ -19,6 +19,26 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def write_section(name: str, text: str) -> None:
+    """Put ``text`` (a Markdown section that starts with its ``# `` title) into
+    ``results/<name>``, in place of the section with the same title or after the others,
+    so that two benchmarks can share one results page."""
+    path = RESULTS / name
+    sections = []
+    for line in (path.read_text().splitlines(keepends=True) if path.exists() else []):
+        if line.startswith("# ") or not sections:
+            sections.append("")
+        sections[-1] += line
+    title = text.splitlines()[0]
+    at = [i for i, section in enumerate(sections) if section.splitlines()[0] == title]
+    if at:
+        sections[at[0]] = text.rstrip("\n") + "\n\n"
+    else:
+        sections.append(("\n" if sections and not sections[-1].endswith("\n\n") else "")
+                        + text.rstrip("\n") + "\n\n")
+    path.write_text("".join(sections).rstrip("\n") + "\n")
+
+
 def load(name: str, token_limit: int = 256):
     """The dataset, all its samples as core samples, and the metadata (same order)."""
     from q2_aam._inputs import amplicon_samples
@@ -70,7 +90,7 @@ def train_defaults(**overrides) -> dict:
     from q2_aam.core.targets import DEFAULT_TARGET_TRANSFORM
     defaults = {k: p.default for k, p in inspect.signature(_methods.train).parameters.items()}
     config = TrainConfig(**{k: defaults[k] for k in _inputs.OPTIMISATION},
-                         seed=defaults["random_seed"], device="cpu")
+                         seed=defaults["random_state"], device="cpu")
     architecture = {k: defaults[k] for k in _inputs.ARCHITECTURE
                     if defaults.get(k) is not None}
     kwargs = dict(config=config, architecture=architecture,

@@ -58,6 +58,7 @@ def karelia_blocks():
                         linear_readout=True, phylogeny=data.tree, log=log)
     blocks = readout_blocks(fit, plan.rows, len(plan.vocabulary), plan.clade_rows,
                             plan.clade_ids)
+    blocks = {name: x.toarray() for name, x in blocks.items()}  # as earlier commits took them
     age = metadata["age_days"].to_numpy(float)[train]
     return blocks, (age - age.mean()) / age.std(), subjects[train]
 

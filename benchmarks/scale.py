@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, log  # noqa: E402
+from common import RESULTS, log, write_section  # noqa: E402
 
 ARCHITECTURE = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
                     patch_size=8)
@@ -116,7 +116,7 @@ def write(rows: list) -> None:
             "shows (the matrix path's epoch is faster); at the default size a step takes "
             "about 30 times longer. A full matrix at 100,000 samples would be 80 GB.\n\n"
             + "\n".join(lines) + "\n")
-    (RESULTS / "scale.md").write_text(text)
+    write_section("scale.md", text)  # train_scale.py writes its section there too
     (RESULTS / "scale.json").write_text(json.dumps(rows, indent=1))
     print(text)
 

@@ -4,6 +4,7 @@ planted clade or ASV x category interaction is found by ``api.train``."""
 import io
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 import skbio
 import torch
@@ -72,14 +73,14 @@ def test_model_readout_equals_the_fitted_blocks_times_their_coefficients():
     coef = np.concatenate([model.linear.weight[1:, 0].detach().numpy(),
                            model.linear_presence.weight[1:, 0].detach().numpy(),
                            model.linear_clade[:, 0].detach().numpy(), conditional.numpy()])
-    expected = np.hstack(list(blocks.values())) @ coef + float(model.linear_bias.detach())
+    expected = sp.hstack(list(blocks.values())).toarray() @ coef + float(model.linear_bias.detach())
     batch = BatchCollator(samples, tokenize(samples.sequences).tokens, categories=categories,
                           vocabulary=vocabulary_rows)([0, 1, 2, 3])
     with torch.no_grad():
         got = model(batch)["prediction"][:, 0].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     # The conditional block moves the prediction: without it, it differs.
-    assert np.abs(expected - (np.hstack(list(blocks.values())[:3]) @ coef[:len(coef) - 12]
+    assert np.abs(expected - (sp.hstack(list(blocks.values())[:3]).toarray() @ coef[:len(coef) - 12]
                               + float(model.linear_bias.detach()))).max() > 0.1
 
 

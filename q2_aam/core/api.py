@@ -306,7 +306,8 @@ def predict_raw(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: in
     more (1: exact sequences only; see ``vocabulary``).
     """
     outputs = model_outputs(bundle, samples, batch_size=batch_size, device=device,
-                            categorical=categorical, match_identity=match_identity, log=log)
+                            categorical=categorical, match_identity=match_identity, log=log,
+                            keys=("prediction",))
     return outputs["prediction"]
 
 
@@ -459,11 +460,13 @@ def _transform(bundle: ModelBundle, normalize_groups) -> TargetTransform | None:
 def model_outputs(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: int = 64,
                   device: str = "auto", categorical: dict | None = None,
                   match_identity: float = DEFAULT_MATCH_IDENTITY,
-                  log: Callable[[str], None] = _stderr) -> dict:
-    """Every per-sample output of the model: ``prediction``, ``sample_embedding``, and,
-    by fusion mode, ``gmu_gate`` ``(n, D)``, ``cross_attention`` ``(n, heads, S, K)`` or
-    ``perceiver_attention`` ``(n, heads, latents, S + K)`` (ASV slots padded to the
-    token limit; slot ``j`` of sample ``i`` is its ``j``-th most abundant ASV)."""
+                  log: Callable[[str], None] = _stderr, keys: Sequence | None = None) -> dict:
+    """Every per-sample output of the model (or those named in ``keys``): ``prediction``,
+    ``sample_embedding``, and, by fusion mode, ``gmu_gate`` ``(n, D)``,
+    ``cross_attention`` ``(n, heads, S, K)`` or ``perceiver_attention``
+    ``(n, heads, latents, S + K)`` (ASV slots padded to the token limit; slot ``j`` of
+    sample ``i`` is its ``j``-th most abundant ASV). Only these are kept from batch to
+    batch, so memory beyond the table grows with the samples by the outputs' size."""
     if bundle.kind == "encoder":
         raise ValueError("This model is a pretrained encoder; it predicts nothing. Train a "
                          "regressor or classifier from it with 'train'.")
@@ -474,8 +477,8 @@ def model_outputs(bundle: ModelBundle, samples: AmpliconSamples, *, batch_size: 
                                                    categorical, match_identity, log):
         order.append(rows)
         out = model(batch, asv_embeddings=embeddings)
-        for key in ("prediction", "sample_embedding", "gmu_gate", "cross_attention",
-                    "perceiver_attention"):
+        for key in keys or ("prediction", "sample_embedding", "gmu_gate", "cross_attention",
+                            "perceiver_attention"):
             if key not in out:
                 continue
             value = out[key].float().cpu()

@@ -110,27 +110,37 @@ def readout_blocks(samples: AmpliconSamples, vocabulary_rows: np.ndarray, n_voca
                    clade_rows: np.ndarray | None = None, clade_ids: np.ndarray | None = None,
                    categories: np.ndarray | None = None,
                    cardinalities: list | None = None) -> dict:
-    """The readout's column blocks (see the module's docstring), dense ``(n_samples, .)``
-    arrays in the order the model stores their coefficients: ``level``, ``presence``, then
+    """The readout's column blocks (see the module's docstring), sparse ``(n_samples, .)``
+    CSR matrices (a table's ASVs are mostly absent: memory follows its nonzero counts) in
+    the order the model stores their coefficients: ``level``, ``presence``, then
     ``clade`` when ``clade_ids`` is given (non-empty), then ``conditional`` when
     ``categories`` ``(n_samples, C)`` (indices, 0 unknown) and ``cardinalities`` are: for
     each column, for each index ``0 .. cardinality - 1``, every ASV's level (index 0, the
     unknown value, is never set, so its columns are all 0)."""
-    relative = relative_matrix(samples, vocabulary_rows, n_vocabulary).toarray()
-    level = log_level(relative)
-    blocks = {"level": level, "presence": (relative > 0).astype(np.float64)}
+    relative = relative_matrix(samples, vocabulary_rows, n_vocabulary)
+    relative.eliminate_zeros()
+    level = _with_data(relative, log_level(relative.data))
+    blocks = {"level": level, "presence": _with_data(relative, np.ones(relative.nnz))}
     if clade_ids is not None and len(clade_ids):
         membership = sp.csr_matrix((np.ones(len(clade_rows)), (clade_rows - 1, clade_ids)),
                                    shape=(n_vocabulary, int(clade_ids.max()) + 1))
-        blocks["clade"] = log_level(np.asarray(membership.T @ relative.T).T)
+        summed = (relative @ membership).tocsr()
+        summed.eliminate_zeros()
+        blocks["clade"] = _with_data(summed, log_level(summed.data))
     if categories is not None and cardinalities:
         parts = []
         for c, card in enumerate(cardinalities):
             for v in range(card):
-                parts.append(level * (categories[:, c] == v)[:, None] if v else
-                             np.zeros_like(level))
-        blocks["conditional"] = np.hstack(parts)
+                parts.append(sp.diags((categories[:, c] == v) * 1.0) @ level if v else
+                             sp.csr_matrix(level.shape))
+        blocks["conditional"] = sp.hstack(parts, format="csr")
     return blocks
+
+
+def _with_data(matrix: sp.csr_matrix, data: np.ndarray) -> sp.csr_matrix:
+    """``matrix``'s pattern with the values ``data``."""
+    return sp.csr_matrix((data, matrix.indices.copy(), matrix.indptr.copy()),
+                         shape=matrix.shape)
 
 
 def _folds(n: int, groups=None, classes=None) -> list:
@@ -230,7 +240,7 @@ def _refit(x: np.ndarray, y: np.ndarray, support: np.ndarray) -> tuple[np.ndarra
     coef = np.zeros(x.shape[1])
     if not len(support):
         return coef, float(y.mean())
-    ridge = Ridge(alpha=REFIT_ALPHA).fit(x[:, support], y)
+    ridge = Ridge(alpha=REFIT_ALPHA).fit(_dense_rows(x[:, support], None), y)
     coef[support] = ridge.coef_
     return coef, float(ridge.intercept_)
 
@@ -259,7 +269,8 @@ def _path_alphas(x: np.ndarray, y: np.ndarray, l1_ratio: float) -> np.ndarray:
 def _screened_steps(x: np.ndarray, y: np.ndarray, train, test, alphas: np.ndarray,
                     l1_ratio: float):
     """Yields, penalty by penalty along ``alphas``, the elastic net's coefficients fitted on
-    the rows ``train`` (centred there) and their mean squared error on the rows ``test``.
+    the rows ``train`` (centred there) and their mean squared error on the rows ``test``
+    (NaN for none). ``x`` is dense, or sparse CSC.
 
     scikit-learn's coordinate descent (``enet_path``, warm-started from the last penalty)
     runs on a working set of columns, the sequential strong rule's (Tibshirani et al.
@@ -287,7 +298,9 @@ def _screened_steps(x: np.ndarray, y: np.ndarray, train, test, alphas: np.ndarra
         while True:
             columns = np.flatnonzero(keep)
             if len(columns):
-                working = np.asfortranarray(x[np.ix_(train, columns)] - mean[columns])
+                part = (x[:, columns][train].toarray() if sp.issparse(x)
+                        else x[np.ix_(train, columns)])
+                working = np.asfortranarray(part - mean[columns])
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
                     _, sub, _ = enet_path(working, centred, alphas=[alpha],
@@ -303,7 +316,8 @@ def _screened_steps(x: np.ndarray, y: np.ndarray, train, test, alphas: np.ndarra
             keep |= broken
         keep |= coef != 0
         predicted = x[test] @ coef - mean @ coef + centre
-        yield coef.copy(), float(np.mean((predicted - y[test]) ** 2))
+        yield coef.copy(), (float(np.mean((predicted - y[test]) ** 2)) if len(test)
+                            else float("nan"))
         previous = alpha
 
 
@@ -386,51 +400,208 @@ def _l1_cv(x: np.ndarray, y: np.ndarray, folds: list, ticker=None) -> dict:
             "relaxed_alpha": float(alphas[ratio][k]), "mix": RELAXED_MIX[m]}
 
 
+#: The most samples the readout's candidates and penalties are chosen on. Above it, the
+#: cross-validation runs on a subsample of whole subjects (seeded) of about this size,
+#: and the chosen fit is made on every sample, on sparse matrices, by iterative solvers.
+#: So the choice costs the same at any size and the final fit grows with the table's
+#: nonzero counts, linearly in samples, where the ridge's kernel form costs the cube of
+#: the samples (221 s at 5,000 samples x 3,000 ASVs, beyond reach at 20,000:
+#: benchmarks/results/scale.md). The penalties carry over in their unnormalised form
+#: (a penalty per coefficient against a sum of squared errors over the samples), which
+#: is a prior's variance against the noise's and does not depend on the number of
+#: samples: scikit-learn's ridge penalty as it is, its elastic net's (which divides the
+#: errors by the number of samples) times subsample / all samples.
+CV_SAMPLES = 2000
+#: Above ``CV_SAMPLES``, a chosen ridge's penalty is checked again on every sample: the same
+#: folds' cross-validation over these multiples of it, each fit by conjugate gradients on the
+#: sparse blocks (linear in samples). On synthetic studies of 5,000 samples the subsample
+#: alone chose a penalty 4 times the full cross-validation's.
+REFINE_MULTIPLES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _cv_rows(n: int, groups=None, limit: int | None = None) -> np.ndarray | None:
+    """The rows the readout's hyperparameters are chosen on: ``None`` (all) for ``limit``
+    samples or fewer, else a seeded random subsample of whole ``groups`` (subjects; one
+    group at least) holding at most ``limit`` (default ``CV_SAMPLES``) samples, or
+    ``limit`` random samples."""
+    limit = CV_SAMPLES if limit is None else limit
+    if n <= limit:
+        return None
+    rng = np.random.default_rng(0)
+    if groups is None:
+        return np.sort(rng.choice(n, limit, replace=False))
+    _, index, sizes = np.unique(np.asarray(groups).astype(str), return_inverse=True,
+                                return_counts=True)
+    order = rng.permutation(len(sizes))
+    kept = order[:max(1, int(np.searchsorted(np.cumsum(sizes[order]), limit, "right")))]
+    return np.flatnonzero(np.isin(index, kept))
+
+
+def _subsample_words(n: int, groups) -> str:
+    return (f", a subsample{' of whole subjects' if groups is not None else ''} of the "
+            f"{n:,} samples; the chosen fit is then made on all of them")
+
+
+def _dense_rows(x, rows) -> np.ndarray:
+    """``x`` (dense or sparse) at ``rows`` (``None``: all), as a dense float64 array."""
+    part = x if rows is None else x[rows]
+    return np.asarray(part.toarray() if sp.issparse(part) else part, dtype=np.float64)
+
+
 def fit_regression(blocks: dict, target: np.ndarray, groups=None,
                    log=None) -> tuple[np.ndarray, float, str]:
     """Coefficients (over the blocks' columns, in order), intercept, and what was chosen in
     words, of the penalised linear regression of ``target`` on :func:`readout_blocks`
-    ``blocks`` with the lowest cross-validated error: a ridge, an elastic net or a relaxed
-    lasso. ``log`` hears each candidate's cross-validation as it ends, with its time."""
+    ``blocks`` (dense or sparse) with the lowest cross-validated error: a ridge, an
+    elastic net or a relaxed lasso; chosen on at most ``CV_SAMPLES`` samples and fitted
+    on all. ``log`` hears each candidate's cross-validation as it ends, with its time."""
     import time
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import ElasticNet, Ridge
     say = log or (lambda message: None)
     y = np.asarray(target, dtype=np.float64)
-    folds = _folds(len(y), groups)
-    size = f"{len(y)} samples x {sum(x.shape[1] for x in blocks.values())} columns"
+    rows = _cv_rows(len(y), groups)
+    chosen_on = y if rows is None else y[rows]
+    cv_blocks = {name: _dense_rows(x, rows) for name, x in blocks.items()}
+    folds = _folds(len(chosen_on), groups if groups is None or rows is None
+                   else np.asarray(groups)[rows])
+    size = f"{len(chosen_on)} samples x {sum(x.shape[1] for x in blocks.values())} columns"
+    subsample = "" if rows is None else _subsample_words(len(y), groups)
     say(f"Readout: cross-validating a ridge, an elastic net and a relaxed lasso "
-        f"({len(folds)} folds, {size}).")
+        f"({len(folds)} folds, {size}{subsample}).")
     ticker = Ticker(log)
     started = time.perf_counter()
-    ridge_error, weights, alpha = _ridge_cv(blocks, y, folds, ticker)
+    ridge_error, weights, alpha = _ridge_cv(cv_blocks, chosen_on, folds, ticker)
     say(f"Readout: ridge cross-validated in {time.perf_counter() - started:.1f} s.")
     started = time.perf_counter()
-    dense = _stack(blocks, {})
-    l1 = _l1_cv(dense, y, folds, ticker)
+    dense = _stack(cv_blocks, {})
+    l1 = _l1_cv(dense, chosen_on, folds, ticker)
     say(f"Readout: elastic net, lasso and relaxed lasso cross-validated in "
         f"{time.perf_counter() - started:.1f} s.")
     errors = (f"cross-validated MSE: ridge {ridge_error:.3g}, elastic net {l1['error']:.3g}, "
               f"relaxed lasso {l1['relaxed_error']:.3g}")
-    kind = "lasso" if l1["l1_ratio"] == 1 else "elastic net"
+    if rows is not None:  # the final fit reads the sparse blocks of every sample
+        errors += f", on {len(rows):,} of the {len(y):,} samples"
+        dense, cv_blocks = sp.hstack(list(blocks.values()), format="csc"), blocks
+    started = time.perf_counter()
     if min(l1["error"], l1["relaxed_error"]) < ridge_error:
-        relaxed = l1["relaxed_error"] < l1["error"]
+        coef, intercept, how = _fit_l1(dense, y, l1,
+                                       1.0 if rows is None else len(rows) / len(y), ticker)
+    else:
+        if rows is not None:
+            chosen = alpha
+            alpha = _refined_ridge_alpha(blocks, y, weights, alpha, groups, ticker)
+            errors += (f"; the penalty {chosen:.3g} of the subsample was checked on all "
+                       f"samples, {alpha / chosen:g} times it was best")
+        coef, intercept, how = _fit_ridge(cv_blocks, y, weights, alpha)
+    if rows is not None:
+        say(f"Readout: the {how.split(' (')[0]} fitted on all {len(y):,} samples in "
+            f"{time.perf_counter() - started:.1f} s.")
+    return coef, intercept, how.replace("ERRORS", errors)
+
+
+def _sparse_ridge(blocks: dict, weights: dict, alpha: float):
+    """An unfitted ridge for the weighted sparse ``blocks`` (their stacked CSR matrix)."""
+    from sklearn.linear_model import Ridge
+    x = sp.hstack([weights.get(name, 1.0) * b for name, b in blocks.items()
+                   if weights.get(name, 1.0)], format="csr")
+    return x, Ridge(alpha=alpha, solver="sparse_cg", tol=1e-8)
+
+
+def _refined_ridge_alpha(blocks: dict, y: np.ndarray, weights: dict, alpha: float, groups,
+                         ticker=None) -> float:
+    """The penalty among ``REFINE_MULTIPLES`` of ``alpha`` with the lowest cross-validated
+    error on every sample (folds by ``groups``, as the subsample's; folds in both cores);
+    while the best is at an end of the multiples, they go on by factors of 2 (up to
+    ``REFINE_MULTIPLES[-1]`` times further)."""
+    from sklearn.base import clone
+    x, ridge = _sparse_ridge(blocks, weights, alpha)
+    folds = _folds(len(y), groups)
+    done = []
+
+    def fold_errors(train, test, multiples):
+        errors = []
+        for multiple in multiples:
+            fit = clone(ridge).set_params(alpha=alpha * multiple, tol=1e-6)
+            fit.fit(x[train], y[train])
+            errors.append(np.mean((fit.predict(x[test]) - y[test]) ** 2))
+            done.append(1)
+            if ticker is not None:
+                ticker(f"Readout: the ridge's penalty on all {len(y):,} samples, "
+                       f"{len(done)} fits of {len(folds)} folds.")
+        return errors
+
+    def mean_errors(multiples):
+        per_fold = _in_threads(fold_errors, [(train, test, multiples) for train, test in folds])
+        return dict(zip(multiples, np.mean(per_fold, axis=0)))
+    errors = mean_errors(list(REFINE_MULTIPLES))
+    for _ in range(int(np.log2(REFINE_MULTIPLES[-1]))):  # at most 8 times further
+        best = min(errors, key=errors.get)
+        if best not in (min(errors), max(errors)):
+            break
+        errors.update(mean_errors([best / 2 if best == min(errors) else best * 2]))
+    return float(alpha * min(errors, key=errors.get))
+
+
+def _fit_l1(x, y: np.ndarray, l1: dict, scale: float,
+            ticker=None) -> tuple[np.ndarray, float, str]:
+    """The chosen elastic net (or relaxed lasso) of :func:`_l1_cv` fitted on ``x``, its
+    penalty times ``scale`` (see ``CV_SAMPLES``): dense, by scikit-learn's ``ElasticNet``;
+    sparse CSC (every sample of a large study), along a path from the penalty that keeps
+    every coefficient at 0 down to it, 10 penalties a decade, each on its strong-rule
+    working set (:func:`_screened_steps`; ``ticker`` hears each): one ``ElasticNet`` fit
+    from zero took 36 s at 20,000 samples, and longer at smaller penalties."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import ElasticNet
+    kind = "lasso" if l1["l1_ratio"] == 1 else "elastic net"
+    relaxed = l1["relaxed_error"] < l1["error"]
+    alpha = l1["relaxed_alpha" if relaxed else "alpha"] * scale
+    if sp.issparse(x):
+        net = _sparse_l1_fit(x, y, alpha, l1["l1_ratio"], kind, ticker)
+    else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            net = ElasticNet(alpha=l1["relaxed_alpha" if relaxed else "alpha"],
-                             l1_ratio=l1["l1_ratio"], max_iter=5000, tol=1e-3).fit(dense, y)
-        if not relaxed:
-            how = (f"{kind} (penalty {l1['alpha']:.3g}, {np.count_nonzero(net.coef_)} "
-                   f"nonzero coefficients; {errors})")
-            return np.asarray(net.coef_, dtype=np.float64), float(net.intercept_), how
-        mix = l1["mix"]
-        coef, intercept = _refit(dense, y, np.flatnonzero(net.coef_))
-        coef = mix * net.coef_ + (1 - mix) * coef
-        intercept = mix * float(net.intercept_) + (1 - mix) * intercept
-        how = (f"relaxed {kind} (penalty {l1['relaxed_alpha']:.3g}, "
-               f"{np.count_nonzero(coef)} nonzero coefficients, lasso share {mix:g}; {errors})")
-        return coef, intercept, how
-    ridge = Ridge(alpha=alpha).fit(_stack(blocks, weights), y)
+            net = ElasticNet(alpha=alpha, l1_ratio=l1["l1_ratio"], max_iter=5000,
+                             tol=1e-3).fit(x, y)
+    if not relaxed:
+        how = (f"{kind} (penalty {alpha:.3g}, {np.count_nonzero(net.coef_)} "
+               f"nonzero coefficients; ERRORS)")
+        return np.asarray(net.coef_, dtype=np.float64), float(net.intercept_), how
+    mix = l1["mix"]
+    coef, intercept = _refit(x, y, np.flatnonzero(net.coef_))
+    coef = mix * net.coef_ + (1 - mix) * coef
+    intercept = mix * float(net.intercept_) + (1 - mix) * intercept
+    how = (f"relaxed {kind} (penalty {alpha:.3g}, {np.count_nonzero(coef)} nonzero "
+           f"coefficients, lasso share {mix:g}; ERRORS)")
+    return coef, intercept, how
+
+
+def _sparse_l1_fit(x: sp.csc_matrix, y: np.ndarray, alpha: float, l1_ratio: float,
+                   kind: str, ticker=None):
+    """The elastic net at ``alpha`` on every row of sparse ``x``, as ``(coef_,
+    intercept_)`` in a namespace (see :func:`_fit_l1`)."""
+    from types import SimpleNamespace
+    every = np.arange(x.shape[0])
+    top = np.abs(x.T @ (y - y.mean())).max() / (len(y) * l1_ratio)
+    steps = max(1, int(np.ceil(10 * np.log10(max(top / alpha, 1.0))))) + 1
+    path = np.geomspace(max(top, alpha), alpha, steps)
+    for step, (coef, _) in enumerate(_screened_steps(x, y, every, every[:0], path,
+                                                     l1_ratio), 1):
+        if ticker is not None:
+            ticker(f"Readout: the {kind} on all {len(y):,} samples, penalty {step} of "
+                   f"{steps}.")
+    mean = np.asarray(x.mean(axis=0)).ravel()
+    return SimpleNamespace(coef_=coef, intercept_=float(y.mean() - mean @ coef))
+
+
+def _fit_ridge(blocks: dict, y: np.ndarray, weights: dict,
+               alpha: float) -> tuple[np.ndarray, float, str]:
+    """The chosen ridge fitted on the weighted ``blocks``: exactly when they are dense, by
+    conjugate gradients when they are sparse (a cost linear in their nonzeros)."""
+    from sklearn.linear_model import Ridge
+    if any(sp.issparse(b) for b in blocks.values()):
+        x, ridge = _sparse_ridge(blocks, weights, alpha)
+        ridge.fit(x, y)
+    else:
+        ridge = Ridge(alpha=alpha).fit(_stack(blocks, weights), y)
     coef, start = [], 0
     for name, x in blocks.items():
         weight = weights.get(name, 1.0)
@@ -440,7 +611,7 @@ def fit_regression(blocks: dict, target: np.ndarray, groups=None,
         else:
             coef.append(np.zeros(x.shape[1]))
     shown = ", ".join(f"{name} weight {w:g}" for name, w in weights.items())
-    how = f"ridge regression (penalty {alpha:.3g}, {shown}; {errors})"
+    how = f"ridge regression (penalty {alpha:.3g}, {shown}; ERRORS)"
     return np.concatenate(coef), float(ridge.intercept_), how
 
 
@@ -456,16 +627,19 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
     """
     import time
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegressionCV
-    dense = features.toarray()
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    rows = _cv_rows(len(classes), groups)  # see CV_SAMPLES; C carries over as it is
+    dense = _dense_rows(features, rows)
+    chosen_on = classes if rows is None else classes[rows]
     n_vocabulary = dense.shape[1] // 2
-    present = np.unique(classes)
-    folds = _folds(len(classes), groups, classes)
+    folds = _folds(len(chosen_on), groups if groups is None or rows is None
+                   else np.asarray(groups)[rows], chosen_on)
     # L1 only for two classes (liblinear): the multinomial L1 solver (saga) took over 9
     # minutes on karelia's country, so more classes get the L2 fit alone.
     options = [("L2", slice(0, n_vocabulary), dict(max_iter=2000))]
-    if len(present) == 2:
+    if len(np.unique(classes)) == 2:
         options.append(("L1", slice(None), dict(penalty="l1", solver="liblinear")))
+    subsample = "" if rows is None else _subsample_words(len(classes), groups)
     candidates = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -474,30 +648,41 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
             started = time.perf_counter()
             if log is not None:
                 log(f"Readout: cross-validating an {name} logistic regression ({len(folds)} "
-                    f"folds, {len(classes)} samples x {dense[:, columns].shape[1]} columns).")
+                    f"folds, {len(chosen_on)} samples x {dense[:, columns].shape[1]} "
+                    f"columns{subsample}).")
             try:
                 model = LogisticRegressionCV(Cs=CS, cv=folds, scoring="neg_log_loss",
                                              class_weight=class_weight,
                                              **{"max_iter": 2000, **settings}
-                                             ).fit(dense[:, columns], classes)
+                                             ).fit(dense[:, columns], chosen_on)
             except ValueError:  # a fold lacks a class (many classes of a few samples each)
                 continue
             score = float(np.mean(list(model.scores_.values())[0], axis=0).max())
-            candidates[name] = (score, columns, model)
+            candidates[name] = (score, columns, settings, model)
             if log is not None:
                 log(f"Readout: {name} logistic regression cross-validated in "
                     f"{time.perf_counter() - started:.1f} s.")
         if not candidates:
-            from sklearn.linear_model import LogisticRegression
             model = LogisticRegression(C=1.0, max_iter=2000, class_weight=class_weight)
             model.C_ = [1.0]
-            candidates["L2"] = (np.nan, slice(0, n_vocabulary),
-                                model.fit(dense[:, :n_vocabulary], classes))
-    name = max(candidates, key=lambda k: candidates[k][0])
-    score, columns, model = candidates[name]
-    fitted = np.zeros((dense.shape[1], n_classes))
+            candidates["L2"] = (np.nan, slice(0, n_vocabulary), {},
+                                model.fit(dense[:, :n_vocabulary], chosen_on))
+        name = max(candidates, key=lambda k: candidates[k][0])
+        score, columns, settings, model = candidates[name]
+        C = float(np.ravel(model.C_)[0])
+        if rows is not None:  # the chosen penalty, fitted on every sample's sparse columns
+            del dense
+            started = time.perf_counter()
+            model = LogisticRegression(C=C, class_weight=class_weight,
+                                       **{"max_iter": 2000, **settings}
+                                       ).fit(features.tocsr()[:, columns], classes)
+            if log is not None:
+                log(f"Readout: the {name} logistic regression fitted on all "
+                    f"{len(classes):,} samples in {time.perf_counter() - started:.1f} s.")
+    present = model.classes_
+    fitted = np.zeros((features.shape[1], n_classes))
     intercept = np.full(n_classes, -10.0)
-    coef = np.zeros((dense.shape[1], model.coef_.shape[0]))
+    coef = np.zeros((features.shape[1], model.coef_.shape[0]))
     coef[columns] = model.coef_.T
     if len(present) == 2:  # sklearn keeps one row: the logit of the second class
         fitted[:, present[1]] = coef[:, 0]
@@ -511,8 +696,9 @@ def fit_classification(features: sp.csr_matrix, classes: np.ndarray, n_classes: 
                "cross-validation)")
     else:
         versus = (f" vs {other} {-candidates[other][0]:.3g}" if other in candidates else "")
-        how = (f"{name} logistic regression (C {model.C_[0]:.3g}; cross-validated log-loss "
-               f"{-score:.3g}{versus})")
+        on = "" if rows is None else f", on {len(rows):,} of the {len(classes):,} samples"
+        how = (f"{name} logistic regression (C {C:.3g}; cross-validated log-loss "
+               f"{-score:.3g}{versus}{on})")
     return fitted, intercept, how
 
 
@@ -581,7 +767,7 @@ def fit_readout(model, samples: AmpliconSamples, vocabulary_rows: np.ndarray,
         coef, intercept, how = fit_regression(blocks, target, groups, log=log)
         coef = coef[:, None]
     else:
-        features = sp.csr_matrix(np.hstack([blocks["level"], blocks["presence"]]))
+        features = sp.hstack([blocks["level"], blocks["presence"]], format="csr")
         coef, intercept, how = fit_classification(
             features, target, n_outputs, groups,
             "balanced" if class_weights == "balanced" else None, log=log)
@@ -604,5 +790,6 @@ def fit_readout(model, samples: AmpliconSamples, vocabulary_rows: np.ndarray,
                     ", their levels per category value" for name in parts
                     if name in ("clade", "conditional"))
     return (f"{how} on the log abundances and presences of {n_vocabulary} ASVs{extra}, "
-            f"chosen by cross-validation{' by subject' if groups is not None else ''} on "
+            f"chosen by cross-validation{' by subject' if groups is not None else ''}"
+            f"{'' if len(samples) <= CV_SAMPLES else ' on a subsample'}, fitted on "
             f"{len(samples)} samples")
