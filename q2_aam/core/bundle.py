@@ -179,6 +179,8 @@ class ModelBundle:
         from safetensors.torch import load_file
         path = Path(path)
         config = validate_directory(path)
+        from .model import ModelConfig
+        ModelConfig.from_dict(config["model"])  # every setting's type and range, by name
         return cls(kind=config["kind"], model_config=config["model"],
                    state_dict=load_file(str(path / WEIGHTS_FILE)), target=config["target"],
                    training=config.get("training", {}), versions=config.get("versions", {}),

@@ -43,7 +43,7 @@ class ModelConfig:
     # The nucleotide encoder's own rate. Its activations are (distinct ASVs x patches x width):
     # drawing a dropout mask over them took a quarter of a CPU pretraining step, and the masks
     # keep attention off its fused kernel; a step took 4.27 s with dropout 0.1, 2.26 s with 0
-    # (profile at embedding 128; README, 'Speed and scale').
+    # (profile at embedding 128; docs/scale.md).
     nucleotide_dropout: float = 0.0
     task: str = "encoder"
     n_outputs: int = 0
@@ -74,6 +74,7 @@ class ModelConfig:
     linear_conditional: bool = False
 
     def __post_init__(self):
+        _check_field_types(self)
         for name, allowed in (("task", MODEL_TASKS), ("output_constraint", OUTPUT_CONSTRAINTS),
                               ("categorical_fusion", FUSION_MODES),
                               ("gmu_variant", GMU_VARIANTS)):
@@ -131,6 +132,53 @@ class ModelConfig:
             # Saved before the encoder had a rate of its own: it used the model's.
             values = dict(values, nucleotide_dropout=values["dropout"])
         return cls(**values)
+
+
+#: The largest value of each whole-number setting: a config edited by hand must not make
+#: the model allocate the machine (e.g. max_sequence_length 1e308).
+SIZE_LIMITS = {"embedding_dim": 65_536, "attention_heads": 1_024, "nucleotide_layers": 256,
+               "sample_layers": 256, "target_layers": 256, "patch_size": 4_096,
+               "max_sequence_length": 100_000, "n_outputs": 1_000_000,
+               "cross_attn_heads": 1_024, "perceiver_num_latents": 65_536,
+               "perceiver_num_layers": 256}
+#: For the others (vocabulary, clades, memberships).
+COUNT_LIMIT = 10 ** 10
+
+
+def _whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _finite(value) -> bool:
+    return _whole(value) or (isinstance(value, (float, np.floating)) and math.isfinite(value))
+
+
+def _check_field_types(config: "ModelConfig") -> None:
+    """Refuse a field of the wrong type, NaN or out of range, naming it (a model's
+    config.json can be edited by hand; the checks that follow assume the types)."""
+    for spec in fields(config):
+        value, kind = getattr(config, spec.name), str(spec.type)
+        if kind == "int":
+            limit = SIZE_LIMITS.get(spec.name, COUNT_LIMIT)
+            ok, want = _whole(value) and 0 <= value <= limit, \
+                f"a whole number from 0 to {limit:,}"
+        elif kind == "float":
+            ok, want = _finite(value), "a finite number"
+        elif kind == "bool":
+            ok, want = isinstance(value, bool), "true or false"
+        elif kind == "str":
+            ok, want = isinstance(value, str), "a string"
+        elif kind == "list":
+            ok, want = (isinstance(value, list) and all(_whole(v) and 0 <= v <= COUNT_LIMIT
+                                                        for v in value),
+                        "a list of whole numbers")
+        else:  # output_bounds: list | None
+            ok, want = (value is None or isinstance(value, list)
+                        and all(_finite(v) for v in value)), "null or a list of finite numbers"
+        if not ok:
+            raise ValueError(f"Model setting {spec.name!r} must be {want}, got {value!r}; "
+                             "the model's config.json was changed or damaged. Use the model "
+                             "as it was saved, or train it again.")
 
 
 #: Settings of the pretrained encoder that a model started from it must share.
