@@ -60,6 +60,24 @@ def _tiny_model(task: str, target: str, semantic: str, **settings):
     return qiime2.Artifact.import_data(semantic, bundle)
 
 
+def encoder_factory():
+    """A tiny encoder (masked nucleotides only, one epoch), to start the train examples:
+    they then take its architecture and need no architecture flags."""
+    import qiime2
+    from .core import api
+    from .core.data import AmpliconSamples
+    from .core.engine import TrainConfig
+    counts, ids, sequences, _ = _data()
+    samples = AmpliconSamples.from_counts(counts, ids, sequences, sequences, token_limit=16)
+    bundle = api.pretrain(
+        samples, None, architecture=dict(embedding_dim=16, attention_heads=2,
+                                         nucleotide_layers=1, sample_layers=1, patch_size=8,
+                                         max_sequence_length=64),
+        config=TrainConfig(epochs=1, batch_size=8, seed=0), unifrac_weight=0.0,
+        log=lambda message: None)
+    return qiime2.Artifact.import_data("AAMModel[AAMEncoder]", bundle)
+
+
 def model_factory():
     return _tiny_model("regression", "age", "AAMModel[AAMRegressor]", categorical=["season"],
                        categorical_fusion="cross-attention", cross_attn_heads=2)
@@ -106,24 +124,21 @@ def _table_and_age(use):
 
 def train_regressor(use):
     table, _, age = _table_and_age(use)
-    use.comment("Predict a numeric column. With --i-pretrained ENCODER the encoder starts "
-                "from pretraining (and the architecture is the encoder's).")
+    encoder = use.init_artifact("encoder", encoder_factory)
+    use.comment("From a pretrained encoder (its architecture is kept); 3 epochs for speed.")
     use.action(use.UsageAction(plugin_id="aam", action_id="train"),
-               use.UsageInputs(table=table, metadata=age, task="regression", epochs=3,
-                               **TINY),
+               use.UsageInputs(table=table, pretrained=encoder, metadata=age, epochs=3),
                use.UsageOutputNames(model="regressor"))
 
 
 def train_cross_attention(use):
     table, metadata, age = _table_and_age(use)
-    use.comment("Condition on a categorical column: each ASV attends to the sample's season, "
-                "so an ASV can count differently in summer and winter. explain-conditioning "
-                "then shows which ASVs respond.")
+    encoder = use.init_artifact("encoder", encoder_factory)
+    use.comment("Each ASV attends to the season: an ASV can count differently by season.")
     use.action(use.UsageAction(plugin_id="aam", action_id="train"),
-               use.UsageInputs(table=table, metadata=age, task="regression",
+               use.UsageInputs(table=table, pretrained=encoder, metadata=age,
                                sample_metadata=metadata, categorical_columns=["season"],
-                               categorical_fusion="cross-attention", cross_attn_heads=2,
-                               epochs=3, **TINY),
+                               categorical_fusion="cross-attention", epochs=3),
                use.UsageOutputNames(model="conditioned_regressor"))
 
 
@@ -196,4 +211,4 @@ def train_and_evaluate(use):
     use.action(use.UsageAction(plugin_id="aam", action_id="train_and_evaluate"),
                use.UsageInputs(table=table, metadata=age, task="regression", epochs=3),
                use.UsageOutputNames(model="model", predictions="test_predictions",
-                                    accuracy="test_accuracy"))
+                                    accuracy_results="test_accuracy"))

@@ -187,7 +187,7 @@ def settings(params: dict):
     for name, what in (("checkpoint_dir", "checkpoint"), ("tensorboard_dir", "TensorBoard")):
         if params.get(name):
             writable_directory(params[name], what)
-    config = TrainConfig(**{k: params[k] for k in OPTIMISATION}, seed=params["random_seed"],
+    config = TrainConfig(**{k: params[k] for k in OPTIMISATION}, seed=params["random_state"],
                          device=params["device"])
     return config, {k: params[k] for k in ARCHITECTURE if k in params}
 

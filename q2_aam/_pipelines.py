@@ -4,6 +4,8 @@ each step has its own provenance."""
 import numpy as np
 import pandas as pd
 
+from .core.options import DEFAULT_FUSION
+
 
 def split_ids(ids: list, truth: pd.Series, subjects: pd.Series | None, test_size: float,
               seed: int) -> tuple[list, list]:
@@ -33,11 +35,17 @@ def split_ids(ids: list, truth: pd.Series, subjects: pd.Series | None, test_size
 
 
 def train_and_evaluate(ctx, table, metadata, task="regression", sequences=None,
-                       phylogeny=None, subjects=None, test_size=0.2, pretrain_epochs=0,
-                       epochs=40, random_seed=0, device="auto"):
+                       phylogeny=None, pretrained=None, subjects=None, sample_metadata=None,
+                       categorical_columns=None, categorical_fusion=DEFAULT_FUSION,
+                       missing_samples="error", class_weights="none", test_size=0.2,
+                       pretrain_epochs=0, epochs=40, random_state=0, device="auto"):
     import biom
     import qiime2
     regression = task == "regression"
+    if pretrained is not None and pretrain_epochs:
+        raise ValueError("Both --i-pretrained and --p-pretrain-epochs were given: start "
+                         "from the given encoder (leave out --p-pretrain-epochs) or pretrain "
+                         "a new one (leave out --i-pretrained).")
     if phylogeny is not None and not regression and not pretrain_epochs:
         raise ValueError("A phylogeny was given, but it would not be used: a classifier's "
                          "training does not read it, and --p-pretrain-epochs is 0. Set "
@@ -45,8 +53,14 @@ def train_and_evaluate(ctx, table, metadata, task="regression", sequences=None,
                          "out.")
     ids = [str(i) for i in table.view(biom.Table).ids()]
     truth = metadata.to_series()
+    absent = [i for i in ids if i not in truth.index]
+    if absent and missing_samples == "error":
+        raise ValueError(
+            f"{len(absent)} sample(s) of the table are not in the metadata (e.g. "
+            f"{absent[0]!r}). Add them to the metadata, filter them from the table, or pass "
+            "--p-missing-samples ignore to leave them out.")
     train_ids, test_ids = split_ids(ids, truth, None if subjects is None else
-                                    subjects.to_series(), test_size, random_seed)
+                                    subjects.to_series(), test_size, random_state)
     filter_samples = ctx.get_action("feature_table", "filter_samples")
 
     def part(sample_ids):
@@ -54,21 +68,28 @@ def train_and_evaluate(ctx, table, metadata, task="regression", sequences=None,
         return filter_samples(table=table, metadata=kept)[0]
 
     train_table, test_table = part(train_ids), part(test_ids)
-    common = dict(random_seed=random_seed, device=device)
-    encoder = None
+    common = dict(random_state=random_state, device=device)
+    encoder = pretrained
     if pretrain_epochs:
-        # Unlabelled: every sample's table, no target (as in the README's benchmarks).
+        # Unlabelled: every sample's table, no target (as in the benchmarks: docs/accuracy.md).
         encoder, = ctx.get_action("aam", "pretrain")(
             table=table, sequences=sequences, phylogeny=phylogeny,
             unifrac_weight=1.0 if phylogeny is not None else 0.0, epochs=pretrain_epochs,
             **common)
+    conditioning = ({} if not categorical_columns else
+                    dict(categorical_columns=categorical_columns,
+                         categorical_fusion=categorical_fusion))
     model, = ctx.get_action("aam", "train")(
         table=train_table, metadata=metadata, task=task, sequences=sequences,
         pretrained=encoder, phylogeny=phylogeny if regression else None, subjects=subjects,
-        epochs=epochs, **common)
+        sample_metadata=sample_metadata,
+        missing_samples=missing_samples, epochs=epochs,
+        **({} if regression else {"class_weights": class_weights}), **conditioning, **common)
+    model_metadata = {"sample_metadata": sample_metadata} if categorical_columns else {}
     predict = ctx.get_action("aam", "predict" if regression else "predict_classification")
-    predictions = predict(model=model, table=test_table, sequences=sequences, device=device)[0]
-    accuracy, = ctx.get_action("aam", "accuracy")(model=model, table=test_table,
-                                                  metadata=metadata, sequences=sequences,
-                                                  device=device)
-    return model, predictions, accuracy
+    predictions = predict(model=model, table=test_table, sequences=sequences, device=device,
+                          **model_metadata)[0]
+    accuracy_results, = ctx.get_action("aam", "accuracy")(
+        model=model, table=test_table, metadata=metadata, sequences=sequences, device=device,
+        **model_metadata)
+    return model, predictions, accuracy_results

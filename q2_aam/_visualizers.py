@@ -21,6 +21,8 @@ from .core.options import DEFAULT_MATCH_IDENTITY
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
+#: The response table marks ASVs held by fewer samples than this.
+FEW_SAMPLES = 10
 VIEWS_BY_FUSION = {
     "gmu": "the gated multimodal unit's gate values per category value",
     "cross-attention": "each ASV's response to each column and the cross-attention "
@@ -63,11 +65,13 @@ def _figure(src: str, label: str = "") -> dict:
 
 
 def _section(title: str, text: list, figures: list, downloads: list,
-             table: pd.DataFrame | None = None, choice: str = "") -> dict:
+             table: pd.DataFrame | None = None, choice: str = "", index: bool = True) -> dict:
+    if table is not None and index and any(n is not None for n in table.index.names):
+        table, index = table.reset_index(), False  # the index's name in the header row
     return {"title": title, "text": text, "figures": figures, "downloads": downloads,
             "table": None if table is None else
             table.to_html(classes="table table-condensed table-striped", border=0,
-                          float_format=lambda v: f"{v:.4g}"),
+                          float_format=lambda v: f"{v:.4g}", index=index, na_rep="–"),
             "choice": choice}
 
 
@@ -75,15 +79,80 @@ def _section(title: str, text: list, figures: list, downloads: list,
 
 HISTORY_PANELS = (("loss", "total loss"), ("target", "target loss"), ("unifrac", "UniFrac loss"),
                   ("mlm", "masked-nucleotide loss"))
+#: What the history's columns mean, for the page (history.tsv keeps the short names).
+HISTORY_ROWS = {"lr": "learning rate (end of epoch)", "seconds": "seconds per epoch",
+                "samples_per_second": "training samples per second",
+                "grad_norm": "gradient norm (mean over steps, before clipping)"}
+
+
+def _loss_units(model: ModelBundle) -> dict:
+    """The y-axis label of each loss panel: what the loss measures, on which scale."""
+    target = "cross-entropy of the class (nats)"
+    if model.kind == "regressor":
+        loss = model.target.get("loss", {}).get("kind", "huber")
+        transform = model.target.get("transform", {}).get("kind", "zscore")
+        target = f"{loss} loss on the target scaled by {transform}"
+    return {"loss": "sum of the weighted losses", "target": target,
+            "unifrac": "squared error of embedding vs UniFrac distance",
+            "mlm": "cross-entropy per masked nucleotide (nats)"}
+
+
+def _metric_labels(target: str) -> dict:
+    return {"mae": f"MAE (units of {target!r})", "r2": "R² (1: perfect; 0: the mean)",
+            "accuracy": "accuracy (share of samples)"}
+
+
+def _history_row_name(column: str, target: str) -> str:
+    split, _, key = column.partition("_")
+    if split in ("train", "val"):
+        names = {**dict(HISTORY_PANELS), **_metric_labels(target)}
+        return f"{'training' if split == 'train' else 'validation'}: {names.get(key, key)}"
+    return HISTORY_ROWS.get(column, column.replace("_", " "))
+
+
+def _kept_epoch_words(model: ModelBundle, history: pd.DataFrame, kept: int) -> str:
+    last = int(history.index.max())
+    if model.training.get("n_validation", 0) == 0:
+        return (f"No samples were held out for validation, so the model is the last epoch's "
+                f"({last}).")
+    if kept == 0:
+        return ("No epoch improved the validation loss on the starting point (the linear "
+                "readout fitted before training, with the network's head at zero), so the "
+                "model is that starting point: the network added nothing these samples could "
+                "confirm. Read the readout's choice in the log; more samples, or a smaller "
+                "learning rate, may let the network help.")
+    if kept == last:
+        return (f"The model keeps the weights of the last epoch, {kept} (dotted line): its "
+                "validation loss was the lowest.")
+    return (f"The model keeps the weights of epoch {kept} (dotted line), the epoch with the "
+            f"lowest validation loss; the {last - kept} later epoch(s) did not improve on it"
+            + (", and training stopped after 'patience' epochs without a new best."
+               if last < model.training.get("config", {}).get("epochs", last) else "."))
+
+
+def _architecture_words(model: ModelBundle) -> str:
+    """The architecture in effect (QIIME 2's provenance shows the parameters as given: an
+    architecture inherited from a pretrained encoder appears there as not set)."""
+    c = model.model_config
+    inherited = (" (taken from the pretrained encoder)"
+                 if model.training.get("pretrained") else "")
+    return (f"Architecture in effect{inherited}: embedding {c.get('embedding_dim')}, "
+            f"{c.get('attention_heads')} attention heads, {c.get('nucleotide_layers')} "
+            f"nucleotide + {c.get('sample_layers')} sample layers, patch "
+            f"{c.get('patch_size')} nt, token limit {model.training.get('token_limit')}"
+            f", fusion {c.get('categorical_fusion', 'none')}.")
 
 
 def training_history(output_dir: str, model: ModelBundle) -> None:
-    from .core.api import history_frame
+    from .core.api import history_frame, kept_epoch
     plt = _pyplot()
     try:
         history = history_frame(model.training.get("history", []))
     except ValueError as error:
         raise ValueError(f"{error} Retrain it with this version of q2-aam.") from None
+    target = model.target.get("name", "the target")
+    kept = model.training.get("kept_epoch", kept_epoch(
+        model.training.get("history", []), model.training.get("n_validation", 0) > 0))
     panels = [(f"{key}", label) for key, label in HISTORY_PANELS
               if f"train_{key}" in history or f"val_{key}" in history]
     metrics = [c for c in ("val_mae", "val_r2", "val_accuracy") if c in history]
@@ -92,56 +161,61 @@ def training_history(output_dir: str, model: ModelBundle) -> None:
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4 * cols, 3 * ((n + 2) // 3)),
                              squeeze=False)
     axes = axes.ravel()
-    best = history.index[history["best"].fillna(False).astype(bool)] if "best" in history \
-        else []
-    chosen = best[-1] if len(best) else None
+    units = _loss_units(model)
     for ax, (key, label) in zip(axes, panels):
         for split, style in (("train", "-"), ("val", "--")):
             if f"{split}_{key}" in history:
                 ax.plot(history.index, history[f"{split}_{key}"], style, marker=".",
                         label="training" if split == "train" else "validation")
         ax.set_title(label)
+        ax.set_ylabel(units[key], fontsize=7)
         ax.legend()
-    names = {"val_mae": "validation MAE (target units)", "val_r2": "validation R²",
-             "val_accuracy": "validation accuracy"}
+    labels = _metric_labels(target)
     for ax, metric in zip(axes[len(panels):], metrics):
         ax.plot(history.index, history[metric], marker=".", color="C2")
-        ax.set_title(names[metric])
+        ax.set_title(f"validation {labels[metric[4:]].split(' (')[0]}")
+        ax.set_ylabel(labels[metric[4:]], fontsize=7)
     ax = axes[len(panels) + len(metrics)]
     ax.plot(history.index, history["lr"], marker=".", color="C3")
     ax.set_title("learning rate")
+    ax.set_ylabel("AdamW learning rate", fontsize=7)
     from matplotlib.ticker import MaxNLocator
     for ax in axes[:n]:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if chosen is not None:
-            ax.axvline(chosen, color="grey", lw=0.8, ls=":")
+        if kept in history.index:
+            ax.axvline(kept, color="grey", lw=0.8, ls=":")
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.tight_layout()
     figure = _save(fig, output_dir, "history.svg")
     download = _tsv(history, output_dir, "history.tsv")
     config = model.training.get("config", {})
-    intro = [f"A {model.kind} trained by '{model.training.get('action', '?')}' for "
-             f"{len(history)} epoch(s) on {model.training.get('n_train', '?')} samples "
+    what = (f"A {model.kind} of {target!r}" if model.kind != "encoder" else "An encoder")
+    intro = [f"{what} trained by '{model.training.get('action', '?')}' "
+             f"for {len(history)} epoch(s) on {model.training.get('n_train', '?')} samples "
              f"(validation: {model.training.get('n_validation', '?')}); batch size "
              f"{config.get('batch_size', '?')}, learning rate {config.get('learning_rate', '?')}"
              f"; device {model.training.get('device', config.get('device', '?'))}, "
-             f"{config.get('num_processes', 1)} process(es)."]
+             f"{config.get('num_processes', 1)} process(es).",
+             _architecture_words(model), _kept_epoch_words(model, history, kept)]
     steps = model.training.get("steps")
     if steps:
         intro.append("Time per step: " + "; ".join(
             f"{name} {seconds:.1f} s" for name, seconds in steps) + ".")
-    if chosen is not None:
-        intro.append(f"The saved weights are those of epoch {chosen} (dotted line): the best "
-                     "validation score; training stops after 'patience' epochs without a new best.")
-    summary = history.tail(1).T.rename(columns=lambda e: f"last epoch ({e})")
+    shown = history.drop(columns=[c for c in ("best",) if c in history])
+    columns = {f"last epoch ({history.index.max()})": shown.loc[history.index.max()]}
+    if kept in shown.index and kept != history.index.max():
+        columns = {f"kept epoch ({kept})": shown.loc[kept], **columns}
+    summary = pd.DataFrame(columns).rename(index=lambda c: _history_row_name(c, target))
+    summary = summary.dropna(how="all").applymap(
+        lambda v: "not measured" if pd.isna(v) else f"{v:.4g}")
     _render(output_dir, "Training history", intro, [_section(
         "Loss components and metrics per epoch",
         ["Training losses are averages over the epoch's batches; validation losses and metrics "
-         "are computed on the held-out validation samples after each epoch. Metrics are in the "
-         "target's original units."],
-        [_figure(figure)], [download], table=summary)])
+         "are computed on the held-out validation samples after each epoch. The losses are "
+         "on the scale the model learns; MAE and R² are in the target's own units."],
+        [_figure(figure)], [download], table=summary.rename_axis("").reset_index(), index=False)])
 
 
 # --- accuracy ----------------------------------------------------------------------------
@@ -180,20 +254,35 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
     downloads = [_tsv(frame, output_dir, "predictions.tsv")]
     if regression:
         scores = regression_accuracy(frame["observed"], frame["predicted"])
+        pearson = (float(np.corrcoef(frame["observed"], frame["predicted"])[0, 1] ** 2)
+                   if scores["n"] > 1 and frame["observed"].std() > 0
+                   and frame["predicted"].std() > 0 else float("nan"))
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.scatter(frame["observed"], frame["predicted"], s=12, alpha=0.6)
-        low = float(min(frame.min()))
-        high = float(max(frame.max()))
+        low = float(min(frame[["observed", "predicted"]].min()))
+        high = float(max(frame[["observed", "predicted"]].max()))
         ax.plot([low, high], [low, high], color="grey", lw=1, label="predicted = observed")
-        ax.set_xlabel(f"observed {target}")
-        ax.set_ylabel(f"predicted {target}")
-        ax.set_title(f"MAE {scores['mae']:.4g}   R² {scores['r2']:.3f}   n {scores['n']}")
+        ax.set_xlabel(f"observed {target} (its units)")
+        ax.set_ylabel(f"predicted {target} (its units)")
+        ax.set_title(f"MAE {scores['mae']:.4g}   R² {_shown(scores['r2'], '.3f')}   "
+                     f"Pearson r² {_shown(pearson, '.3f')}   n {scores['n']}")
         ax.legend(loc="upper left")
         figure = _save(fig, output_dir, "accuracy.svg")
-        summary = pd.DataFrame({"value": scores}).rename_axis("metric")
+        summary = pd.DataFrame({
+            "measure": [f"mean absolute error (units of {target!r})",
+                        f"root mean squared error (units of {target!r})",
+                        "R², coefficient of determination: 1 - (squared errors) / (squared "
+                        "deviations from the mean); 0 for predicting the mean",
+                        "Pearson r², squared correlation of predicted and observed (what "
+                        "q2-sample-classifier's scatterplot shows as r-squared)",
+                        "samples"],
+            "value": [f"{scores['mae']:.4g}", f"{scores['rmse']:.4g}",
+                      _shown(scores["r2"], ".3f"), _shown(pearson, ".3f"), str(scores["n"])]})
         text = [f"Predicted against observed {target!r} for {scores['n']} samples; the line is "
-                "a perfect prediction. Score samples that the model did not train on for an "
-                "honest estimate."]
+                "a perfect prediction. R² counts every error, bias included; Pearson r² only "
+                "how well the predictions line up (an offset or a scale does not lower it), "
+                "so r² is never below R². "
+                "Score samples the model did not train on for an honest estimate."]
     else:
         matrix = confusion(frame["observed"], frame["predicted"], model.target["classes"])
         downloads.append(_tsv(matrix, output_dir, "confusion.tsv"))
@@ -205,12 +294,18 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
             ax.text(j, i, str(count), ha="center", va="center")
         ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
         ax.set_yticks(range(matrix.shape[0]), matrix.index)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("observed")
+        ax.set_xlabel(f"predicted {target} (class)")
+        ax.set_ylabel(f"observed {target} (class)")
         ax.set_title(f"accuracy {correct:.3f}   n {len(frame)}")
         figure = _save(fig, output_dir, "accuracy.svg")
-        summary = pd.DataFrame({"value": {"n": len(frame), "accuracy": correct}})
-        text = [f"Observed (rows) against predicted (columns) classes of {target!r}."]
+        share = frame["observed"].astype(str).value_counts(normalize=True)
+        summary = pd.DataFrame({
+            "measure": ["accuracy (share of samples whose class is right)",
+                        f"always the most common class ({share.index[0]!r})", "samples"],
+            "value": [f"{correct:.3f}", f"{share.iloc[0]:.3f}", str(len(frame))]})
+        text = [f"Observed (rows) against predicted (columns) classes of {target!r}. "
+                f"Calling every sample {share.index[0]!r} would be right {share.iloc[0]:.1%} "
+                "of the time: a useful classifier beats that."]
     if new_asvs is not None:
         share = new_asvs.drop(columns="reads_in_vocabulary").sum(axis=1)
         text.append(
@@ -221,7 +316,12 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
             "extrapolates.")
     _render(output_dir, "Accuracy", [f"Model: {model.kind} of {target!r}."],
             [_section("Predicted vs observed", text, [_figure(figure)], downloads,
-                      table=summary)])
+                      table=summary, index=False)])
+
+
+def _shown(value: float, spec: str) -> str:
+    """``value`` formatted, or why there is none (a constant column has no R²)."""
+    return "undefined (constant values)" if np.isnan(value) else format(value, spec)
 
 
 def _new_asv_shares(model, table, sequences, ids, match_identity) -> pd.DataFrame | None:
@@ -297,6 +397,7 @@ def _boxes(plt, frame: pd.DataFrame, value: str, columns, ylabel: str, title: st
         ax.set_xticks(range(1, len(values) + 1), [f"{v}\n(n={len(d)})" for v, d in
                                                    zip(values, data)])
         ax.set_title(column)
+        ax.set_xlabel(f"{column} (the sample's value)")
         ax.set_ylabel(ylabel)
     fig.suptitle(title)
     fig.tight_layout()
@@ -326,12 +427,14 @@ def _gmu_view(output_dir, model, outputs, samples, categorical, columns):
                     histtype="step", label=value)
         ax.set_title(column)
         ax.set_xlabel("gate value z (every unit of every sample)")
+        ax.set_ylabel("density (area 1 per value)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     hist = _save(fig, output_dir, "gate-distribution.svg")
     units = pd.DataFrame(gates, index=frame.index,
                          columns=[f"unit_{i + 1}" for i in range(gates.shape[1])])
     summary = pd.concat({c: frame.groupby(c)["gate_mean"].describe() for c in columns})
+    summary.index.names = ["column", "value"]
     return [_section(
         f"GMU gates ({variant} form)",
         [meaning, "Each sample has one gate value per embedding unit; the boxes show each "
@@ -355,6 +458,8 @@ def _heatmap(plt, matrix, row_labels, groups, tokens, title, cbar_label):
     top.set_xticks([g * len(tokens) + (len(tokens) - 1) / 2 for g in range(len(groups))],
                    [f"{c} = {v}" for c, v in groups], rotation=45, ha="left", fontsize=7)
     ax.set_title(title, pad=8 + 3.2 * max(len(f"{c} = {v}") for c, v in groups))
+    ax.set_xlabel("metadata token, in groups of samples with one value (above)")
+    ax.set_ylabel("ASV (rank. taxon, short feature ID)")
     fig.colorbar(image, ax=ax, label=cbar_label, shrink=0.6)
     return fig
 
@@ -376,11 +481,16 @@ def _response_section(plt, output_dir, model, response, samples, columns, labels
                   fontsize=7)
     ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
     ax.set_title("How much each ASV's conditioning moves the prediction")
+    ax.set_xlabel("metadata column")
+    ax.set_ylabel("ASV (rank. taxon, short feature ID)")
     fig.colorbar(image, ax=ax, label=unit, shrink=0.6)
     table = frame.reset_index()
     table.insert(1, "taxon", table["feature_id"].map(lambda f: labels[f][0]))
     shown = ranked.loc[top].set_axis([f"{r}. {labels[f][1]}" for r, f in enumerate(top, 1)])
     shown.index.name = "ASV"
+    few = shown["n_samples"] < FEW_SAMPLES
+    shown = shown.rename(columns={"n_samples": "samples holding it"})
+    shown["caution"] = np.where(few, f"fewer than {FEW_SAMPLES} samples", "")
     return _section(
         "Response: which ASVs' conditioning moves the prediction",
         [f"For each sample and each ASV it holds, the model is run again with that ASV alone "
@@ -390,7 +500,10 @@ def _response_section(plt, output_dir, model, response, samples, columns, labels
          f"an attribution: it is near zero for an ASV whose metadata attention changes but "
          f"whose output the prediction does not read. Shown: the {len(top)} ASVs (of "
          f"{len(ranked)} held by at least {min_samples} samples) with the largest response "
-         f"to any column; response.tsv has every ASV."],
+         f"to any column; response.tsv has every ASV.",
+         f"An ASV held by few samples can top this list on one sample's quirk: rows resting "
+         f"on fewer than {FEW_SAMPLES} samples are marked ({int(few.sum())} here). Raise "
+         f"--p-min-samples (now {min_samples}) to leave them out."],
         [_figure(_save(fig, output_dir, "response.svg"))],
         [_tsv(table, output_dir, "response.tsv", index=False)], table=shown)
 
@@ -471,10 +584,13 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
          f"{'taxon and ' if taxonomy is not None else ''}feature ID (the MD5 of a sequence "
          f"ID); top-asvs.tsv has the full IDs and sequences, cross-attention.tsv every "
          f"ASV's weights.",
+         "This list ranks ASVs by how much their attention varies between values; the "
+         "response list above, by how much the prediction moves. The two need not share "
+         "taxa: attention that the layers after it do not use moves nothing.",
          "Read it as where attention goes, not as proof that a taxon responds to a condition: "
          "on synthetic data with planted ASV x category rules, the planted ASVs' weights moved "
          "little more than others', while their response (above) was 4 to 12 times the "
-         "others' (see the README)."],
+         "others' (docs/views.md)."],
         figures, downloads, table=shown, choice="head")]
 
 
@@ -504,6 +620,8 @@ def _perceiver_view(output_dir, model, outputs, samples, categorical, columns, t
         ax.axvline(len(columns) + 0.5, color="white", lw=2)
         title = "heads averaged" if head == "mean" else f"head {head}"
         ax.set_title(f"Latents' attention to metadata tokens and the top ASVs ({title})")
+        ax.set_xlabel("metadata tokens, then ASVs (taxon, short feature ID)")
+        ax.set_ylabel("Perceiver latent")
         fig.colorbar(image, ax=ax, label="attention weight", shrink=0.6)
         name = "perceiver-mean.svg" if head == "mean" else f"perceiver-head{head}.svg"
         figures.append(_figure(_save(fig, output_dir, name), label=title))
@@ -537,11 +655,12 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
     columns = model.target.get("categorical", {}).get("columns") or []
     if fusion not in VIEWS_BY_FUSION or not columns:
         modes = "; ".join(f"'{k}' shows {v}" for k, v in VIEWS_BY_FUSION.items())
+        how = (f"with --p-categorical-fusion {fusion}, which has no gates or attention "
+               "weights" if columns else "without --p-categorical-columns: it reads no "
+               "metadata, so it has no conditioning")
         raise ValueError(
-            f"This model was trained with --p-categorical-fusion {fusion}"
-            f"{'' if columns else ' and no categorical columns'}, which has no gates or "
-            f"attention weights to show. explain-conditioning needs a model trained with "
-            f"--p-categorical-columns and one of these fusions: {modes}.")
+            f"This model was trained {how} to show. explain-conditioning needs a model "
+            f"trained with --p-categorical-columns and one of these fusions: {modes}.")
     samples = inputs.amplicon_samples(table, sequences, model.training.get("token_limit", 256))
     categorical = inputs.categorical_columns(sample_metadata, columns, samples.sample_ids, required=False,
                                parameter=inputs.MODEL_COLUMNS)

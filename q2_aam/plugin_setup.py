@@ -52,181 +52,75 @@ FRACTION = Float % Range(0, 1, inclusive_start=True, inclusive_end=False)
 WEIGHT = Float % Range(0, None)
 MATCH_IDENTITY = Float % Range(0.5, 1, inclusive_start=True, inclusive_end=True)
 
-# Every description in one place, shared by the actions.
+# Every description in one place, shared by the actions: what a setting does and when to
+# change it, once; q2cli adds the default. Longer explanations: docs/parameters.md.
 INPUTS = {
-    "table": "Feature table of read counts. Each sample is read as its most abundant ASVs.",
-    "sequences": "The ASVs' DNA sequences. Optional when the table's feature IDs are the "
-                 "sequences themselves (DADA2/Deblur without hashing).",
-    "phylogeny": "Rooted tree whose tips are the table's features, for UniFrac. UniFrac is "
-                 "computed on the counts the model sees (each sample's token-limit most "
-                 "abundant ASVs). Up to 5,000 samples the full UniFrac matrix is computed "
-                 "once; past that, each batch's pairs are computed from the tree as training "
-                 "needs them, so memory grows linearly with the samples.",
+    "table": "Feature table of read counts; each sample is read as its most abundant ASVs.",
+    "sequences": "The ASVs' sequences; not needed when the feature IDs are the sequences.",
+    "phylogeny": "Rooted tree of the table's features, for UniFrac (from the tree, batch by "
+                 "batch, past 5,000 samples).",
     "distance_matrix": "Precomputed sample distances (e.g. UniFrac) instead of a phylogeny.",
-    "pretrained": "A model from 'pretrain' (or 'train') whose encoder starts this model. The "
-                  "architecture (embedding dim, heads, layers, patch size), token limit and "
-                  "dropout default to the pretrained model's; an architecture value that "
-                  "differs from it is an error.",
+    "pretrained": "An encoder from 'pretrain' to start from; its architecture and token "
+                  "limit are kept.",
     "model": "A model from 'train'.",
 }
 PARAMETERS = {
-    "metadata": "The target column: numeric for --p-task regression; categorical (or "
-                "numeric codes) for --p-task classification.",
-    "task": "'regression' predicts a number and gives an AAMModel[AAMRegressor]; "
-            "'classification' predicts a class and gives an AAMModel[AAMClassifier].",
-    "subjects": "Subject (host) of each sample. When given, the validation samples used for "
-                "early stopping are whole subjects, so repeated samples of one subject do not "
-                "leak between training and validation.",
-    "missing_samples": "What to do with table samples absent from the metadata: 'error' "
-                       "stops with their names, 'ignore' leaves them out. Samples whose "
-                       "target is empty are always left out, and counted in the log.",
-    "unifrac_metric": "UniFrac variant computed from the phylogeny.",
-    "token_limit": "Most ASVs read per sample: the most abundant ones, ties broken by "
-                   "sequence. A larger limit reads rarer ASVs; time and memory per sample "
-                   "grow with the ASVs a sample holds (see the README's 'Speed and scale'). "
-                   "Default 256, or the pretrained model's.",
-    "embedding_dim": "Width of every embedding and transformer layer (feed-forward width is "
-                     "4x this). Default 64, or the pretrained model's.",
-    "attention_heads": "Attention heads per transformer layer; must divide embedding-dim. "
-                       "Default 4, or the pretrained model's.",
-    "nucleotide_layers": "Transformer layers of the nucleotide encoder. Default 2, or the "
-                         "pretrained model's.",
-    "sample_layers": "Transformer layers of the sample encoder. Default 2, or the pretrained "
-                     "model's.",
-    "patch_size": "Nucleotides per token of the nucleotide encoder: larger is faster, "
-                  "smaller reads finer. Default 4, or the pretrained model's.",
-    "target_layers": "Transformer layers between the encoder and the prediction head.",
-    "dropout": "Dropout rate in every layer but the nucleotide encoder's. Default 0.1, or the "
-               "pretrained model's.",
-    "nucleotide_dropout": "Dropout rate in the nucleotide encoder. Its masks cover every "
-                          "patch of every distinct ASV and keep attention off its fused "
-                          "kernel, which made CPU pretraining about twice as slow at 0.1 "
-                          "(see the README's 'Speed and scale'). Default 0, or the "
+    "metadata": "The column to predict: numeric (regression) or classes (classification).",
+    "task": "A number ('regression') or a class ('classification').",
+    "subjects": "Each sample's subject: held-out samples are then whole subjects.",
+    "missing_samples": "'error' names table samples the metadata lacks; 'ignore' drops them.",
+    "unifrac_metric": "UniFrac variant.",
+    "token_limit": "Most abundant ASVs read per sample. Default 256, or the pretrained "
+                   "model's.",
+    "embedding_dim": "Width of the layers. Default 64, or the pretrained model's.",
+    "attention_heads": "Heads per layer. Default 4, or the pretrained model's.",
+    "nucleotide_layers": "Nucleotide-encoder layers. Default 2, or the pretrained model's.",
+    "sample_layers": "Sample-encoder layers. Default 2, or the pretrained model's.",
+    "patch_size": "Nucleotides per token. Default 4, or the pretrained model's.",
+    "target_layers": "Layers between encoder and head.",
+    "dropout": "Dropout. Default 0.1, or the pretrained model's.",
+    "nucleotide_dropout": "Nucleotide-encoder dropout (slow on CPU). Default 0, or the "
                           "pretrained model's.",
-    "epochs": "Maximum passes over the training samples.",
-    "batch_size": "Samples per optimisation step. The UniFrac loss covers all pairs in a "
-                  "batch.",
-    "learning_rate": "Peak AdamW learning rate (linear warm-up, then cosine decay to 10%).",
-    "weight_decay": "AdamW weight decay (not applied to biases, norms and embeddings).",
-    "warmup_fraction": "Fraction of all optimisation steps spent warming up the learning "
-                       "rate.",
-    "patience": "Stop after this many epochs without a better validation loss; 0 never "
-                "stops early. The best epoch's weights are kept.",
-    "validation_fraction": "Fraction of samples held out for early stopping and model "
-                           "selection (0: train on all, keep the last epoch).",
-    "unifrac_weight": "Weight of the pairwise UniFrac loss; 0 turns it off. A positive value "
-                      "needs a phylogeny or a distance matrix (in 'train' it is an auxiliary "
-                      "loss, off by default).",
-    "mlm_weight": "Weight of the masked-nucleotide loss (0 turns it off).",
-    "mask_rate": "Fraction of nucleotides masked for the masked-nucleotide loss.",
-    "freeze_encoder": "Keep the pretrained encoder's weights fixed and train only the target "
-                      "branch (default). Its outputs are then computed once, which is much "
-                      "faster. No effect without --i-pretrained: the whole model is trained.",
-    "linear_readout": "Add a linear model of the log abundances and presences of the ASVs "
-                      "held by --p-asv-min-samples or more training samples, fitted before "
-                      "training and then kept fixed; the network learns what it leaves. "
-                      "Cross-validation on the training samples (by subject with "
-                      "--m-subjects-*) picks the penalty: ridge (L2: many ASVs carry a "
-                      "little), lasso / elastic net (L1: a few ASVs carry the signal) or "
-                      "the relaxed lasso, and its strength. With --i-phylogeny (regression) "
-                      "it also reads clades; with --p-categorical-fusion cross-attention "
-                      "each ASV's coefficient can depend on the category values. See the "
-                      "README's 'Accuracy' section. Default: on.",
-    "asv_min_samples": "ASVs held by this many training samples or more get an identity "
-                       "embedding (and a linear-readout coefficient) of their own, so the "
-                       "model can single out one ASV even when its sequence is nearly that "
-                       "of another; rarer and unseen ASVs share one. 0 turns both off.",
-    "target_transform": "How a numeric target is scaled for learning (statistics from the "
-                        "training samples only; predictions are always in the original "
-                        "units): 'none'; 'minmax' to [0, 1]; 'zscore' (mean 0, sd 1; the "
-                        "default); 'zscore-category' (within each group of "
-                        "--p-normalize-by); 'log-minmax' / 'log-zscore' of log(y + 1), for "
-                        "y > -1, when the target spans orders of magnitude (the linear "
-                        "readout then becomes linear in log(y)). Numeric targets only; see "
-                        "the README's 'The target' section.",
-    "normalize_by": "Categorical column(s) of --m-sample-metadata-file whose groups get their "
-                    "own z-score; only with --p-target-transform zscore-category, which "
-                    "requires it. Several columns form combined groups.",
-    "sample_metadata": "Sample metadata holding the --p-categorical-columns and "
-                       "--p-normalize-by column(s). In 'predict', needed for a model trained "
-                       "with either.",
-    "output_constraint": "Range of the model's output, on the transformed scale: 'none'; "
-                         "'bounded' (sigmoid into the range of the transformed training "
-                         "targets: predictions never leave it); 'nonnegative' (softplus); "
-                         "'nonnegative-learnable' (softplus with a learnable scale and "
-                         "offset). The nonnegative ones are refused with a centred transform "
-                         "(zscore, zscore-category, log-zscore). Default: none.",
-    "loss": "Loss for a numeric target, on the transformed scale: 'huber' (delta 1), 'mse', "
-            "'mae', 'quantile' (pinball loss over --p-quantiles; the point prediction is the "
-            "quantile nearest 0.5) or 'asymmetric' (absolute error weighted by "
-            "--p-over-penalty / --p-under-penalty). Default: huber.",
-    "quantiles": "Quantiles for --p-loss quantile: sorted, unique, in (0, 1). Default: 0.1 0.5 "
-                 "0.9.",
-    "over_penalty": "For --p-loss asymmetric: weight of errors where the prediction is too "
-                    "high. Default 1.",
-    "under_penalty": "For --p-loss asymmetric: weight of errors where the prediction is too "
-                     "low. Default 1.",
-    "categorical_columns": "Categorical column(s) of --m-sample-metadata-file to condition "
-                           "the prediction on (e.g. country, delivery mode). Missing values "
-                           "and values not seen in training use an 'unknown' embedding. "
-                           "'predict' then needs the same columns.",
-    "categorical_fusion": "How the categorical columns enter the model (unused without "
-                          "--p-categorical-columns): 'gmu' (the default) gates sequence "
-                          "against metadata after pooling; 'concat' or 'add' put one categorical vector on every "
-                          "ASV; 'cross-attention' lets each ASV attend to one token per "
-                          "column, so taxa can respond to different conditions; 'perceiver' "
-                          "has learned latents attend to the ASVs and metadata tokens; "
-                          "'none' leaves it to FiLM or output scaling. See the README's "
-                          "'Conditioning on categorical metadata' section for measured "
-                          "differences.",
-    "cross_attn_heads": "Attention heads of cross-attention fusion; must divide the "
-                        "embedding dim.",
-    "perceiver_num_latents": "Learned latents of perceiver fusion.",
-    "perceiver_num_layers": "Self-attention layers over the latents in perceiver fusion.",
-    "film_conditioning": "FiLM: scale and shift the prediction head's hidden features by "
-                         "the categorical vector (identity at the start).",
-    "conditional_output_scaling": "Learn a scale and shift of the output per category "
-                                  "value (identity at the start).",
-    "class_weights": "For --p-task classification: 'balanced' weights each class by "
-                     "n / (k * count) in the cross-entropy, so rare classes count as much as "
-                     "common ones; 'none' (default) weights every sample equally.",
-    "random_seed": "Seed for initialisation, shuffling, masking and the validation split: "
-                   "the same seed gives the same model on the CPU.",
-    "device": "'auto' uses a GPU when torch sees one, else the CPU.",
-    "match_identity": "An ASV outside the model's training vocabulary (another denoising "
-                      "run, trimming or study) is read with the identity and linear-readout "
-                      "coefficients of its nearest vocabulary ASV when their alignment "
-                      "identity is at least this, as closed-reference OTU picking would "
-                      "count it; 1 matches exact sequences only. The log says what share "
-                      "of the reads this concerns.",
-    "num_processes": "Worker processes to train in (data parallel, DDP): the GPUs to use on "
-                     "a GPU machine, CPU processes otherwise. Each reads its share of every "
-                     "batch; the UniFrac loss still covers all pairs of the whole batch. "
-                     "--p-batch-size must be a multiple of --p-num-processes x "
-                     "--p-gradient-accumulation-steps. For several machines, see the "
-                     "README (torchrun / accelerate launch). Default 1.",
-    "distributed": "With --p-num-processes > 1: 'ddp' (default) keeps a whole copy of the "
-                   "model in each process; 'fsdp' shards every weight over the processes "
-                   "(each holds 1/N), for models too large for one device.",
-    "mixed_precision": "'bf16' or 'fp16' (GPU only) runs the forward pass in half "
-                       "precision: faster and lighter on recent GPUs. Default 'no'.",
-    "gradient_accumulation_steps": "Split each batch into this many passes per process "
-                                   "before one optimizer step: the same training with less "
-                                   "memory. Default 1.",
-    "activation_checkpointing": "Keep only each transformer layer's input during the "
-                                "forward pass and recompute the rest in the backward pass: "
-                                "the same model with less memory (at embedding 128 on ECAM: "
-                                "a fifth less peak in pretraining, a tenth in fine-tuning) "
-                                "but a quarter to a third slower. Use it when training runs "
-                                "out of memory. Default off.",
-    "checkpoint_dir": "Folder for a checkpoint after every epoch. If the run is stopped, "
-                      "run the same command again: it continues from the last checkpoint "
-                      "and ends with the model an uninterrupted run would give. Other "
-                      "settings than the checkpoint's are refused.",
-    "tensorboard_dir": "Folder for TensorBoard logs: each loss, validation metrics in the "
-                       "target's units, learning rate, gradient norm, samples per second, "
-                       "and GMU gates or attention maps when those fusions are used. View "
-                       "with 'tensorboard --logdir DIR'.",
+    "epochs": "Most passes over the training samples.",
+    "batch_size": "Samples per step.",
+    "learning_rate": "Peak AdamW learning rate.",
+    "weight_decay": "AdamW weight decay.",
+    "warmup_fraction": "Share of steps warming up.",
+    "patience": "Epochs without a better validation loss before stopping (0: never).",
+    "validation_fraction": "Share of samples held out to choose the epoch (0: the last).",
+    "unifrac_weight": "UniFrac loss weight (0: off; needs a tree or distances).",
+    "mlm_weight": "Masked-nucleotide loss weight (0: off).",
+    "mask_rate": "Share of nucleotides masked.",
+    "freeze_encoder": "Keep the pretrained encoder fixed (faster).",
+    "linear_readout": "Fit a linear model of the ASVs (and clades) before the network.",
+    "asv_min_samples": "ASVs in this many training samples get a readout coefficient.",
+    "target_transform": "Target scaling; 'log-*' for values over orders of magnitude.",
+    "normalize_by": "Sample-metadata column(s) whose groups get their own z-score.",
+    "sample_metadata": "Holds --p-categorical-columns and --p-normalize-by.",
+    "output_constraint": "'bounded': within the training targets' range.",
+    "loss": "Loss for a numeric target.",
+    "quantiles": "For --p-loss quantile.",
+    "over_penalty": "For --p-loss asymmetric: weight of over-predictions.",
+    "under_penalty": "For --p-loss asymmetric: weight of under-predictions.",
+    "categorical_columns": "Sample-metadata columns to condition on (predict needs them).",
+    "categorical_fusion": options.FUSION_CHOICES,
+    "cross_attn_heads": "Cross-attention heads.",
+    "perceiver_num_latents": "Perceiver latents.",
+    "perceiver_num_layers": "Layers over the perceiver latents.",
+    "film_conditioning": "FiLM on the head's features.",
+    "conditional_output_scaling": "An output scale and shift per category.",
+    "class_weights": "'balanced': each class counts equally (for a rare class).",
+    "random_state": "The same seed gives the same model.",
+    "device": "'auto': a GPU when torch sees one.",
+    "match_identity": "An unseen ASV reads as its nearest training ASV at this identity or "
+                      "more (1: exact only).",
+    "num_processes": "Processes (GPUs); more machines: docs/distributed.md.",
+    "distributed": "'fsdp' shards the weights over the processes.",
+    "mixed_precision": "Half precision ('fp16': GPU only).",
+    "gradient_accumulation_steps": "Passes per batch: less memory, same training.",
+    "activation_checkpointing": "Recompute layers backwards: less memory, slower.",
+    "checkpoint_dir": "Checkpoint folder; rerun the command to continue.",
+    "tensorboard_dir": "Folder for TensorBoard logs.",
 }
 
 TRAINING_PARAMS = {
@@ -235,7 +129,7 @@ TRAINING_PARAMS = {
     "weight_decay": Float % Range(0, None), "warmup_fraction": FRACTION,
     "patience": Int % Range(0, None), "validation_fraction": FRACTION,
     "mask_rate": Float % Range(0, 1, inclusive_start=False, inclusive_end=False),
-    "random_seed": Int % Range(0, None), "device": DEVICE,
+    "random_state": Int % Range(0, None), "device": DEVICE,
     "num_processes": POSITIVE, "distributed": Str % Choices(*options.DISTRIBUTED),
     "mixed_precision": Str % Choices(*options.MIXED_PRECISION),
     "gradient_accumulation_steps": POSITIVE, "activation_checkpointing": Bool,
@@ -319,27 +213,14 @@ plugin.methods.register_function(
     outputs=[("model", T_model)],
     input_descriptions={
         **_describe(["table", "sequences", "pretrained", "distance_matrix"]),
-        "phylogeny": "Rooted tree whose tips are the table's features. For a regressor with "
-                     "the linear readout, the readout then also reads the log abundance of "
-                     "each clade (subtree) held by 2-98% of the training samples, which is "
-                     "how a group of related ASVs that respond together is found. With "
-                     "--p-unifrac-weight above 0 it also gives the UniFrac distances of the "
-                     "auxiliary loss."},
+        "phylogeny": "Rooted tree of the features: clades for the readout (regression)."},
     parameter_descriptions=_describe(train_params),
     output_descriptions={"model": "The trained regressor or classifier, for 'predict'."},
     name="Train an AAM regressor or classifier",
     description=(
-        "Learn to predict a sample metadata column from the sample's ASVs: a number "
-        "(--p-task regression) or a class (--p-task classification). Optionally start from a "
-        "pretrained encoder (kept frozen by default), and keep UniFrac and masked nucleotides "
-        "as auxiliary losses. By default the ASVs held by 2 or more training samples get an "
-        "identity embedding and a linear readout fitted in closed form before training (see "
-        "--p-linear-readout). Part of the samples is held out for early stopping "
-        "(--p-validation-fraction); pass --m-subjects-* for longitudinal data. The model "
-        "stores everything 'predict' needs. Progress is printed with --verbose. "
-        "Categorical metadata columns (--p-categorical-columns) can condition the prediction. "
-        + options.FUSION_GUIDANCE + " Measured accuracy of each option: the README's "
-        "'Accuracy' and 'Conditioning on categorical metadata' sections."),
+        "Learn to predict a metadata column (a number or a class) from the samples' ASVs, "
+        "optionally from a pretrained encoder and conditioned on categorical metadata. "
+        "--verbose shows progress; every setting, measured: docs/parameters.md."),
     citations=[citations["aam_tensorflow"], citations["aam_pytorch"],
                citations["vaswani2017attention"], citations["paszke2019pytorch"],
                citations["gugger2022accelerate"],
@@ -505,20 +386,25 @@ T_evaluate_task, T_evaluate_model, T_evaluate_predictions = TypeMap({
 plugin.pipelines.register_function(
     function=_pipelines.train_and_evaluate,
     inputs={"table": FeatureTable[Frequency], "sequences": FeatureData[Sequence],
-            "phylogeny": Phylogeny[Rooted]},
+            "phylogeny": Phylogeny[Rooted], "pretrained": ANY_MODEL},
     parameters={"metadata": MetadataColumn[Numeric | Categorical], "task": T_evaluate_task,
-                "subjects": MetadataColumn[Categorical],
+                "subjects": MetadataColumn[Categorical], "sample_metadata": Metadata,
+                "categorical_columns": List[Str],
+                "categorical_fusion": Str % Choices(*options.FUSION_MODES),
+                "missing_samples": Str % Choices(*options.MISSING_SAMPLES),
+                "class_weights": Str % Choices(*options.CLASS_WEIGHTS),
                 "test_size": Float % Range(0, 1, inclusive_start=False, inclusive_end=False),
                 "pretrain_epochs": Int % Range(0, None), "epochs": POSITIVE,
-                "random_seed": Int % Range(0, None), "device": DEVICE},
+                "random_state": Int % Range(0, None), "device": DEVICE},
     outputs=[("model", T_evaluate_model), ("predictions", T_evaluate_predictions),
-             ("accuracy", Visualization)],
+             ("accuracy_results", Visualization)],
     input_descriptions={
         "table": "Read counts of every sample: those with a value in --m-metadata-column are "
                  "split into training and test samples.",
         "sequences": INPUTS["sequences"],
         "phylogeny": "Rooted tree of the table's features: UniFrac for pretraining, and for a "
-                     "regressor the linear readout's clades. Optional."},
+                     "regressor the linear readout's clades. Optional.",
+        "pretrained": INPUTS["pretrained"]},
     parameter_descriptions={
         "metadata": "The column to predict: numeric with --p-task regression, categorical "
                     "with classification.",
@@ -526,17 +412,23 @@ plugin.pipelines.register_function(
         "subjects": "Subject of each sample (longitudinal data): a subject's samples all go "
                     "to training or all to testing, and to one side of train's validation "
                     "split. Without it samples are split one by one.",
-        "test_size": "Share of the samples (or subjects) held out for testing. Default 0.2.",
+        "test_size": "Share of the samples (or subjects) held out for testing.",
+        "sample_metadata": PARAMETERS["sample_metadata"],
+        "categorical_columns": PARAMETERS["categorical_columns"],
+        "categorical_fusion": PARAMETERS["categorical_fusion"],
+        "missing_samples": PARAMETERS["missing_samples"],
+        "class_weights": PARAMETERS["class_weights"],
         "pretrain_epochs": "Pretrain the encoder this many epochs first, on every sample's "
                            "table without labels (with UniFrac when a phylogeny is given, "
-                           "else masked nucleotides only). 0 (default): no pretraining.",
-        "epochs": "Training epochs (train's --p-epochs). Default 40.",
-        "random_seed": "Seed of the split, pretraining and training.",
+                           "else masked nucleotides only); 0: none.",
+        "epochs": "Training epochs (train's --p-epochs).",
+        "random_state": "Seed of the split, pretraining and training.",
         "device": PARAMETERS["device"]},
     output_descriptions={
         "model": "The model trained on the training samples, for 'predict'.",
         "predictions": "Predictions for the test samples only.",
-        "accuracy": "The accuracy view of the test samples (never seen in training)."},
+        "accuracy_results": "The accuracy view of the test samples (never seen in "
+                            "training)."},
     name="Train an AAM model and score it on held-out samples",
     description=(
         "One step from a feature table to a scored model, like q2-sample-classifier's "

@@ -229,9 +229,22 @@ CASES = [
          lambda c: c.train(task="classification", metadata=_classes(
              c, lambda i, k: "lonely" if k == 0 else ("a" if k % 2 else "b")))),
     Case("a numeric column with more than 20 distinct values as classes",
-         r"the target has 26 classes.*--p-task regression", lambda c: c.train(
-             task="classification", table=c.a["full_table"], metadata=_many_classes(c)),
-         warns=True),
+         r"looks continuous.*26 distinct numbers from 0 to 25, 0 of them.*--p-task regression",
+         lambda c: c.train(task="classification", table=c.a["full_table"],
+                           metadata=_many_classes(c))),
+    Case("a continuous column (age in days) as classes",
+         r"looks continuous, not like classes: \d+ distinct numbers.*held by a single sample"
+         r".*--p-task regression \(the default\)",
+         lambda c: c.train(task="classification", metadata=c.age)),
+    Case("a 0/1 column with the default task (regression)",
+         r"only two values \(0 and 1\).*--p-task classification",
+         lambda c: c.train(metadata=_ages(c, lambda v: v.update(
+             {k: float(i % 2) for i, k in enumerate(v)})))),
+    Case("imbalanced classes without class weights",
+         r"classes are imbalanced: 'rare' is \d+% of the training samples.*right \d+% of the "
+         r"time.*--p-class-weights balanced", lambda c: c.train(
+             task="classification", metadata=_classes(
+                 c, lambda i, k: "rare" if k % 10 == 0 else "common")), warns=True),
     Case("an extreme target value (1e6 among ages of 0-800 days)",
          r"extremely far from the others.*median absolute deviations",
          lambda c: c.train(metadata=_ages(c, lambda v: v.update({c.ids()[0]: 1e6}))),
@@ -307,7 +320,8 @@ CASES = [
          r"--p-categorical-columns delivery needs the metadata",
          lambda c: c.train(categorical_columns=["delivery"])),
     Case("a categorical column the metadata lacks", r"names \['nonesuch'\], which the sample "
-         r"metadata does not have", lambda c: c.train(categorical_columns=["nonesuch"],
+         r"metadata does not have \(it has \[.*'delivery'",
+         lambda c: c.train(categorical_columns=["nonesuch"],
                                                       sample_metadata=c.md)),
     Case("a numeric column as a categorical column", r"columns must be categorical.*"
          r"\['age_days'\] are numeric", lambda c: c.train(categorical_columns=["age_days"],
@@ -324,6 +338,11 @@ CASES = [
          r"--p-categorical-fusion concat both", lambda c: c.train(
              categorical_columns=["delivery"], sample_metadata=c.md, categorical_fusion="concat",
              film_conditioning=True), warns=True),
+    Case("explain-conditioning on a model trained without categorical columns",
+         r"trained without --p-categorical-columns: it reads no metadata",
+         lambda c: c.aam.visualizers.explain_conditioning(
+             model=c.trained[1], table=c.a["new_table"], sequences=c.a["sequences"],
+             sample_metadata=c.md)),
     Case("sample metadata that nothing uses", r"was given but nothing uses it",
          lambda c: c.train(sample_metadata=c.md)),
     # -- models
@@ -354,6 +373,22 @@ CASES = [
          r"do not match its config\.json.*Check .*embedding_dim",
          lambda c: c.predict(_model_folder_edit(c, _config_edit(
              lambda v: v["model"].update(embedding_dim=32))))),
+    Case("a model config with a setting of the wrong type (perceiver_num_latents {})",
+         r"Model setting 'perceiver_num_latents' must be a whole number.*got \{\}",
+         lambda c: c.predict(_model_folder_edit(c, _config_edit(
+             lambda v: v["model"].update(perceiver_num_latents={}))))),
+    Case("a model config with NaN (n_outputs)",
+         r"Model setting 'n_outputs' must be a whole number.*got nan",
+         lambda c: c.predict(_model_folder_edit(c, _config_edit(
+             lambda v: v["model"].update(n_outputs=float("nan")))))),
+    Case("a model config with a huge size (max_sequence_length 1e308)",
+         r"Model setting 'max_sequence_length' must be a whole number from 0 to 100,000",
+         lambda c: c.predict(_model_folder_edit(c, _config_edit(
+             lambda v: v["model"].update(max_sequence_length=1e308))))),
+    Case("a model config with a switch set to a number (linear_presence -0.5)",
+         r"Model setting 'linear_presence' must be true or false, got -0.5",
+         lambda c: c.predict(_model_folder_edit(c, _config_edit(
+             lambda v: v["model"].update(linear_presence=-0.5))))),
     Case("a model config with an unknown setting", r"Unknown model config keys.*newer q2-aam",
          lambda c: c.predict(_model_folder_edit(c, _config_edit(
              lambda v: v["model"].update(future_setting=1))))),

@@ -37,6 +37,21 @@ def test_train_help_explains_parameters():
     assert "most abundant" in out
 
 
+ACTIONS = ("pretrain", "train", "predict", "predict-classification", "training-history",
+           "accuracy", "explain-conditioning", "train-and-evaluate")
+
+
+def test_help_fits_a_screen_and_points_at_pages_a_user_has():
+    """q2cli prints the whole --help above a usage error: train's stays within 200 lines
+    (it was 356), no help names a README section (a conda user has no README), and no
+    default is stated twice."""
+    assert len(qiime("aam", "train", "--help").stdout.splitlines()) <= 200
+    for action in ACTIONS:
+        out = qiime("aam", action, "--help").stdout
+        assert "README" not in out, action
+        assert "Default:" not in out and "(default)" not in out, action
+
+
 def test_train_citations_list_what_it_uses():
     assert "using QIIME 2" in qiime("aam", "--citations").stdout.replace("{", "").replace(
         "}", "")

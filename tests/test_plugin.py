@@ -216,6 +216,26 @@ def test_train_and_evaluate_scores_held_out_subjects_only(aam, ecam_subset, tmp_
     assert accuracy.save(str(tmp_path / "accuracy")).endswith(".qzv")
 
 
+def test_train_and_evaluate_takes_trains_inputs(aam, ecam_subset, trained):
+    """Issue 27: train-and-evaluate starts from a given encoder and conditions on
+    categorical columns, as 'train' does, and names its outputs as regress-samples does."""
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    result = aam.actions.train_and_evaluate(
+        table=a["full_table"], sequences=a["sequences"], pretrained=trained[0],
+        metadata=md.get_column("age_days"), subjects=md.get_column("subject"),
+        sample_metadata=md, categorical_columns=["delivery"],
+        categorical_fusion="cross-attention", test_size=0.34, epochs=1, random_state=3)
+    bundle = result.model.view(ModelBundle)
+    assert bundle.target["categorical"]["columns"] == ["delivery"]
+    assert bundle.model_config["categorical_fusion"] == "cross-attention"
+    assert bundle.model_config["embedding_dim"] == 16  # the given encoder's
+    assert str(result.accuracy_results.type) == "Visualization"
+    with pytest.raises(ValueError, match="Both --i-pretrained and --p-pretrain-epochs"):
+        aam.actions.train_and_evaluate(table=a["full_table"], sequences=a["sequences"],
+                                       pretrained=trained[0], pretrain_epochs=1,
+                                       metadata=md.get_column("age_days"))
+
+
 def test_train_and_evaluate_split_keeps_subjects_whole_and_names_missing_ones():
     from q2_aam._pipelines import split_ids
     ids = [f"s{i}" for i in range(20)]
@@ -237,7 +257,13 @@ def test_train_and_evaluate_needs_enough_subjects_to_hold_some_out(aam, ecam_sub
     with pytest.raises(ValueError, match=r"too few to hold some out"):
         aam.actions.train_and_evaluate(table=a["table"], sequences=a["sequences"],
                                        metadata=few.get_column("age_days"),
-                                       subjects=few.get_column("subject"), epochs=1)
+                                       subjects=few.get_column("subject"), epochs=1,
+                                       missing_samples="ignore")
+    # As in 'train', table samples the metadata lacks are named unless ignored.
+    with pytest.raises(ValueError, match=r"15 sample\(s\) of the table are not in the "
+                                         r"metadata.*--p-missing-samples ignore"):
+        aam.actions.train_and_evaluate(table=a["table"], sequences=a["sequences"],
+                                       metadata=few.get_column("age_days"), epochs=1)
 
 
 def test_same_seed_same_predictions(aam, ecam_subset):
@@ -246,7 +272,7 @@ def test_same_seed_same_predictions(aam, ecam_subset):
     runs = []
     for _ in range(2):
         m, = aam.actions.train(table=a["table"], sequences=a["sequences"], metadata=col,
-                               epochs=1, random_seed=7, **SMALL)
+                               epochs=1, random_state=7, **SMALL)
         p, = aam.actions.predict(model=m, table=a["new_table"], sequences=a["sequences"])
         runs.append(p.view(pd.Series))
     pd.testing.assert_series_equal(runs[0], runs[1])

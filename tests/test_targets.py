@@ -281,14 +281,21 @@ def test_a_class_with_one_sample_is_refused_with_its_name():
                   config=TrainConfig(epochs=1, batch_size=8, device="cpu"), log=lambda m: None)
 
 
-def test_many_classes_warn_that_the_column_may_be_a_number():
+def test_many_numeric_classes_are_refused_as_continuous_and_named_classes_warn():
+    """Issue 27: numbers with more than MANY_CLASSES values are a continuous column given
+    as classes (refused, naming --p-task regression); as many named classes only warn."""
     samples = random_samples(n_samples=44, seed=4)
-    labels = [str(i // 2) for i in range(44)]  # 22 classes of 2
+    codes = [str(i // 2) for i in range(44)]  # 22 numeric classes of 2
+    with pytest.raises(ValueError, match=r"looks continuous.*22 distinct numbers.*"
+                                         r"--p-task regression"):
+        api.train(samples, codes, task="classification", architecture=dict(SMALL),
+                  validation_fraction=0.0, asv_min_samples=0,
+                  config=TrainConfig(epochs=1, batch_size=8, device="cpu"), log=print)
     messages = []
-    api.train(samples, labels, task="classification", architecture=dict(SMALL),
-              validation_fraction=0.0, asv_min_samples=0,
+    api.train(samples, [f"site {c}" for c in codes], task="classification",
+              architecture=dict(SMALL), validation_fraction=0.0, asv_min_samples=0,
               config=TrainConfig(epochs=1, batch_size=8, device="cpu"), log=messages.append)
-    assert any("22 classes" in m and "--p-task regression" in m for m in messages), messages
+    assert any("22 classes" in m and "Merge rare classes" in m for m in messages), messages
 
 
 def _train_messages(samples, y):

@@ -441,7 +441,7 @@ api.train(samples, np.linspace(0, 10, 40), task="regression",
 def test_one_seed_gives_one_model_for_a_thread_count_and_nearly_one_across_them(tmp_path):
     """Separate processes, same seed: bit-identical weights with the same number of
     threads; with another number, float sums run in another order, and the weights differ
-    by at most 1e-4 after 3 epochs (measured: 1.9e-6). README, 'Reproducibility'."""
+    by at most 1e-4 after 3 epochs (measured: 1.9e-6). docs/installation.md, 'Reproducibility'."""
     from q2_aam.core.bundle import ModelBundle
     script = REPRO.format(tests=str(Path(__file__).parent))
     models = {}

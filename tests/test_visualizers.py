@@ -72,9 +72,33 @@ def exported(visualization, name) -> Path:
     return target
 
 
+#: Every figure the views drew while ``pages`` rendered them: (file, [axes' labels]).
+DRAWN: list = []
+
+
+def _recording_save(save):
+    """``_visualizers._save`` that first records each drawn axes' title and labels."""
+    def recorded(fig, output_dir, name):
+        DRAWN.append((name, [(ax.get_title(), ax.get_xlabel(), ax.get_ylabel())
+                             for ax in fig.axes if ax.get_visible()
+                             and ax.get_label() != "<colorbar>"]))
+        return save(fig, output_dir, name)
+    return recorded
+
+
 @pytest.fixture(scope="module")
 def pages(aam, models, ecam_subset, taxonomy):
     """Every view, rendered and exported: ``{name: folder}``."""
+    from q2_aam import _visualizers
+    patch = pytest.MonkeyPatch()
+    patch.setattr(_visualizers, "_save", _recording_save(_visualizers._save))
+    try:
+        return _pages(aam, models, ecam_subset, taxonomy)
+    finally:
+        patch.undo()
+
+
+def _pages(aam, models, ecam_subset, taxonomy):
     a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
     new = dict(table=a["new_table"], sequences=a["sequences"], sample_metadata=md)
     views = {
@@ -150,6 +174,41 @@ def _top_asv_on(bundle, sample, own, other):
 
 def read(folder, name, **kwargs):
     return pd.read_csv(folder / name, sep="\t", **kwargs)
+
+
+#: History columns and other internal names a page must not show (history.tsv keeps them).
+RAW_KEYS = ("grad_norm", "train_target", "val_target", "train_loss", "val_loss", "val_mae",
+            "val_r2", "samples_per_second", "lr")
+
+
+def _visible_text(html: str) -> str:
+    """The text a reader sees on a page: tags, scripts and styles left out."""
+    import re
+    html = re.sub(r"(?s)<(script|style)\b.*?</\1>", " ", html)
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
+def test_every_plot_labels_both_axes_and_pages_show_no_nan_or_raw_keys(pages):
+    """Issue 27: a scientist reads each view without the source: every axis of every plot
+    has a label (with the target's name where it has units), and no page shows 'NaN' or a
+    history column's internal name."""
+    assert DRAWN, "no figure was recorded"
+    for name, axes in DRAWN:
+        for title, xlabel, ylabel in axes:
+            assert xlabel.strip() and ylabel.strip(), (name, title, xlabel, ylabel)
+    for folder in pages.values():
+        text = _visible_text((folder / "index.html").read_text())
+        assert "NaN" not in text and " nan " not in f" {text} ", folder.name
+        for key in RAW_KEYS:
+            assert f" {key} " not in f" {text} ", (folder.name, key)
+    history = _visible_text((pages["history"] / "index.html").read_text())
+    assert "keeps the weights of epoch" in history or "starting point" in history
+    assert "validation: MAE (units of 'age_days')" in history
+    accuracy = _visible_text((pages["accuracy-regressor"] / "index.html").read_text())
+    assert "Pearson r²" in accuracy and "coefficient of determination" in accuracy
+    assert "mean absolute error (units of 'age_days')" in accuracy
+    classifier = _visible_text((pages["accuracy-classifier"] / "index.html").read_text())
+    assert "always the most common class" in classifier
 
 
 def test_every_view_writes_its_page_plots_and_tables(pages):

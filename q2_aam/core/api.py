@@ -110,8 +110,21 @@ def _bundle(kind: str, model: AAMModel, target: dict, action: str, config: Train
                                 "mask_rate": objective.mask_rate},
                   **training, "token_limit": samples.token_limit, "n_samples": len(samples),
                   "n_train": len(train_rows), "n_validation": len(val_rows),
+                  "kept_epoch": kept_epoch(history, len(val_rows) > 0),
                   "history": history},
         versions=library_versions())
+
+
+def kept_epoch(history: list, validated: bool) -> int:
+    """The epoch whose weights a run kept: the last that improved the validation loss; 0
+    (the starting point: the fitted readout, the network's head at zero) when validation
+    ran and no epoch improved on it; without validation, the last epoch."""
+    improved = [row["epoch"] for row in history if row.get("best")]
+    if improved:
+        return int(improved[-1])
+    if validated:
+        return 0
+    return int(history[-1]["epoch"]) if history else 0
 
 
 def _check_train_inputs(samples, targets, task, pretrained, freeze_encoder, mlm_weight,

@@ -10,7 +10,7 @@ the other workers are stopped: no hang. SIGTERM or SIGINT to this process
 stops every worker and raises :class:`Interrupted`.
 
 Outside QIIME 2, launch the same code with ``torchrun`` or ``accelerate
-launch`` instead (see the README); ``in_distributed_run()`` is then true and
+launch`` instead (docs/distributed.md); ``in_distributed_run()`` is then true and
 the actions train in the processes they are given.
 """
 from __future__ import annotations

@@ -53,6 +53,11 @@ TOKEN_FUSIONS = ("cross-attention", "perceiver")
 #: every ECAM split measured (benchmarks/results/fusion-before-readout.md).
 GMU_VARIANTS = ("canonical", "residual")
 DEFAULT_GMU_VARIANT = "residual"
+#: The same, in brief, for --help.
+FUSION_CHOICES = (
+    "'gmu' gates the metadata in or out (safe); 'cross-attention' gives each ASV a "
+    "coefficient per category value (taxa that respond to conditions); others: "
+    "docs/parameters.md.")
 FUSION_GUIDANCE = (
     "Which conditioning to use: 'gmu' (the default) to let each sample gate the metadata "
     "in or out, the safe choice when it is unclear whether the columns help; "

@@ -25,8 +25,12 @@ import numpy as np
 from .options import (CENTRED_TRANSFORMS, CLASS_WEIGHTS, DEFAULT_TARGET_TRANSFORM,
                       TARGET_TRANSFORMS, check_choice)
 
-#: Above this many classes, training warns that the column may be a number.
+#: Above this many classes, a numeric target is refused as continuous, and classes
+#: that are not numbers get a warning.
 MANY_CLASSES = 20
+#: Training without class weights warns when a class is less than this share of the
+#: training samples.
+IMBALANCED = 0.2
 #: Target values further than this many median absolute deviations from the median are
 #: reported (real ages, weights, indices sit within a few tens).
 OUTLIER_SCALES = 1000.0
@@ -172,6 +176,15 @@ def encode_classes(labels) -> tuple[list[str], np.ndarray]:
     return classes, np.fromiter((lookup[x] for x in labels), dtype=np.int64, count=len(labels))
 
 
+def _as_numbers(labels: list) -> np.ndarray | None:
+    """``labels`` as numbers when every one reads as a finite number, else ``None``."""
+    try:
+        numbers = np.asarray([float(label) for label in labels])
+    except ValueError:
+        return None
+    return numbers if np.isfinite(numbers).all() else None
+
+
 def balanced_class_weights(encoded: np.ndarray, n_classes: int) -> np.ndarray:
     """``n / (k * count_c)`` per class present (scikit-learn's ``compute_class_weight``
     'balanced', k the classes present); absent classes get 0."""
@@ -258,6 +271,13 @@ def prepare_regression(targets, train_rows: np.ndarray, *, transform: str,
     if not np.isfinite(y).all():
         raise ValueError("The target holds missing or non-finite values; drop those "
                          "samples first.")
+    values = np.unique(y)
+    if len(values) == 2:
+        raise ValueError(
+            f"The target holds only two values ({values[0]:g} and {values[1]:g}): it looks "
+            "like two classes, not a number to predict. Use --p-task classification "
+            "(its class probabilities are what a regression on the two codes would "
+            "approximate); add --p-class-weights balanced when one class is rare.")
     fitted = TargetTransform(transform)
     groups = None
     if fitted.uses_groups:
@@ -307,13 +327,30 @@ def prepare_classification(targets, train_rows: np.ndarray, *, class_weights: st
                          f"{classes}.")
     sizes = np.bincount(encoded, minlength=len(classes))
     rare = [f"{classes[k]!r} ({sizes[k]})" for k in np.flatnonzero(sizes < 2)]
+    numbers = _as_numbers(classes)
+    if numbers is not None and (rare or len(classes) > MANY_CLASSES):
+        raise ValueError(
+            f"The target looks continuous, not like classes: {len(classes)} distinct "
+            f"numbers from {numbers.min():g} to {numbers.max():g}, {len(rare)} of them held "
+            "by a single sample. To predict it as a number, use --p-task regression (the "
+            "default); to predict classes, bin it into a categorical metadata column "
+            "first.")
     if rare:
         raise ValueError(f"Each class needs at least 2 samples; {len(rare)} class(es) have "
                          f"fewer: {', '.join(rare[:5])}. Drop or merge rare classes first.")
     if len(classes) > MANY_CLASSES:
         log(f"Warning: the target has {len(classes)} classes ({sizes.min()} samples in the "
-            "rarest). If it is a numeric column, "
-            "--p-task regression predicts it as a number.")
+            "rarest); a class needs enough training samples to be learnt. Merge rare "
+            "classes if the model calls them poorly.")
+    train_sizes = np.bincount(encoded[train_rows], minlength=len(classes))
+    share = train_sizes / max(1, train_sizes.sum())
+    rarest = int(np.argmin(np.where(train_sizes > 0, share, np.inf)))
+    if class_weights == "none" and share[rarest] < IMBALANCED:
+        log(f"Warning: the classes are imbalanced: {classes[rarest]!r} is "
+            f"{share[rarest]:.0%} of the training samples, {classes[int(share.argmax())]!r} "
+            f"{share.max():.0%}. Calling every sample {classes[int(share.argmax())]!r} would "
+            f"be right {share.max():.0%} of the time, so judge the model against that; "
+            "--p-class-weights balanced makes each class count equally in training.")
     weights = (balanced_class_weights(encoded[train_rows], len(classes))
                if class_weights == "balanced" else None)
     return PreparedTarget(encoded, len(classes), classification_metrics,
