@@ -8,6 +8,14 @@ import skbio
 # The real plugin must load, not QIIME 2's test dummies.
 os.environ.pop("QIIMETEST", None)
 
+#: The small architecture of the core's unit tests (``api.train(architecture=...)``,
+#: ``ModelConfig``): seconds per model on a CPU.
+SMALL_ARCHITECTURE = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1,
+                          sample_layers=1, patch_size=4, max_sequence_length=64, dropout=0.0)
+#: The same size through the plugin's actions (their parameters).
+SMALL_ACTION = dict(token_limit=32, embedding_dim=16, attention_heads=2, nucleotide_layers=1,
+                    sample_layers=1, batch_size=8)
+
 
 def random_samples(n_samples=12, n_features=30, length=40, token_limit=16, seed=0):
     """Small synthetic samples for unit tests of the core (shapes, masks, determinism)."""

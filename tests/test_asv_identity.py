@@ -14,10 +14,9 @@ from q2_aam.core.model import AAMModel, ModelConfig
 from q2_aam.core.tokenizer import tokenize
 from q2_aam.core.vocabulary import Vocabulary, sequence_key
 
-from conftest import random_samples
+from conftest import SMALL_ARCHITECTURE, random_samples
 
-SMALL = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
-             patch_size=4, max_sequence_length=64, dropout=0.0)
+SMALL = SMALL_ARCHITECTURE
 
 
 def test_sequence_key_is_the_md5_of_the_upper_case_sequence():

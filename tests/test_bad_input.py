@@ -27,10 +27,10 @@ import pandas as pd
 import pytest
 import qiime2
 import skbio
+from conftest import SMALL_ACTION
 
 DOC = Path(__file__).parent.parent / "docs" / "bad-input.md"
-SMALL = dict(token_limit=32, embedding_dim=16, attention_heads=2, nucleotide_layers=1,
-             sample_layers=1, batch_size=8)
+SMALL = SMALL_ACTION
 SEEN: dict[str, str] = {}
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import qiime2
+from conftest import SMALL_ACTION
 
 QIIME = Path(sys.executable).parent / "qiime"
 pytestmark = pytest.mark.skipif(not QIIME.exists(),
                                 reason="the venv's qiime wrapper is made by `make install`")
-SMALL = ["--p-token-limit", "32", "--p-embedding-dim", "16", "--p-attention-heads", "2",
-         "--p-nucleotide-layers", "1", "--p-sample-layers", "1", "--p-batch-size", "8"]
+SMALL = [item for name, value in SMALL_ACTION.items()
+         for item in (f"--p-{name.replace('_', '-')}", str(value))]
 
 
 def qiime(*args, ok=True):

@@ -15,10 +15,9 @@ from q2_aam.core.model import AAMModel, ModelConfig
 from q2_aam.core.targets import TargetTransform
 from q2_aam.core.tokenizer import MASK, N, PAD, is_dna, tokenize
 
-from conftest import random_samples
+from conftest import SMALL_ARCHITECTURE, random_samples
 
-SMALL = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
-             patch_size=4, max_sequence_length=64, dropout=0.0)
+SMALL = SMALL_ARCHITECTURE
 
 
 def small_model(task="regression", n_outputs=1, seed=0):
@@ -424,5 +423,5 @@ def test_deferred_distances_are_computed_once_before_workers_start(monkeypatch):
     monkeypatch.setattr(launch, "run_in_workers", fake_workers)
     assert api.pretrain("samples", distances, config=TrainConfig(num_processes=2)) == "model"
     assert calls == [1]
-    assert handed["action"] == "pretrain" and handed["processes"] == 2
+    assert handed["action"] is api.pretrain and handed["processes"] == 2
     assert isinstance(handed["distances"], np.ndarray)

@@ -15,10 +15,9 @@ from q2_aam.core.launch import WorkerFailed, run_workers
 from q2_aam.core.model import AAMModel, ModelConfig
 from q2_aam.core.tokenizer import tokenize
 
-from conftest import random_samples
+from conftest import SMALL_ARCHITECTURE, random_samples
 
-SMALL = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
-             max_sequence_length=40, dropout=0.0)
+SMALL = dict(SMALL_ARCHITECTURE, max_sequence_length=40)
 N = 16  # samples in the global batch
 
 

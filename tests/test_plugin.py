@@ -13,9 +13,9 @@ from qiime2.plugin.testing import TestPluginBase
 from q2_aam._formats import AAMModelDirectoryFormat
 from q2_aam._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
 from q2_aam.core.bundle import ModelBundle
+from conftest import SMALL_ACTION
 
-SMALL = dict(token_limit=32, embedding_dim=16, attention_heads=2, nucleotide_layers=1,
-             sample_layers=1, batch_size=8)
+SMALL = SMALL_ACTION
 
 
 @pytest.fixture(scope="module")

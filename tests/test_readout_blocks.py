@@ -15,9 +15,9 @@ from q2_aam.core.engine import TrainConfig
 from q2_aam.core.linear import clades, readout_blocks, relative_matrix
 from q2_aam.core.model import AAMModel, ModelConfig
 from q2_aam.core.tokenizer import tokenize
+from conftest import SMALL_ARCHITECTURE
 
-SMALL = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
-             patch_size=4, max_sequence_length=64, dropout=0.0)
+SMALL = SMALL_ARCHITECTURE
 SEQUENCES = ["AAAACCCC", "CCCCGGGG", "GGGGTTTT", "TTTTAAAA", "ACGTACGT"]
 TREE = "(((a:1,b:1)ab:1,c:1)abc:1,(d:1,e:1)de:1)root;"
 

@@ -12,10 +12,9 @@ from q2_aam.core.targets import (check_target_settings, output_bounds, CENTRED_T
                                  TARGET_TRANSFORMS, TargetTransform, balanced_class_weights,
                                  group_labels, scale_warning)
 
-from conftest import random_samples
+from conftest import SMALL_ARCHITECTURE, random_samples
 
-SMALL = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
-             patch_size=4, dropout=0.0)
+SMALL = {k: v for k, v in SMALL_ARCHITECTURE.items() if k != "max_sequence_length"}
 
 
 def _fit(kind, y, groups=None):

@@ -11,10 +11,9 @@ import torch
 from q2_aam.core import api
 from q2_aam.core.engine import TrainConfig
 
-from conftest import random_samples
+from conftest import SMALL_ARCHITECTURE, random_samples
 
-SMALL = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
-             max_sequence_length=40, dropout=0.1)
+SMALL = dict(SMALL_ARCHITECTURE, max_sequence_length=40, dropout=0.1)
 CONFIG = dict(epochs=5, batch_size=4, seed=3, device="cpu")
 STEPS_PER_EPOCH = 4  # 16 training samples (20, of which 4 validate), batches of 4
 

@@ -22,9 +22,9 @@ from q2_aam._visualizers import _taxon_name
 from q2_aam.core import api
 from q2_aam.core.bundle import ModelBundle
 from q2_aam.core.targets import TargetTransform
+from conftest import SMALL_ACTION
 
-SMALL = dict(token_limit=32, embedding_dim=16, attention_heads=2, nucleotide_layers=1,
-             sample_layers=1, batch_size=8, epochs=2)
+SMALL = dict(SMALL_ACTION, epochs=2)
 COLUMNS = ["delivery", "diet"]
 OUTPUT = Path(os.environ.get("AAM_TEST_OUTPUT", Path(__file__).parent.parent / "test-output"))
 

@@ -9,9 +9,9 @@ from q2_aam.core.model import AAMModel, ModelConfig
 from q2_aam.core.tokenizer import tokenize
 from q2_aam.core.vocabulary import Vocabulary, alignment_identity, nearest, sequence_key
 from q2_aam.example_data.variants import redenoise, relabel, retrim, substitute
+from conftest import SMALL_ARCHITECTURE
 
-SMALL = dict(embedding_dim=16, attention_heads=2, nucleotide_layers=1, sample_layers=1,
-             patch_size=4, max_sequence_length=64, dropout=0.0)
+SMALL = SMALL_ARCHITECTURE
 
 
 def _random_sequences(n, length, seed=0):

@@ -150,8 +150,7 @@ def distributable(action):
             distances = bound.arguments.get("distances")
             if deferred(distances):  # computed here, once, not once in every worker
                 bound.arguments["distances"] = distances()
-            return run_in_workers(action.__name__, bound.args, bound.kwargs,
-                                  config.num_processes)
+            return run_in_workers(run, bound.args, bound.kwargs, config.num_processes)
         bound.arguments["log"] = _main_process_only(bound.arguments["log"])
         if in_distributed_run():
             return action(*bound.args, **bound.kwargs)
@@ -179,8 +178,9 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_in_workers(action: str, args: tuple, keywords: dict, num_processes: int):
-    """Run ``api.pretrain`` or ``api.train`` in ``num_processes`` processes; return the model.
+def run_in_workers(action: Callable, args: tuple, keywords: dict, num_processes: int):
+    """Run ``action`` (a :func:`distributable` function, such as ``api.train``: the workers
+    import it by its name) in ``num_processes`` processes; return the model.
 
     Each worker runs the same action on the same inputs inside one process
     group; the training loop shards every batch over them (DDP). Rank 0
@@ -200,8 +200,7 @@ def _main_process_only(log: Callable[[str], None]) -> Callable[[str], None]:
     return log if int(os.environ.get("RANK", "0")) == 0 else (lambda message: None)
 
 
-def _action_worker(action: str, args: tuple, keywords: dict, folder: str) -> None:
-    from . import api
-    bundle = getattr(api, action)(*args, **keywords)
+def _action_worker(action: Callable, args: tuple, keywords: dict, folder: str) -> None:
+    bundle = action(*args, **keywords)
     if int(os.environ.get("RANK", "0")) == 0:
         bundle.save(os.path.join(folder, "model"))

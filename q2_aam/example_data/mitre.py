@@ -17,7 +17,6 @@ only the two benchmark folders are extracted.
 """
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,8 @@ import biom
 import numpy as np
 import pandas as pd
 import scipy.sparse
+
+from ..core.bundle import sha256_of
 
 SDIST_VERSION = "1.0b1"
 SDIST_NAME = f"mitre-{SDIST_VERSION}.tar.gz"
@@ -83,14 +84,6 @@ def default_cache_dir():
 
 def _resolve_cache(cache_dir):
     return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_sha256(path, expected=SDIST_SHA256):
