@@ -17,7 +17,7 @@ import qiime2
 import skbio
 
 from .core.bundle import ModelBundle
-from .core.options import DEFAULT_MATCH_IDENTITY
+from .core.options import DEFAULT_MATCH_IDENTITY, DEFAULT_TOKEN_LIMIT
 
 
 def log(message: str) -> None:
@@ -284,7 +284,7 @@ def prediction_inputs(model: ModelBundle, table: biom.Table, sequences: pd.Serie
                       sample_metadata: qiime2.Metadata | None, sample_ids=None):
     """The table's samples as the model reads them, with the metadata it needs: ``(samples,
     normalize groups, categorical columns)``."""
-    samples = amplicon_samples(table, sequences, model.training.get("token_limit", 256),
+    samples = amplicon_samples(table, sequences, model.training.get("token_limit", DEFAULT_TOKEN_LIMIT),
                                sample_ids=sample_ids)
     columns = model.target.get("normalize_by") or None
     if columns and sample_metadata is None:

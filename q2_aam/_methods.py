@@ -22,19 +22,19 @@ from .core.bundle import ModelBundle
 from .core.progress import Steps
 from .core.options import (DEFAULT_CLASS_WEIGHTS, DEFAULT_FUSION, DEFAULT_LOSS,
                            DEFAULT_OUTPUT_CONSTRAINT, DEFAULT_PENALTY, DEFAULT_QUANTILES,
-                           DEFAULT_MATCH_IDENTITY, DEFAULT_TARGET_TRANSFORM,
-                           DEFAULT_UNIFRAC_METRIC)
+                           DEFAULT_MATCH_IDENTITY, DEFAULT_PATIENCE, DEFAULT_TARGET_TRANSFORM,
+                           DEFAULT_TOKEN_LIMIT, DEFAULT_UNIFRAC_METRIC, TRAIN_PATIENCE)
 
 
 def pretrain(table: biom.Table, sequences: pd.Series = None,
              phylogeny: skbio.TreeNode = None, distance_matrix: skbio.DistanceMatrix = None,
              subjects: qiime2.CategoricalMetadataColumn = None,
-             unifrac_metric: str = DEFAULT_UNIFRAC_METRIC, token_limit: int = 256,
+             unifrac_metric: str = DEFAULT_UNIFRAC_METRIC, token_limit: int = DEFAULT_TOKEN_LIMIT,
              embedding_dim: int = 64, attention_heads: int = 4, nucleotide_layers: int = 2,
              sample_layers: int = 2, patch_size: int = 4, dropout: float = 0.1,
              nucleotide_dropout: float = 0.0, epochs: int = 10, batch_size: int = 16,
              learning_rate: float = 1e-3,
-             weight_decay: float = 0.01, warmup_fraction: float = 0.05, patience: int = 10,
+             weight_decay: float = 0.01, warmup_fraction: float = 0.05, patience: int = DEFAULT_PATIENCE,
              validation_fraction: float = 0.1, unifrac_weight: float = 1.0,
              mlm_weight: float = 1.0, mask_rate: float = 0.15, random_state: int = 0,
              device: str = "auto", num_processes: int = 1, distributed: str = "ddp",
@@ -76,7 +76,7 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
           target_layers: int = 1, dropout: float = None, nucleotide_dropout: float = None,
           epochs: int = 40, batch_size: int = 16,
           learning_rate: float = 1e-3, weight_decay: float = 0.01,
-          warmup_fraction: float = 0.05, patience: int = 15, validation_fraction: float = 0.2,
+          warmup_fraction: float = 0.05, patience: int = TRAIN_PATIENCE, validation_fraction: float = 0.2,
           random_state: int = 0, device: str = "auto", num_processes: int = 1,
           distributed: str = "ddp", mixed_precision: str = "no",
           gradient_accumulation_steps: int = 1, activation_checkpointing: bool = False,
@@ -95,7 +95,8 @@ def train(table: biom.Table, metadata: qiime2.MetadataColumn, task: str = "regre
     with steps("reading the table"):
         values = target_samples(table, metadata, missing_samples)
         if token_limit is None:
-            token_limit = pretrained.training.get("token_limit", 256) if pretrained else 256
+            token_limit = (pretrained.training.get("token_limit", DEFAULT_TOKEN_LIMIT)
+                           if pretrained else DEFAULT_TOKEN_LIMIT)
         samples = amplicon_samples(table, sequences, token_limit, sample_ids=values.index)
     config, architecture = settings(locals())
     readout_tree = linear_readout and not classification

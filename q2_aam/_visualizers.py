@@ -17,7 +17,7 @@ import qiime2
 
 from . import _inputs as inputs
 from .core.bundle import ModelBundle
-from .core.options import DEFAULT_MATCH_IDENTITY
+from .core.options import DEFAULT_MATCH_IDENTITY, DEFAULT_TOKEN_LIMIT
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
@@ -329,7 +329,7 @@ def _new_asv_shares(model, table, sequences, ids, match_identity) -> pd.DataFram
     vocabulary, in new ASVs read as a vocabulary neighbour and in unmatched new ASVs
     (``None`` for a model without a vocabulary)."""
     from .core import api
-    samples = inputs.amplicon_samples(table, sequences, model.training.get("token_limit", 256),
+    samples = inputs.amplicon_samples(table, sequences, model.training.get("token_limit", DEFAULT_TOKEN_LIMIT),
                                       sample_ids=ids)
     shares = api.read_shares(model, samples, match_identity)
     if shares is None:
@@ -661,7 +661,7 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
         raise ValueError(
             f"This model was trained {how} to show. explain-conditioning needs a model "
             f"trained with --p-categorical-columns and one of these fusions: {modes}.")
-    samples = inputs.amplicon_samples(table, sequences, model.training.get("token_limit", 256))
+    samples = inputs.amplicon_samples(table, sequences, model.training.get("token_limit", DEFAULT_TOKEN_LIMIT))
     categorical = inputs.categorical_columns(sample_metadata, columns, samples.sample_ids, required=False,
                                parameter=inputs.MODEL_COLUMNS)
     absent = [i for i in samples.sample_ids if i not in sample_metadata.ids]

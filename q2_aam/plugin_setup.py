@@ -70,8 +70,8 @@ PARAMETERS = {
     "subjects": "Each sample's subject: held-out samples are then whole subjects.",
     "missing_samples": "'error' names table samples the metadata lacks; 'ignore' drops them.",
     "unifrac_metric": "UniFrac variant.",
-    "token_limit": "Most abundant ASVs read per sample. Default 256, or the pretrained "
-                   "model's.",
+    "token_limit": f"Most abundant ASVs read per sample. Default "
+                   f"{options.DEFAULT_TOKEN_LIMIT}, or the pretrained model's.",
     "embedding_dim": "Width of the layers. Default 64, or the pretrained model's.",
     "attention_heads": "Heads per layer. Default 4, or the pretrained model's.",
     "nucleotide_layers": "Nucleotide-encoder layers. Default 2, or the pretrained model's.",

@@ -27,7 +27,8 @@ from .layers import set_checkpointing
 from .losses import (classification_loss, mask_nucleotides, masked_nucleotide_loss,
                      pairwise_unifrac_loss, RegressionLoss)
 from .model import AAMModel
-from .options import DEVICES, DISTRIBUTED, MIXED_PRECISION, check_choice
+from .options import (DEFAULT_PATIENCE, DEVICES, DISTRIBUTED, MIXED_PRECISION,
+                      check_choice)
 from .parallel import (full_state_dict, global_batch, local_numel, make_accelerator,
                        micro_batch, resolved_device, shard)
 from .progress import Ticker
@@ -50,7 +51,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
-    patience: int = 10
+    patience: int = DEFAULT_PATIENCE
     max_grad_norm: float = 1.0
     seed: int = 0
     device: str = "auto"

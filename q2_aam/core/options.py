@@ -6,6 +6,14 @@ the same tuples. The reasons behind each default are given where it is set.
 """
 from __future__ import annotations
 
+#: ASVs read per sample (its most abundant) unless a pretrained model says otherwise.
+DEFAULT_TOKEN_LIMIT = 256
+#: Epochs without a better validation loss before training stops: the core's and
+#: pretraining's default, and the plugin's ``train`` (whose starting point is already a
+#: fitted readout, so it is given longer to improve on it).
+DEFAULT_PATIENCE = 10
+TRAIN_PATIENCE = 15
+
 #: What ``train`` learns (``encoder`` is what ``pretrain`` makes).
 TASKS = ("regression", "classification")
 MODEL_TASKS = ("encoder",) + TASKS
