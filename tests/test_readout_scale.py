@@ -44,7 +44,7 @@ def test_a_ridge_chosen_on_a_subsample_is_fitted_on_all_samples(monkeypatch):
     coef, intercept, how, said = _chosen(monkeypatch, blocks, y, groups, 200)
     assert how.startswith("ridge") and "on 200 of the 600 samples" in how, how
     assert any("a subsample of whole subjects of the 600 samples" in m for m in said), said
-    assert any(m.startswith("Readout: the ridge regression fitted on all 600") for m in said)
+    assert any(m.startswith("Readout: the ridge regression checked and fitted on all 600") for m in said)
     # The choice read the subsample alone (as fitting the subsample itself chooses), then
     # its penalty was checked on all samples over REFINE_MULTIPLES of it, by the same folds.
     rows = linear._cv_rows(600, groups, 200)
@@ -65,7 +65,8 @@ def test_a_ridge_chosen_on_a_subsample_is_fitted_on_all_samples(monkeypatch):
     best = linear.REFINE_MULTIPLES[int(np.argmin(errors))]
     assert f"{best:g} times it was best" in how, (how, errors)
     # From a penalty far too strong, the check goes on past the smallest multiple.
-    far = linear._refined_ridge_alpha(blocks, y, {"presence": weight}, chosen * 1000, groups)
+    far = linear._refined_ridge_alpha(linear._weighted_stack(blocks, {"presence": weight}), y,
+                                      chosen * 1000, groups)
     assert far < chosen * 1000 * min(linear.REFINE_MULTIPLES), far
     alpha = float(how.split("penalty ")[1].split(",")[0])
     for weight in {weight, 1.0}:  # the chosen weight, and one that keeps the presences

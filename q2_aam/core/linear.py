@@ -480,40 +480,49 @@ def fit_regression(blocks: dict, target: np.ndarray, groups=None,
               f"relaxed lasso {l1['relaxed_error']:.3g}")
     if rows is not None:  # the final fit reads the sparse blocks of every sample
         errors += f", on {len(rows):,} of the {len(y):,} samples"
-        dense, cv_blocks = sp.hstack(list(blocks.values()), format="csc"), blocks
+        cv_blocks, dense = blocks, None
     started = time.perf_counter()
     if min(l1["error"], l1["relaxed_error"]) < ridge_error:
+        if rows is not None:  # stacked only when the elastic net is the one fitted
+            dense = sp.hstack(list(blocks.values()), format="csc")
         coef, intercept, how = _fit_l1(dense, y, l1,
                                        1.0 if rows is None else len(rows) / len(y), ticker)
     else:
+        stacked = None
         if rows is not None:
             chosen = alpha
-            alpha = _refined_ridge_alpha(blocks, y, weights, alpha, groups, ticker)
+            stacked = _weighted_stack(blocks, weights)
+            alpha = _refined_ridge_alpha(stacked, y, alpha, groups, ticker)
             errors += (f"; the penalty {chosen:.3g} of the subsample was checked on all "
                        f"samples, {alpha / chosen:g} times it was best")
-        coef, intercept, how = _fit_ridge(cv_blocks, y, weights, alpha)
+        coef, intercept, how = _fit_ridge(cv_blocks, y, weights, alpha, stacked)
     if rows is not None:
-        say(f"Readout: the {how.split(' (')[0]} fitted on all {len(y):,} samples in "
+        say(f"Readout: the {how.split(' (')[0]} checked and fitted on all {len(y):,} samples in "
             f"{time.perf_counter() - started:.1f} s.")
     return coef, intercept, how.replace("ERRORS", errors)
 
 
-def _sparse_ridge(blocks: dict, weights: dict, alpha: float):
-    """An unfitted ridge for the weighted sparse ``blocks`` (their stacked CSR matrix)."""
+def _weighted_stack(blocks: dict, weights: dict) -> sp.csr_matrix:
+    """The sparse ``blocks`` scaled by their ``weights`` and stacked (weight 0: left out)."""
+    return sp.hstack([weights.get(name, 1.0) * b for name, b in blocks.items()
+                      if weights.get(name, 1.0)], format="csr")
+
+
+def _sparse_ridge(alpha: float):
+    """An unfitted ridge solved by conjugate gradients (for sparse columns)."""
     from sklearn.linear_model import Ridge
-    x = sp.hstack([weights.get(name, 1.0) * b for name, b in blocks.items()
-                   if weights.get(name, 1.0)], format="csr")
-    return x, Ridge(alpha=alpha, solver="sparse_cg", tol=1e-8)
+    return Ridge(alpha=alpha, solver="sparse_cg", tol=1e-8)
 
 
-def _refined_ridge_alpha(blocks: dict, y: np.ndarray, weights: dict, alpha: float, groups,
+def _refined_ridge_alpha(x: sp.csr_matrix, y: np.ndarray, alpha: float, groups,
                          ticker=None) -> float:
     """The penalty among ``REFINE_MULTIPLES`` of ``alpha`` with the lowest cross-validated
-    error on every sample (folds by ``groups``, as the subsample's; folds in both cores);
+    error on every sample of ``x`` (the weighted blocks stacked: :func:`_weighted_stack`;
+    folds by ``groups``, as the subsample's; folds in both cores);
     while the best is at an end of the multiples, they go on by factors of 2 (up to
     ``REFINE_MULTIPLES[-1]`` times further)."""
     from sklearn.base import clone
-    x, ridge = _sparse_ridge(blocks, weights, alpha)
+    ridge = _sparse_ridge(alpha)
     folds = _folds(len(y), groups)
     done = []
 
@@ -592,14 +601,15 @@ def _sparse_l1_fit(x: sp.csc_matrix, y: np.ndarray, alpha: float, l1_ratio: floa
     return SimpleNamespace(coef_=coef, intercept_=float(y.mean() - mean @ coef))
 
 
-def _fit_ridge(blocks: dict, y: np.ndarray, weights: dict,
-               alpha: float) -> tuple[np.ndarray, float, str]:
+def _fit_ridge(blocks: dict, y: np.ndarray, weights: dict, alpha: float,
+               stacked: sp.csr_matrix | None = None) -> tuple[np.ndarray, float, str]:
     """The chosen ridge fitted on the weighted ``blocks``: exactly when they are dense, by
-    conjugate gradients when they are sparse (a cost linear in their nonzeros)."""
+    conjugate gradients when they are sparse (a cost linear in their nonzeros; ``stacked``:
+    their weighted stack, when the caller has it already)."""
     from sklearn.linear_model import Ridge
     if any(sp.issparse(b) for b in blocks.values()):
-        x, ridge = _sparse_ridge(blocks, weights, alpha)
-        ridge.fit(x, y)
+        x = _weighted_stack(blocks, weights) if stacked is None else stacked
+        ridge = _sparse_ridge(alpha).fit(x, y)
     else:
         ridge = Ridge(alpha=alpha).fit(_stack(blocks, weights), y)
     coef, start = [], 0
