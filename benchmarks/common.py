@@ -51,7 +51,7 @@ def load(name: str, token_limit: int = 256):
 
 def pretrained_encoder(name: str, data, samples, epochs: int = 5, seed: int = 0):
     """Pretrain on all samples' tables and UniFrac (no labels), once; cached on disk."""
-    from q2_aam._inputs import unifrac_distances
+    from q2_aam.core.unifrac import unifrac_distances
     from q2_aam.core import api
     from q2_aam.core.bundle import ModelBundle
     from q2_aam.core.engine import TrainConfig
@@ -59,7 +59,7 @@ def pretrained_encoder(name: str, data, samples, epochs: int = 5, seed: int = 0)
     if (path / "config.json").exists():
         log(f"reusing {path}")
         return ModelBundle.load(path)
-    distances = unifrac_distances(samples, data.tree, None, "unweighted")
+    distances = unifrac_distances(samples, data.tree, "unweighted")
     bundle = api.pretrain(samples, distances, config=TrainConfig(epochs=epochs, seed=seed),
                           groups=data.metadata.loc[samples.sample_ids, "subject"].to_numpy(),
                           log=log)
@@ -81,24 +81,20 @@ def readout_alone(bundle):
 
 
 def train_defaults(**overrides) -> dict:
-    """Keyword arguments of ``api.train`` that reproduce ``qiime aam train``'s defaults (read
-    from the action's signature, so a benchmark follows the defaults as they change),
-    updated with ``overrides``; ``config`` is the ``TrainConfig``."""
-    import inspect
-    from q2_aam import _inputs, _methods
+    """Keyword arguments of ``api.train`` that reproduce ``qiime aam train``'s defaults (its
+    recipe, read from ``core/options.py``, so a benchmark follows the defaults as they
+    change), updated with ``overrides``; ``config`` is the ``TrainConfig``."""
     from q2_aam.core.engine import TrainConfig
-    from q2_aam.core.targets import DEFAULT_TARGET_TRANSFORM
-    defaults = {k: p.default for k, p in inspect.signature(_methods.train).parameters.items()}
-    config = TrainConfig(**{k: defaults[k] for k in _inputs.OPTIMISATION},
-                         seed=defaults["random_state"], device="cpu")
-    architecture = {k: defaults[k] for k in _inputs.ARCHITECTURE
-                    if defaults.get(k) is not None}
+    from q2_aam.core.options import ARCHITECTURE, TRAIN_RECIPE, TRAINING
+    config = TrainConfig(**{**{k: TRAIN_RECIPE.get(k, v) for k, v in TRAINING.items()},
+                            "device": "cpu"})
+    # train sets its head's layers only: the encoder's settings are a pretrained encoder's,
+    # else ModelConfig's (ARCHITECTURE's).
+    architecture = {"target_layers": ARCHITECTURE["target_layers"]}
     kwargs = dict(config=config, architecture=architecture,
-                  freeze_encoder=defaults["freeze_encoder"],
-                  linear_readout=defaults["linear_readout"],
-                  asv_min_samples=defaults["asv_min_samples"],
-                  validation_fraction=defaults["validation_fraction"],
-                  target_transform=defaults["target_transform"] or DEFAULT_TARGET_TRANSFORM)
+                  **{k: TRAIN_RECIPE[k] for k in ("freeze_encoder", "linear_readout",
+                                                  "asv_min_samples", "validation_fraction",
+                                                  "target_transform")})
     architecture.update(overrides.pop("architecture", {}))
     config_overrides = {k: overrides.pop(k) for k in list(overrides)
                         if k in TrainConfig.__dataclass_fields__}

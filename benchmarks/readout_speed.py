@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def module_at(commit: str):
-    """``q2_aam.core.linear`` as it was at ``commit``."""
+    """``q2_aam.core.linear`` (the readout before it became ``q2_aam.core.readout``) as it was
+    at ``commit``."""
     source = subprocess.run(["git", "show", f"{commit}:q2_aam/core/linear.py"], cwd=ROOT,
                             check=True, capture_output=True, text=True).stdout
     path = Path("/tmp") / f"q2_aam_linear_{commit}.py"
@@ -45,7 +46,7 @@ def karelia_blocks():
     """The readout's blocks, target (z-scored) and subjects of the issue's setting."""
     from q2_aam._inputs import amplicon_samples
     from q2_aam.core.data import validation_split
-    from q2_aam.core.linear import plan_readout, readout_blocks
+    from q2_aam.core.readout import plan_readout, readout_blocks
     from q2_aam.example_data.variants import common_region
     data = common_region()
     ids = list(data.metadata.index[data.metadata["study"] == "karelia"])
@@ -64,7 +65,7 @@ def karelia_blocks():
 
 
 def main():
-    from q2_aam.core import linear
+    from q2_aam.core.readout import choice
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", nargs="+", default=["25a231c", "8acec1c"])
     parser.add_argument("--repeats", type=int, default=1)
@@ -74,7 +75,7 @@ def main():
     log(f"{shape[0]} samples x {shape[1]} columns ("
         + ", ".join(f"{k} {x.shape[1]}" for k, x in blocks.items()) + ")")
     versions = {**{f"before ({commit})": module_at(commit) for commit in args.before},
-                "now": linear}
+                "now": choice}
     runs = {name: [] for name in versions}
     for _ in range(args.repeats):
         for name, module in versions.items():

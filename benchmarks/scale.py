@@ -48,15 +48,14 @@ def synthetic(n: int, seed: int = 0):
 
 def run_one(n: int, path: str) -> dict:
     import numpy as np
-    from q2_aam import _inputs
-    from q2_aam.core import api
+    from q2_aam.core import api, unifrac
     from q2_aam.core.engine import TrainConfig
     started = time.perf_counter()
     samples, tree = synthetic(n)
     # Force the path: the full matrix at any n, or the tree at any n.
-    _inputs.UNIFRAC_MATRIX_MAX_SAMPLES = n if path == "matrix" else 0
+    unifrac.UNIFRAC_MATRIX_MAX_SAMPLES = n if path == "matrix" else 0
     prepared = time.perf_counter()
-    distances = _inputs.unifrac_distances(samples, tree, None, "unweighted")
+    distances = unifrac.unifrac_distances(samples, tree, "unweighted")
     distance_s = time.perf_counter() - prepared
     bundle = api.pretrain(samples, distances, architecture=ARCHITECTURE,
                           config=TrainConfig(epochs=1, batch_size=32, seed=0, device="cpu"),

@@ -56,7 +56,7 @@ def run_phase(phase: str, samples_n: int, epochs: int, patch: int, precision: st
     import numpy as np
     import torch
     from common import load
-    from q2_aam._inputs import unifrac_distances
+    from q2_aam.core.unifrac import unifrac_distances
     from q2_aam.core import api
     from q2_aam.core.bundle import ModelBundle
     from q2_aam.core.engine import TrainConfig
@@ -76,7 +76,7 @@ def run_phase(phase: str, samples_n: int, epochs: int, patch: int, precision: st
     small = samples.subset(np.arange(32))
     flop_config = lambda epochs: dataclasses.replace(config, epochs=epochs, patience=epochs)  # noqa
     if phase == "pretrain":
-        distances = unifrac_distances(samples, data.tree, None, "unweighted")
+        distances = unifrac_distances(samples, data.tree, "unweighted")
         pretrain = lambda s, d, c: api.pretrain(  # noqa: E731
             s, d, architecture=architecture, config=c, validation_fraction=0.0, log=quiet)
         bundle = pretrain(samples, distances, config)

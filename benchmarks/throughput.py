@@ -25,13 +25,13 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     import numpy as np
-    from q2_aam._inputs import unifrac_distances
+    from q2_aam.core.unifrac import unifrac_distances
     from q2_aam.core import api
     from q2_aam.core.engine import TrainConfig
 
     data, samples, _ = load(args.dataset)
     samples = samples.subset(np.arange(min(args.samples, len(samples))))
-    distances = unifrac_distances(samples, data.tree, None, "unweighted")
+    distances = unifrac_distances(samples, data.tree, "unweighted")
     cores = os.cpu_count()
     rows = []
     for n in args.processes:

@@ -16,7 +16,7 @@ presences; clades need a tree of the variants) and one epoch of a small network
 (embedding 16, 1 + 1 layers, token limit 64, batch 32), then ``predict`` reads the same
 table. Each (size, version) runs in its own process under a wall-clock ``--limit``; a
 version other than ``now`` is a commit whose ``q2_aam.core.linear.fit_regression`` is
-swapped in. Seconds per step come from the model's training record; peak RSS is the
+swapped in (for the readout's fit in ``q2_aam.core.readout.plan``). Seconds per step come from the model's training record; peak RSS is the
 process's. ``--predict-sizes``: a model trained on 2,000 x 10,000 predicts tables of that
 many samples (same ASVs), each in a fresh process that loads the saved model, with the
 process's memory before and at the peak of ``predict``. Results:
@@ -78,7 +78,8 @@ def synthetic(n: int, n_asvs: int, seed: int = 0):
 
 
 def run_one(size: str, version: str) -> dict:
-    from q2_aam.core import api, linear
+    from q2_aam.core import api
+    from q2_aam.core.readout import plan as readout_plan
     from q2_aam.core.engine import TrainConfig
     n, n_asvs = (int(v) for v in size.split("x"))
     if version != "now":
@@ -87,7 +88,7 @@ def run_one(size: str, version: str) -> dict:
         earlier = module_at(version).fit_regression
         takes = inspect.signature(earlier).parameters
         # earlier commits took dense blocks (readout_blocks made them so), some no log
-        linear.fit_regression = lambda blocks, *args, **kwargs: earlier(
+        readout_plan.fit_regression = lambda blocks, *args, **kwargs: earlier(
             {name: x.toarray() for name, x in blocks.items()}, *args,
             **{k: v for k, v in kwargs.items() if k in takes})
     started = time.perf_counter()

@@ -8,6 +8,8 @@ commands a user runs on real data.
 import numpy as np
 import pandas as pd
 
+from .core.options import TRAIN_RECIPE
+
 N_SAMPLES, N_FEATURES = 40, 12
 
 
@@ -207,7 +209,8 @@ def train_and_evaluate(use):
     use.comment("Hold out a fifth of the samples, train on the rest and score the held-out "
                 "ones. With longitudinal data add --m-subjects-file/--m-subjects-column so a "
                 "subject's samples stay on one side; --p-pretrain-epochs pretrains first. 3 "
-                "epochs keep the example fast; on real data keep the default (40).")
+                "epochs keep the example fast; on real data keep the default "
+                f"({TRAIN_RECIPE['epochs']}).")
     use.action(use.UsageAction(plugin_id="aam", action_id="train_and_evaluate"),
                use.UsageInputs(table=table, metadata=age, task="regression", epochs=3),
                use.UsageOutputNames(model="model", predictions="test_predictions",

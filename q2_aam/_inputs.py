@@ -6,9 +6,7 @@ never when the plugin is loaded.
 """
 
 import functools
-import os
 import sys
-import tempfile
 
 import biom
 import numpy as np
@@ -77,85 +75,45 @@ def amplicon_samples(table: biom.Table, sequences: pd.Series | None, token_limit
         feature_sequences(table, sequences), token_limit)
 
 
-#: Up to this many samples, UniFrac is computed once as a full matrix (fastest); past it,
-#: per batch from the tree (core.unifrac.TreeDistances), since n x n doubles outgrow memory
-#: (5,000 samples: 200 MB; 100,000: 80 GB).
-UNIFRAC_MATRIX_MAX_SAMPLES = 5000
-
-
-def check_tips(samples, phylogeny: skbio.TreeNode):
-    """The kept counts ``(features, samples)``, the features the model sees and their IDs;
-    refuses a phylogeny that lacks any of them."""
-    kept = samples.kept_counts().T.tocsr()  # (features, samples)
-    used = np.flatnonzero(np.asarray(kept.sum(axis=1)).ravel() > 0)
-    feature_ids = [samples.feature_ids[i] for i in used]
-    tips = {t.name for t in phylogeny.tips()}
-    missing = [f for f in feature_ids if f not in tips]
+def check_tips(samples, phylogeny: skbio.TreeNode) -> None:
+    """Refuse a phylogeny that lacks a feature the model sees."""
+    from .core.unifrac import held_features, missing_tips
+    missing = missing_tips(held_features(samples)[2], phylogeny)
     if missing:
         raise ValueError(f"{len(missing)} feature(s) are not tips of the phylogeny "
                          f"({examples(missing)}). Use a tree built from these sequences "
                          "(e.g. qiime phylogeny align-to-tree-mafft-fasttree).")
-    return kept, used, feature_ids
 
 
-def unifrac_distances(samples, phylogeny: skbio.TreeNode | None,
-                      distance_matrix: skbio.DistanceMatrix | None, metric: str):
-    """``(n, n)`` distances between ``samples``, in their order, or, past
-    ``UNIFRAC_MATRIX_MAX_SAMPLES`` samples with a phylogeny, a ``TreeDistances`` that computes
-    each batch's pairs.
-
-    From the given matrix, or UniFrac computed on the counts the model sees
-    (each sample's ``token_limit`` most abundant ASVs).
-    """
-    if phylogeny is not None and distance_matrix is not None:
-        raise ValueError("Give either a phylogeny (--i-phylogeny) or a distance matrix "
-                         "(--i-distance-matrix) for UniFrac, not both.")
+def matrix_distances(samples, distance_matrix: skbio.DistanceMatrix):
+    """The ``(n, n)`` distances between ``samples``, in their order, from the given matrix."""
     ids = samples.sample_ids
-    if distance_matrix is not None:
-        missing = [i for i in ids if i not in distance_matrix.ids]
-        if missing:
-            raise ValueError(f"{len(missing)} sample(s) of the table are not in the distance "
-                             f"matrix ({examples(missing)}). Use a matrix computed on the "
-                             "same samples.")
-        return distance_matrix.filter(ids).data
-    if phylogeny is None:  # the core's Objective says what to give
-        return None
-    import unifrac
-    kept, used, feature_ids = check_tips(samples, phylogeny)
-    if len(ids) > UNIFRAC_MATRIX_MAX_SAMPLES:
-        from .core.api import TreeDistances
-        log(f"{len(ids)} samples: {metric} UniFrac is computed for each batch's pairs as "
-            f"training needs them (past {UNIFRAC_MATRIX_MAX_SAMPLES} samples the full matrix "
-            "is not held in memory).")
-        return TreeDistances(samples, phylogeny, metric)
-    table = biom.Table(kept[used], feature_ids, ids)
-    log(f"Computing {metric} UniFrac for {len(ids)} samples on the ASVs the model sees.")
-    if metric == "unweighted":
-        result = unifrac.unweighted(table, phylogeny)
-    else:
-        # unifrac 1.2 reads weighted UniFrac's inputs from files only (it passes str(table)
-        # on), so they go through a BIOM HDF5 file and a Newick file.
-        with tempfile.TemporaryDirectory(prefix="q2-aam-unifrac-") as folder:
-            table_path, tree_path = os.path.join(folder, "table.biom"), \
-                os.path.join(folder, "tree.nwk")
-            with biom.util.biom_open(table_path, "w") as handle:
-                table.to_hdf5(handle, "q2-aam")
-            phylogeny.write(tree_path, format="newick")
-            result = unifrac.weighted_normalized(table_path, tree_path)
-    return result.filter(ids).data
+    missing = [i for i in ids if i not in distance_matrix.ids]
+    if missing:
+        raise ValueError(f"{len(missing)} sample(s) of the table are not in the distance "
+                         f"matrix ({examples(missing)}). Use a matrix computed on the "
+                         "same samples.")
+    return distance_matrix.filter(ids).data
 
 
 def distances_if_used(samples, phylogeny, distance_matrix, metric, weight,
                       clades: bool = False):
-    """UniFrac distances when the UniFrac loss is on; refuse inputs that would go unused
-    (``clades``: the phylogeny is used by the linear readout's clades)."""
+    """UniFrac distances when the UniFrac loss is on: the given matrix's, or a function that
+    computes them from the phylogeny (``core.unifrac.unifrac_distances``); refuse inputs that
+    would go unused (``clades``: the phylogeny is used by the linear readout's clades)."""
     if weight > 0:
-        if distance_matrix is not None or phylogeny is None:  # a lookup: checked here
-            return unifrac_distances(samples, phylogeny, distance_matrix, metric)
+        if phylogeny is not None and distance_matrix is not None:
+            raise ValueError("Give either a phylogeny (--i-phylogeny) or a distance matrix "
+                             "(--i-distance-matrix) for UniFrac, not both.")
+        if distance_matrix is not None:
+            return matrix_distances(samples, distance_matrix)
+        if phylogeny is None:  # the core's Objective says what to give
+            return None
+        from .core.unifrac import unifrac_distances
         # The tree is checked now; UniFrac itself (the slow part) is computed by the core
         # once it has checked every other input.
         check_tips(samples, phylogeny)
-        return functools.partial(unifrac_distances, samples, phylogeny, None, metric)
+        return functools.partial(unifrac_distances, samples, phylogeny, metric, log=log)
     if distance_matrix is not None:
         raise ValueError("A distance matrix was given, but --p-unifrac-weight is 0, so it "
                          "would not be used. Set --p-unifrac-weight (e.g. 0.1) to use "
@@ -190,6 +148,49 @@ def settings(params: dict):
     config = TrainConfig(**{k: params[k] for k in OPTIMISATION}, seed=params["random_state"],
                          device=params["device"])
     return config, {k: params[k] for k in ARCHITECTURE if k in params}
+
+
+def token_limit_of(pretrained: ModelBundle | None, token_limit: int | None) -> int:
+    """``token_limit``, else the pretrained encoder's, else the default."""
+    if token_limit is not None:
+        return token_limit
+    return (pretrained.training.get("token_limit", DEFAULT_TOKEN_LIMIT) if pretrained
+            else DEFAULT_TOKEN_LIMIT)
+
+
+#: ``train``'s conditioning parameters, which the architecture takes as they are.
+CONDITIONING = ("categorical_fusion", "cross_attn_heads", "perceiver_num_latents",
+                "perceiver_num_layers", "film_conditioning", "conditional_output_scaling")
+
+
+def train_arguments(params: dict, samples, values: pd.Series):
+    """``api.train``'s targets and keyword arguments (but its steps and log) from ``train``'s
+    parameters (``params``), its ``samples`` and their target ``values``."""
+    classification = params["task"] == "classification"
+    config, architecture = settings(params)
+    readout_tree = params["linear_readout"] and not classification
+    architecture.update({k: params[k] for k in CONDITIONING})
+    if classification and not isinstance(params["metadata"], qiime2.CategoricalMetadataColumn):
+        values = class_names(values)
+    ids, sample_metadata = samples.sample_ids, params["sample_metadata"]
+    phylogeny, pretrained = params["phylogeny"], params["pretrained"]
+    loss = {"kind": params["loss"], "quantiles": params["quantiles"],
+            "over_penalty": params["over_penalty"], "under_penalty": params["under_penalty"]}
+    return values.to_numpy(), dict(
+        task=params["task"], target_name=str(params["metadata"].name),
+        architecture=architecture, config=config, pretrained=pretrained,
+        freeze_encoder=params["freeze_encoder"] and pretrained is not None,
+        loss=loss, normalize_groups=category_groups(sample_metadata, params["normalize_by"], ids),
+        distances=distances_if_used(samples, phylogeny, params["distance_matrix"],
+                                    params["unifrac_metric"], params["unifrac_weight"],
+                                    clades=readout_tree),
+        categorical=categorical_columns(sample_metadata, params["categorical_columns"], ids),
+        phylogeny=phylogeny if readout_tree else None,
+        groups=subject_groups(params["subjects"], ids),
+        **{k: params[k] for k in ("linear_readout", "asv_min_samples", "target_transform",
+                                  "output_constraint", "normalize_by", "class_weights",
+                                  "unifrac_weight", "mlm_weight", "mask_rate",
+                                  "validation_fraction", "checkpoint_dir", "tensorboard_dir")})
 
 
 def subject_groups(subjects: qiime2.Metadata | None, sample_ids):
@@ -284,7 +285,7 @@ def prediction_inputs(model: ModelBundle, table: biom.Table, sequences: pd.Serie
                       sample_metadata: qiime2.Metadata | None, sample_ids=None):
     """The table's samples as the model reads them, with the metadata it needs: ``(samples,
     normalize groups, categorical columns)``."""
-    samples = amplicon_samples(table, sequences, model.training.get("token_limit", DEFAULT_TOKEN_LIMIT),
+    samples = amplicon_samples(table, sequences, token_limit_of(model, None),
                                sample_ids=sample_ids)
     columns = model.target.get("normalize_by") or None
     if columns and sample_metadata is None:

@@ -4,7 +4,9 @@ each step has its own provenance."""
 import numpy as np
 import pandas as pd
 
-from .core.options import DEFAULT_FUSION
+from .core.options import (DEFAULT_CLASS_WEIGHTS, DEFAULT_DEVICE, DEFAULT_FUSION,
+                           DEFAULT_MISSING_SAMPLES, DEFAULT_TASK, PRETRAIN_RECIPE, TEST_SIZE,
+                           TRAIN_RECIPE, TRAINING)
 
 
 def split_ids(ids: list, truth: pd.Series, subjects: pd.Series | None, test_size: float,
@@ -34,11 +36,13 @@ def split_ids(ids: list, truth: pd.Series, subjects: pd.Series | None, test_size
     return [labelled[k] for k in train], [labelled[k] for k in test]
 
 
-def train_and_evaluate(ctx, table, metadata, task="regression", sequences=None,
+def train_and_evaluate(ctx, table, metadata, task=DEFAULT_TASK, sequences=None,
                        phylogeny=None, pretrained=None, subjects=None, sample_metadata=None,
                        categorical_columns=None, categorical_fusion=DEFAULT_FUSION,
-                       missing_samples="error", class_weights="none", test_size=0.2,
-                       pretrain_epochs=0, epochs=40, random_state=0, device="auto"):
+                       missing_samples=DEFAULT_MISSING_SAMPLES,
+                       class_weights=DEFAULT_CLASS_WEIGHTS, test_size=TEST_SIZE,
+                       pretrain_epochs=0, epochs=TRAIN_RECIPE["epochs"],
+                       random_state=TRAINING["seed"], device=DEFAULT_DEVICE):
     import biom
     import qiime2
     regression = task == "regression"
@@ -74,16 +78,14 @@ def train_and_evaluate(ctx, table, metadata, task="regression", sequences=None,
         # Unlabelled: every sample's table, no target (as in the benchmarks: docs/accuracy.md).
         encoder, = ctx.get_action("aam", "pretrain")(
             table=table, sequences=sequences, phylogeny=phylogeny,
-            unifrac_weight=1.0 if phylogeny is not None else 0.0, epochs=pretrain_epochs,
-            **common)
-    conditioning = ({} if not categorical_columns else
-                    dict(categorical_columns=categorical_columns,
-                         categorical_fusion=categorical_fusion))
+            unifrac_weight=PRETRAIN_RECIPE["unifrac_weight"] if phylogeny is not None else 0.0,
+            epochs=pretrain_epochs, **common)
+    conditioning = (dict(categorical_columns=categorical_columns,
+                         categorical_fusion=categorical_fusion) if categorical_columns else {})
     model, = ctx.get_action("aam", "train")(
         table=train_table, metadata=metadata, task=task, sequences=sequences,
         pretrained=encoder, phylogeny=phylogeny if regression else None, subjects=subjects,
-        sample_metadata=sample_metadata,
-        missing_samples=missing_samples, epochs=epochs,
+        sample_metadata=sample_metadata, missing_samples=missing_samples, epochs=epochs,
         **({} if regression else {"class_weights": class_weights}), **conditioning, **common)
     model_metadata = {"sample_metadata": sample_metadata} if categorical_columns else {}
     predict = ctx.get_action("aam", "predict" if regression else "predict_classification")

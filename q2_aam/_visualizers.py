@@ -2,8 +2,9 @@
 
 Every plot is an SVG drawn by matplotlib and every plot's numbers are also a
 TSV next to it; the page uses only q2templates' bundled assets (no CDN), so
-it opens from ``file://`` and in QIIME 2 View. The tables come from
-``core.explain``; this module draws them.
+it opens from ``file://`` and in QIIME 2 View. The attribution tables come
+from ``core.explain``, the history and accuracy tables from here; this module
+draws them all.
 """
 
 import hashlib
@@ -17,7 +18,8 @@ import qiime2
 
 from . import _inputs as inputs
 from .core.bundle import ModelBundle
-from .core.options import DEFAULT_MATCH_IDENTITY, DEFAULT_TOKEN_LIMIT
+from .core.options import (CONDITIONING_VIEW, DEFAULT_DEVICE, DEFAULT_MATCH_IDENTITY,
+                           DEFAULT_TOKEN_LIMIT, PREDICT_BATCH_SIZE)
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 
@@ -143,16 +145,19 @@ def _architecture_words(model: ModelBundle) -> str:
             f", fusion {c.get('categorical_fusion', 'none')}.")
 
 
-def training_history(output_dir: str, model: ModelBundle) -> None:
-    from .core.api import history_frame, kept_epoch
+def _history_frame(model: ModelBundle) -> pd.DataFrame:
+    """The model's per-epoch training history as a table indexed by epoch."""
+    history = model.training.get("history", [])
+    if not history:
+        raise ValueError("This model has no training history (it was saved without one). "
+                         "Retrain it with this version of q2-aam.")
+    return pd.DataFrame(history).set_index("epoch").sort_index()
+
+
+def _history_figure(output_dir: str, model: ModelBundle, history: pd.DataFrame, kept: int,
+                    target: str) -> str:
+    """A panel per loss, per validation metric and the learning rate, per epoch."""
     plt = _pyplot()
-    try:
-        history = history_frame(model.training.get("history", []))
-    except ValueError as error:
-        raise ValueError(f"{error} Retrain it with this version of q2-aam.") from None
-    target = model.target.get("name", "the target")
-    kept = model.training.get("kept_epoch", kept_epoch(
-        model.training.get("history", []), model.training.get("n_validation", 0) > 0))
     panels = [(f"{key}", label) for key, label in HISTORY_PANELS
               if f"train_{key}" in history or f"val_{key}" in history]
     metrics = [c for c in ("val_mae", "val_r2", "val_accuracy") if c in history]
@@ -188,8 +193,11 @@ def training_history(output_dir: str, model: ModelBundle) -> None:
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.tight_layout()
-    figure = _save(fig, output_dir, "history.svg")
-    download = _tsv(history, output_dir, "history.tsv")
+    return _save(fig, output_dir, "history.svg")
+
+
+def _history_intro(model: ModelBundle, history: pd.DataFrame, kept: int, target: str) -> list:
+    """How the model was trained, its architecture, which epoch it keeps, each step's time."""
     config = model.training.get("config", {})
     what = (f"A {model.kind} of {target!r}" if model.kind != "encoder" else "An encoder")
     intro = [f"{what} trained by '{model.training.get('action', '?')}' "
@@ -203,6 +211,11 @@ def training_history(output_dir: str, model: ModelBundle) -> None:
     if steps:
         intro.append("Time per step: " + "; ".join(
             f"{name} {seconds:.1f} s" for name, seconds in steps) + ".")
+    return intro
+
+
+def _history_summary(history: pd.DataFrame, kept: int, target: str) -> pd.DataFrame:
+    """The kept epoch's and the last epoch's numbers, a row per history column."""
     shown = history.drop(columns=[c for c in ("best",) if c in history])
     columns = {f"last epoch ({history.index.max()})": shown.loc[history.index.max()]}
     if kept in shown.index and kept != history.index.max():
@@ -210,23 +223,31 @@ def training_history(output_dir: str, model: ModelBundle) -> None:
     summary = pd.DataFrame(columns).rename(index=lambda c: _history_row_name(c, target))
     summary = summary.dropna(how="all").applymap(
         lambda v: "not measured" if pd.isna(v) else f"{v:.4g}")
+    return summary.rename_axis("").reset_index()
+
+
+def training_history(output_dir: str, model: ModelBundle) -> None:
+    from .core.api import kept_epoch
+    history = _history_frame(model)
+    target = model.target.get("name", "the target")
+    kept = model.training.get("kept_epoch", kept_epoch(
+        model.training.get("history", []), model.training.get("n_validation", 0) > 0))
+    figure = _history_figure(output_dir, model, history, kept, target)
+    download = _tsv(history, output_dir, "history.tsv")
+    intro = _history_intro(model, history, kept, target)
     _render(output_dir, "Training history", intro, [_section(
         "Loss components and metrics per epoch",
         ["Training losses are averages over the epoch's batches; validation losses and metrics "
          "are computed on the held-out validation samples after each epoch. The losses are "
          "on the scale the model learns; MAE and R² are in the target's own units."],
-        [_figure(figure)], [download], table=summary.rename_axis("").reset_index(), index=False)])
+        [_figure(figure)], [download], table=_history_summary(history, kept, target),
+        index=False)])
 
 
 # --- accuracy ----------------------------------------------------------------------------
 
-def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
-             metadata: qiime2.MetadataColumn, sequences: pd.Series = None,
-             sample_metadata: qiime2.Metadata = None, batch_size: int = 64,
-             device: str = "auto", match_identity: float = DEFAULT_MATCH_IDENTITY) -> None:
-    from .core.api import confusion, regression_accuracy
-    plt = _pyplot()
-    truth = metadata.to_series()
+def _scored_ids(table: biom.Table, truth: pd.Series) -> list:
+    """The table's samples with an observed value (the others are left out, with a word)."""
     table_ids = [str(i) for i in table.ids()]
     ids = [i for i in table_ids if i in truth.index and not pd.isna(truth[i])]
     if not ids:
@@ -236,6 +257,109 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
         left = [i for i in table_ids if i not in ids]
         inputs.log(f"Scoring {len(ids)} sample(s); leaving out {len(left)} without a value in "
              f"{truth.name!r} ({inputs.examples(left)}).")
+    return ids
+
+
+def _confusion(observed, predicted, classes) -> pd.DataFrame:
+    """Counts of (observed class, predicted class); rows observed, columns predicted.
+
+    Observed labels that the model does not know get their own rows.
+    """
+    observed = pd.Categorical(np.asarray(observed, dtype=str),
+                              categories=list(classes) + sorted(set(map(str, observed))
+                                                                - set(classes)))
+    predicted = pd.Categorical(np.asarray(predicted, dtype=str), categories=list(classes))
+    table = pd.crosstab(observed, predicted, dropna=False)
+    table.index.name, table.columns.name = "observed", "predicted"
+    return table
+
+
+def _regression_section(output_dir: str, frame: pd.DataFrame, target: str, downloads: list,
+                        notes: list) -> dict:
+    """Predicted against observed values: a scatter plot, MAE, RMSE, R² and Pearson r²."""
+    from .core.api import regression_accuracy
+    plt = _pyplot()
+    scores = regression_accuracy(frame["observed"], frame["predicted"])
+    pearson = (float(np.corrcoef(frame["observed"], frame["predicted"])[0, 1] ** 2)
+               if scores["n"] > 1 and frame["observed"].std() > 0
+               and frame["predicted"].std() > 0 else float("nan"))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(frame["observed"], frame["predicted"], s=12, alpha=0.6)
+    low = float(min(frame[["observed", "predicted"]].min()))
+    high = float(max(frame[["observed", "predicted"]].max()))
+    ax.plot([low, high], [low, high], color="grey", lw=1, label="predicted = observed")
+    ax.set_xlabel(f"observed {target} (its units)")
+    ax.set_ylabel(f"predicted {target} (its units)")
+    ax.set_title(f"MAE {scores['mae']:.4g}   R² {_shown(scores['r2'], '.3f')}   "
+                 f"Pearson r² {_shown(pearson, '.3f')}   n {scores['n']}")
+    ax.legend(loc="upper left")
+    figure = _save(fig, output_dir, "accuracy.svg")
+    summary = pd.DataFrame({
+        "measure": [f"mean absolute error (units of {target!r})",
+                    f"root mean squared error (units of {target!r})",
+                    "R², coefficient of determination: 1 - (squared errors) / (squared "
+                    "deviations from the mean); 0 for predicting the mean",
+                    "Pearson r², squared correlation of predicted and observed (what "
+                    "q2-sample-classifier's scatterplot shows as r-squared)",
+                    "samples"],
+        "value": [f"{scores['mae']:.4g}", f"{scores['rmse']:.4g}",
+                  _shown(scores["r2"], ".3f"), _shown(pearson, ".3f"), str(scores["n"])]})
+    text = [f"Predicted against observed {target!r} for {scores['n']} samples; the line is "
+            "a perfect prediction. R² counts every error, bias included; Pearson r² only "
+            "how well the predictions line up (an offset or a scale does not lower it), "
+            "so r² is never below R². "
+            "Score samples the model did not train on for an honest estimate."]
+    return _section("Predicted vs observed", text + notes, [_figure(figure)], downloads,
+                    table=summary, index=False)
+
+
+def _classification_section(output_dir: str, frame: pd.DataFrame, target: str, classes,
+                            downloads: list, notes: list) -> dict:
+    """Observed against predicted classes: a confusion matrix and the accuracy, next to
+    always calling the most common class."""
+    plt = _pyplot()
+    matrix = _confusion(frame["observed"], frame["predicted"], classes)
+    downloads = downloads + [_tsv(matrix, output_dir, "confusion.tsv")]
+    correct = float((frame["observed"].astype(str) == frame["predicted"].astype(str)).mean())
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * matrix.shape[1],
+                                    1.2 + 0.5 * matrix.shape[0]))
+    ax.imshow(matrix.to_numpy(), cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix.to_numpy()):
+        ax.text(j, i, str(count), ha="center", va="center")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
+    ax.set_yticks(range(matrix.shape[0]), matrix.index)
+    ax.set_xlabel(f"predicted {target} (class)")
+    ax.set_ylabel(f"observed {target} (class)")
+    ax.set_title(f"accuracy {correct:.3f}   n {len(frame)}")
+    figure = _save(fig, output_dir, "accuracy.svg")
+    share = frame["observed"].astype(str).value_counts(normalize=True)
+    summary = pd.DataFrame({
+        "measure": ["accuracy (share of samples whose class is right)",
+                    f"always the most common class ({share.index[0]!r})", "samples"],
+        "value": [f"{correct:.3f}", f"{share.iloc[0]:.3f}", str(len(frame))]})
+    text = [f"Observed (rows) against predicted (columns) classes of {target!r}. "
+            f"Calling every sample {share.index[0]!r} would be right {share.iloc[0]:.1%} "
+            "of the time: a useful classifier beats that."]
+    return _section("Predicted vs observed", text + notes, [_figure(figure)], downloads,
+                    table=summary, index=False)
+
+
+def _new_asv_words(new_asvs: pd.DataFrame, match_identity: float) -> str:
+    """How much of the samples' reads lie outside the model's training vocabulary."""
+    share = new_asvs.drop(columns="reads_in_vocabulary").sum(axis=1)
+    return (f"Reads in ASVs outside the model's training vocabulary: median {share.median():.1%}"
+            f" of a sample's reads (max {share.max():.1%}); predictions.tsv gives each "
+            "sample's share read as the nearest vocabulary ASV (at least "
+            f"{match_identity:.0%} identity) and unmatched. Where it is high, the model "
+            "extrapolates.")
+
+
+def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
+             metadata: qiime2.MetadataColumn, sequences: pd.Series = None,
+             sample_metadata: qiime2.Metadata = None, batch_size: int = PREDICT_BATCH_SIZE,
+             device: str = DEFAULT_DEVICE, match_identity: float = DEFAULT_MATCH_IDENTITY) -> None:
+    truth = metadata.to_series()
+    ids = _scored_ids(table, truth)
     regression = model.kind == "regressor"
     if regression and isinstance(metadata, qiime2.CategoricalMetadataColumn):
         raise ValueError(f"This model is a regressor, but the column {truth.name!r} is "
@@ -252,71 +376,13 @@ def accuracy(output_dir: str, model: ModelBundle, table: biom.Table,
     if new_asvs is not None:
         frame = frame.join(new_asvs)
     downloads = [_tsv(frame, output_dir, "predictions.tsv")]
+    notes = [] if new_asvs is None else [_new_asv_words(new_asvs, match_identity)]
     if regression:
-        scores = regression_accuracy(frame["observed"], frame["predicted"])
-        pearson = (float(np.corrcoef(frame["observed"], frame["predicted"])[0, 1] ** 2)
-                   if scores["n"] > 1 and frame["observed"].std() > 0
-                   and frame["predicted"].std() > 0 else float("nan"))
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(frame["observed"], frame["predicted"], s=12, alpha=0.6)
-        low = float(min(frame[["observed", "predicted"]].min()))
-        high = float(max(frame[["observed", "predicted"]].max()))
-        ax.plot([low, high], [low, high], color="grey", lw=1, label="predicted = observed")
-        ax.set_xlabel(f"observed {target} (its units)")
-        ax.set_ylabel(f"predicted {target} (its units)")
-        ax.set_title(f"MAE {scores['mae']:.4g}   R² {_shown(scores['r2'], '.3f')}   "
-                     f"Pearson r² {_shown(pearson, '.3f')}   n {scores['n']}")
-        ax.legend(loc="upper left")
-        figure = _save(fig, output_dir, "accuracy.svg")
-        summary = pd.DataFrame({
-            "measure": [f"mean absolute error (units of {target!r})",
-                        f"root mean squared error (units of {target!r})",
-                        "R², coefficient of determination: 1 - (squared errors) / (squared "
-                        "deviations from the mean); 0 for predicting the mean",
-                        "Pearson r², squared correlation of predicted and observed (what "
-                        "q2-sample-classifier's scatterplot shows as r-squared)",
-                        "samples"],
-            "value": [f"{scores['mae']:.4g}", f"{scores['rmse']:.4g}",
-                      _shown(scores["r2"], ".3f"), _shown(pearson, ".3f"), str(scores["n"])]})
-        text = [f"Predicted against observed {target!r} for {scores['n']} samples; the line is "
-                "a perfect prediction. R² counts every error, bias included; Pearson r² only "
-                "how well the predictions line up (an offset or a scale does not lower it), "
-                "so r² is never below R². "
-                "Score samples the model did not train on for an honest estimate."]
+        section = _regression_section(output_dir, frame, target, downloads, notes)
     else:
-        matrix = confusion(frame["observed"], frame["predicted"], model.target["classes"])
-        downloads.append(_tsv(matrix, output_dir, "confusion.tsv"))
-        correct = float((frame["observed"].astype(str) == frame["predicted"].astype(str)).mean())
-        fig, ax = plt.subplots(figsize=(1.5 + 0.6 * matrix.shape[1],
-                                        1.2 + 0.5 * matrix.shape[0]))
-        ax.imshow(matrix.to_numpy(), cmap="Blues")
-        for (i, j), count in np.ndenumerate(matrix.to_numpy()):
-            ax.text(j, i, str(count), ha="center", va="center")
-        ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=45, ha="right")
-        ax.set_yticks(range(matrix.shape[0]), matrix.index)
-        ax.set_xlabel(f"predicted {target} (class)")
-        ax.set_ylabel(f"observed {target} (class)")
-        ax.set_title(f"accuracy {correct:.3f}   n {len(frame)}")
-        figure = _save(fig, output_dir, "accuracy.svg")
-        share = frame["observed"].astype(str).value_counts(normalize=True)
-        summary = pd.DataFrame({
-            "measure": ["accuracy (share of samples whose class is right)",
-                        f"always the most common class ({share.index[0]!r})", "samples"],
-            "value": [f"{correct:.3f}", f"{share.iloc[0]:.3f}", str(len(frame))]})
-        text = [f"Observed (rows) against predicted (columns) classes of {target!r}. "
-                f"Calling every sample {share.index[0]!r} would be right {share.iloc[0]:.1%} "
-                "of the time: a useful classifier beats that."]
-    if new_asvs is not None:
-        share = new_asvs.drop(columns="reads_in_vocabulary").sum(axis=1)
-        text.append(
-            f"Reads in ASVs outside the model's training vocabulary: median {share.median():.1%}"
-            f" of a sample's reads (max {share.max():.1%}); predictions.tsv gives each "
-            "sample's share read as the nearest vocabulary ASV (at least "
-            f"{match_identity:.0%} identity) and unmatched. Where it is high, the model "
-            "extrapolates.")
-    _render(output_dir, "Accuracy", [f"Model: {model.kind} of {target!r}."],
-            [_section("Predicted vs observed", text, [_figure(figure)], downloads,
-                      table=summary, index=False)])
+        section = _classification_section(output_dir, frame, target, model.target["classes"],
+                                          downloads, notes)
+    _render(output_dir, "Accuracy", [f"Model: {model.kind} of {target!r}."], [section])
 
 
 def _shown(value: float, spec: str) -> str:
@@ -329,8 +395,8 @@ def _new_asv_shares(model, table, sequences, ids, match_identity) -> pd.DataFram
     vocabulary, in new ASVs read as a vocabulary neighbour and in unmatched new ASVs
     (``None`` for a model without a vocabulary)."""
     from .core import api
-    samples = inputs.amplicon_samples(table, sequences, model.training.get("token_limit", DEFAULT_TOKEN_LIMIT),
-                                      sample_ids=ids)
+    limit = model.training.get("token_limit", DEFAULT_TOKEN_LIMIT)
+    samples = inputs.amplicon_samples(table, sequences, limit, sample_ids=ids)
     shares = api.read_shares(model, samples, match_identity)
     if shares is None:
         return None
@@ -526,12 +592,44 @@ def _conditioning_response(model, samples, categorical, sample_metadata, batch_s
                                      log=inputs.log)
 
 
+def _top_asv_table(samples, ranking: pd.Series, top: list, labels: dict) -> pd.DataFrame:
+    """The ``top`` ASVs of ``ranking`` by rank: label, ID, taxon, score, how many samples
+    hold each and its sequence."""
+    sequence = dict(zip(samples.feature_ids, samples.sequences))
+    held = np.bincount(samples.indices, minlength=len(samples.feature_ids))
+    index = {f: i for i, f in enumerate(samples.feature_ids)}
+    return pd.DataFrame({
+        "rank": range(1, len(top) + 1), "label": [labels[f][1] for f in top],
+        "feature_id": top,
+        "taxon": [labels[f][0] for f in top],
+        "attention_variance": ranking.loc[top].to_numpy(),
+        "n_samples": [int(held[index[f]]) for f in top],
+        "sequence": [sequence[f] for f in top]}).set_index("rank")
+
+
+def _attention_heatmaps(plt, output_dir, table, top, labels, groups, tokens, n_heads) -> list:
+    """A heatmap of the ``top`` ASVs' attention to each token per group, for the heads
+    averaged and for each head."""
+    from .core.api import heatmap_matrix
+    heads = ["mean"] + [str(h + 1) for h in range(n_heads)]
+    figures = []
+    for head in heads:
+        matrix = heatmap_matrix(table, top, head, groups, tokens)
+        title = "heads averaged" if head == "mean" else f"head {head}"
+        fig = _heatmap(plt, matrix, [f"{r}. {labels[f][1]}" for r, f in enumerate(top, 1)],
+                       groups, tokens,
+                       f"Mean attention of each ASV to each metadata token ({title})",
+                       "attention weight")
+        name = "cross-attention-mean.svg" if head == "mean" else f"cross-attention-head{head}.svg"
+        figures.append(_figure(_save(fig, output_dir, name), label=title))
+    return figures
+
+
 def _cross_attention_view(output_dir, model, outputs, samples, categorical, columns, taxonomy,
                           top_n, min_samples, response):
     """``response``: a function returning the per-ASV response, called once the attention
     ranking has shown there is something to rank (it is the slow part)."""
-    from .core.api import asv_attention, category_groups, heatmap_matrix, \
-        rank_by_variance, token_names
+    from .core.api import asv_attention, category_groups, rank_by_variance, token_names
     plt = _pyplot()
     weights = outputs["cross_attention"]
     table = asv_attention(weights, samples, categorical, columns)
@@ -543,28 +641,10 @@ def _cross_attention_view(output_dir, model, outputs, samples, categorical, colu
                          f"{min_samples}) or pass more samples.")
     top = list(ranking.index[:top_n])
     labels = _taxon_labels(samples.feature_ids, taxonomy)
-    sequence = dict(zip(samples.feature_ids, samples.sequences))
-    held = np.bincount(samples.indices, minlength=len(samples.feature_ids))
-    index = {f: i for i, f in enumerate(samples.feature_ids)}
-    top_table = pd.DataFrame({
-        "rank": range(1, len(top) + 1), "label": [labels[f][1] for f in top],
-        "feature_id": top,
-        "taxon": [labels[f][0] for f in top],
-        "attention_variance": ranking.loc[top].to_numpy(),
-        "n_samples": [int(held[index[f]]) for f in top],
-        "sequence": [sequence[f] for f in top]}).set_index("rank")
+    top_table = _top_asv_table(samples, ranking, top, labels)
     groups = [(c, v) for c, v, _ in category_groups(categorical)]
-    heads = ["mean"] + [str(h + 1) for h in range(weights.shape[1])]
-    figures = []
-    for head in heads:
-        matrix = heatmap_matrix(table, top, head, groups, tokens)
-        title = "heads averaged" if head == "mean" else f"head {head}"
-        fig = _heatmap(plt, matrix, [f"{r}. {labels[f][1]}" for r, f in enumerate(top, 1)],
-                       groups, tokens,
-                       f"Mean attention of each ASV to each metadata token ({title})",
-                       "attention weight")
-        name = "cross-attention-mean.svg" if head == "mean" else f"cross-attention-head{head}.svg"
-        figures.append(_figure(_save(fig, output_dir, name), label=title))
+    figures = _attention_heatmaps(plt, output_dir, table, top, labels, groups, tokens,
+                                  weights.shape[1])
     table.insert(1, "taxon", table["feature_id"].map(lambda f: labels[f][0]))
     downloads = [_tsv(top_table, output_dir, "top-asvs.tsv"),
                  _tsv(table, output_dir, "cross-attention.tsv", index=False)]
@@ -646,8 +726,9 @@ def _perceiver_view(output_dir, model, outputs, samples, categorical, columns, t
 
 def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
                          sample_metadata: qiime2.Metadata, sequences: pd.Series = None,
-                         taxonomy: pd.DataFrame = None, top_n: int = 30, min_samples: int = 5,
-                         batch_size: int = 64, device: str = "auto",
+                         taxonomy: pd.DataFrame = None, top_n: int = CONDITIONING_VIEW["top_n"],
+                         min_samples: int = CONDITIONING_VIEW["min_samples"],
+                         batch_size: int = PREDICT_BATCH_SIZE, device: str = DEFAULT_DEVICE,
                          match_identity: float = DEFAULT_MATCH_IDENTITY) -> None:
     from .core import api
     from .core.api import MISSING
@@ -661,13 +742,15 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
         raise ValueError(
             f"This model was trained {how} to show. explain-conditioning needs a model "
             f"trained with --p-categorical-columns and one of these fusions: {modes}.")
-    samples = inputs.amplicon_samples(table, sequences, model.training.get("token_limit", DEFAULT_TOKEN_LIMIT))
-    categorical = inputs.categorical_columns(sample_metadata, columns, samples.sample_ids, required=False,
-                               parameter=inputs.MODEL_COLUMNS)
+    samples = inputs.amplicon_samples(table, sequences,
+                                      model.training.get("token_limit", DEFAULT_TOKEN_LIMIT))
+    categorical = inputs.categorical_columns(sample_metadata, columns, samples.sample_ids,
+                                             required=False, parameter=inputs.MODEL_COLUMNS)
     absent = [i for i in samples.sample_ids if i not in sample_metadata.ids]
     if absent:
-        inputs.log(f"{len(absent)} sample(s) are not in the sample metadata ({inputs.examples(absent)}); "
-             f"the model reads their columns as unknown, and they are shown as {MISSING!r}.")
+        inputs.log(f"{len(absent)} sample(s) are not in the sample metadata "
+                   f"({inputs.examples(absent)}); the model reads their columns as unknown, "
+                   f"and they are shown as {MISSING!r}.")
     outputs = api.model_outputs(model, samples, batch_size=batch_size, device=device,
                                 categorical=categorical, match_identity=match_identity,
                                 log=inputs.log)

@@ -52,13 +52,20 @@ FRACTION = Float % Range(0, 1, inclusive_start=True, inclusive_end=False)
 WEIGHT = Float % Range(0, None)
 MATCH_IDENTITY = Float % Range(0.5, 1, inclusive_start=True, inclusive_end=True)
 
+
+def _inherited(name: str) -> str:
+    """How ``train``'s help gives the default of an architecture setting that a pretrained
+    encoder fixes (``_describe`` cuts the encoder's part for ``pretrain``)."""
+    return f"Default {options.ARCHITECTURE[name]:g}, or the pretrained model's."
+
+
 # Every description in one place, shared by the actions: what a setting does and when to
 # change it, once; q2cli adds the default. Longer explanations: docs/parameters.md.
 INPUTS = {
     "table": "Feature table of read counts; each sample is read as its most abundant ASVs.",
     "sequences": "The ASVs' sequences; not needed when the feature IDs are the sequences.",
     "phylogeny": "Rooted tree of the table's features, for UniFrac (from the tree, batch by "
-                 "batch, past 5,000 samples).",
+                 f"batch, past {options.UNIFRAC_MATRIX_MAX_SAMPLES:,} samples).",
     "distance_matrix": "Precomputed sample distances (e.g. UniFrac) instead of a phylogeny.",
     "pretrained": "An encoder from 'pretrain' to start from; its architecture and token "
                   "limit are kept.",
@@ -72,15 +79,15 @@ PARAMETERS = {
     "unifrac_metric": "UniFrac variant.",
     "token_limit": f"Most abundant ASVs read per sample. Default "
                    f"{options.DEFAULT_TOKEN_LIMIT}, or the pretrained model's.",
-    "embedding_dim": "Width of the layers. Default 64, or the pretrained model's.",
-    "attention_heads": "Heads per layer. Default 4, or the pretrained model's.",
-    "nucleotide_layers": "Nucleotide-encoder layers. Default 2, or the pretrained model's.",
-    "sample_layers": "Sample-encoder layers. Default 2, or the pretrained model's.",
-    "patch_size": "Nucleotides per token. Default 4, or the pretrained model's.",
+    "embedding_dim": f"Width of the layers. {_inherited('embedding_dim')}",
+    "attention_heads": f"Heads per layer. {_inherited('attention_heads')}",
+    "nucleotide_layers": f"Nucleotide-encoder layers. {_inherited('nucleotide_layers')}",
+    "sample_layers": f"Sample-encoder layers. {_inherited('sample_layers')}",
+    "patch_size": f"Nucleotides per token. {_inherited('patch_size')}",
     "target_layers": "Layers between encoder and head.",
-    "dropout": "Dropout. Default 0.1, or the pretrained model's.",
-    "nucleotide_dropout": "Nucleotide-encoder dropout (slow on CPU). Default 0, or the "
-                          "pretrained model's.",
+    "dropout": f"Dropout. {_inherited('dropout')}",
+    "nucleotide_dropout": "Nucleotide-encoder dropout (slow on CPU). "
+                          f"{_inherited('nucleotide_dropout')}",
     "epochs": "Most passes over the training samples.",
     "batch_size": "Samples per step.",
     "learning_rate": "Peak AdamW learning rate.",

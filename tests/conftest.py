@@ -34,6 +34,40 @@ def samples():
     return random_samples()
 
 
+def small_model(task="regression", n_outputs=1, seed=0):
+    """An ``AAMModel`` of ``SMALL_ARCHITECTURE``, seeded, in eval mode."""
+    import torch
+    from q2_aam.core.model import AAMModel, ModelConfig
+    torch.manual_seed(seed)
+    return AAMModel(ModelConfig(task=task, n_outputs=n_outputs, **SMALL_ARCHITECTURE)).eval()
+
+
+def batch_of(samples, rows, targets=None):
+    """The collated batch of ``samples``' ``rows`` (their features tokenized)."""
+    from q2_aam.core.data import BatchCollator
+    from q2_aam.core.tokenizer import tokenize
+    tokens = tokenize(samples.sequences).tokens
+    return BatchCollator(samples, tokens, targets)(rows)
+
+
+def tiny_train(samples, seed=0, **kwargs):
+    """``api.train`` of a small regressor for 2 epochs (target: each sample's first count);
+    returns ``(bundle, y)``."""
+    from q2_aam.core import api
+    from q2_aam.core.engine import TrainConfig
+    y = np.array([float(samples.sample(i)[1][0]) for i in range(len(samples))])
+    return api.train(samples, y, task="regression", architecture=dict(SMALL_ARCHITECTURE),
+                     config=TrainConfig(epochs=2, batch_size=4, seed=seed, device="cpu"),
+                     log=lambda m: None, **kwargs), y
+
+
+def exported_data(artifact, folder):
+    """``artifact``'s data exported into ``folder / "exported"``; returns that folder."""
+    d = folder / "exported"
+    artifact.export_data(str(d))
+    return d
+
+
 @pytest.fixture(scope="session")
 def aam():
     """The plugin's actions, as the QIIME 2 Python API gives them."""

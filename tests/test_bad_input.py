@@ -10,7 +10,9 @@ it is stale. Regenerate it with::
 
 Faults that need a child process (a kill, SIGTERM, a full disk) are tested in
 ``test_training_run.py``; their messages are listed here too where one runs in
-process.
+process. After the catalogue come the bad-input tests that give their own input or
+check more than a Case does (that the refusal comes before any work, that a warning
+is said once, which samples are left out, a refusal by type).
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ import pandas as pd
 import pytest
 import qiime2
 import skbio
-from conftest import SMALL_ACTION
+from conftest import SMALL_ACTION, exported_data
+from qiime2.plugin import ValidationError
+
+from q2_aam.core.bundle import ModelBundle
 
 DOC = Path(__file__).parent.parent / "docs" / "bad-input.md"
 SMALL = SMALL_ACTION
@@ -40,6 +45,15 @@ class Case:
     expect: str  # regex of the key words of the message
     run: Callable  # run(c): does the wrong thing
     warns: bool = False  # a warning (training goes on) rather than a refusal
+
+
+def train_age(aam, ecam_subset, **kwargs):
+    """``train`` on the ECAM subset's training table and sequences, predicting age (each
+    keyword given replaces or adds to these)."""
+    a = ecam_subset["artifacts"]
+    args = dict(table=a["table"], sequences=a["sequences"],
+                metadata=ecam_subset["metadata"].get_column("age_days"))
+    return aam.actions.train(**{**args, **kwargs})
 
 
 class Context:
@@ -67,10 +81,7 @@ class Context:
         return qiime2.Metadata(frame)
 
     def train(self, **kwargs):
-        args = dict(table=self.a["table"], sequences=self.a["sequences"], metadata=self.age,
-                    epochs=1, **SMALL)
-        args.update(kwargs)
-        return self.aam.actions.train(**args)
+        return train_age(self.aam, self.subset, **{"epochs": 1, **SMALL, **kwargs})
 
     def pretrain(self, **kwargs):
         args = dict(table=self.a["full_table"], sequences=self.a["sequences"], epochs=1,
@@ -91,9 +102,7 @@ class Context:
         return [str(i) for i in self.table.ids()]
 
     def exported(self, model) -> Path:
-        d = self.tmp / "exported"
-        model.export_data(str(d))
-        return d
+        return exported_data(model, self.tmp)
 
 
 # -- helpers that make bad input -------------------------------------------------------------
@@ -580,6 +589,263 @@ def test_bad_distance_inputs_are_refused_before_any_work(inputs, aam, ecam_subse
         c.train(unifrac_weight=0.5, **bad)
     err = capfd.readouterr().err
     assert "Linear readout" not in err and "Training a regression" not in err, err[-2000:]
+
+
+# -- beyond the catalogue ---------------------------------------------------------------------
+# Bad input tested on its own: with its own input or settings, or with more than a Case
+# checks (that the refusal comes before any work, that a warning is said once, which
+# samples are left out and trained on, a refusal by type).
+
+# the feature table and the sequences
+
+def test_a_table_without_samples_is_named_as_such(aam, ecam_subset):
+    import biom
+    a = ecam_subset["artifacts"]
+    full = a["table"].view(biom.Table)
+    empty = full.filter([], axis="sample", inplace=False)
+    art = qiime2.Artifact.import_data("FeatureTable[Frequency]", empty)
+    with pytest.raises(ValueError, match="The feature table has no samples"):
+        aam.actions.train(table=art, sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"), epochs=1,
+                          **SMALL)
+
+
+def test_missing_samples_error_or_ignore(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"].to_dataframe()
+    partial = qiime2.Metadata(md.drop(index=ecam_subset["train_ids"][:3]))
+    col = partial.get_column("age_days")
+    with pytest.raises(ValueError, match="3 sample.*not in the metadata.*missing-samples"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"], metadata=col, epochs=1,
+                          **SMALL)
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"], metadata=col,
+                               missing_samples="ignore", epochs=1, **SMALL)
+    assert model.view(ModelBundle).training["n_samples"] == 37
+
+
+def test_non_integer_counts_are_named_and_read_as_relative_abundances(aam, ecam_subset,
+                                                                        capfd):
+    a = ecam_subset["artifacts"]
+    table = a["table"].view(biom.Table).norm(axis="sample", inplace=False)
+    given = qiime2.Artifact.import_data("FeatureTable[Frequency]", table)
+    capfd.readouterr()
+    aam.actions.train(table=given, sequences=a["sequences"], epochs=1,
+                      metadata=ecam_subset["metadata"].get_column("age_days"), **SMALL)
+    err = capfd.readouterr().err
+    assert "non-integer value(s) (e.g. 0." in err and "relative abundances" in err, err[-500:]
+
+
+def test_feature_ids_that_are_not_dna_need_sequences(aam, ecam_subset):
+    import biom
+    table = biom.load_table("/usr/lib/python3/dist-packages/q2_diversity_lib/tests/data/"
+                            "crawford.biom")
+    art = qiime2.Artifact.import_data("FeatureTable[Frequency]", table)
+    md = qiime2.Metadata(pd.DataFrame({"y": np.arange(table.shape[1], dtype=float)},
+                                      index=pd.Index(table.ids(), name="id")))
+    with pytest.raises(ValueError, match=r"--i-sequences.*not DNA sequences"):
+        aam.actions.train(table=art, metadata=md.get_column("y"), epochs=1)
+
+
+def _any_regressor(aam, ecam_subset):
+    m, = train_age(aam, ecam_subset, epochs=1, **SMALL)
+    return m
+
+
+def test_sequences_missing_for_features(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    seqs = a["sequences"].view(pd.Series).iloc[5:]
+    short = qiime2.Artifact.import_data("FeatureData[Sequence]", seqs)
+    with pytest.raises(ValueError, match="5 of the table's .* features have no sequence"):
+        aam.actions.predict(model=_any_regressor(aam, ecam_subset), table=a["table"],
+                            sequences=short)
+
+
+def test_a_patch_longer_than_every_sequence_is_refused(aam, ecam_subset):
+    with pytest.raises(ValueError, match=r"patch size \(512 nt, --p-patch-size\) is longer "
+                                         r"than the longest sequence"):
+        train_age(aam, ecam_subset, epochs=1, **{**SMALL, "patch_size": 512})
+
+
+# the target
+
+def test_categorical_target_needs_classification_task(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="categorical.*--p-task classification"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("delivery"), epochs=1)
+
+
+def test_empty_targets_are_dropped_and_counted(aam, ecam_subset, capfd):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"].to_dataframe()
+    md.loc[ecam_subset["train_ids"][:2], "age_days"] = np.nan
+    model, = aam.actions.train(table=a["table"], sequences=a["sequences"],
+                               metadata=qiime2.Metadata(md).get_column("age_days"), epochs=1,
+                               **SMALL)
+    assert model.view(ModelBundle).training["n_samples"] == 38
+    assert "Leaving out 2 sample(s) whose 'age_days' is missing" in capfd.readouterr().err
+
+
+def test_a_validation_fraction_that_leaves_too_few_to_train_names_the_counts(aam,
+                                                                          ecam_subset):
+    with pytest.raises(ValueError, match=r"40 sample\(s\) with validation fraction 0.99 leave "
+                                         r"0 for training and 40 for validation.*"
+                                         r"--p-validation-fraction"):
+        train_age(aam, ecam_subset, validation_fraction=0.99, epochs=1, **SMALL)
+
+
+def test_nonnegative_with_zscore_is_refused_before_training(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="centres the target at 0"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"),
+                          target_transform="zscore", output_constraint="nonnegative",
+                          epochs=1, **SMALL)
+
+
+def test_regression_settings_with_a_classifier_are_refused(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="--p-loss, --p-quantiles apply to numeric targets"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"], task="classification",
+                          metadata=ecam_subset["metadata"].get_column("delivery"),
+                          loss="quantile", quantiles=[0.2, 0.8], epochs=1, **SMALL)
+
+
+def test_train_and_evaluate_needs_enough_subjects_to_hold_some_out(aam, ecam_subset):
+    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
+    few = md.filter_ids(ecam_subset["train_ids"][:25])  # samples of at most 3 subjects
+    with pytest.raises(ValueError, match=r"too few to hold some out"):
+        aam.actions.train_and_evaluate(table=a["table"], sequences=a["sequences"],
+                                       metadata=few.get_column("age_days"),
+                                       subjects=few.get_column("subject"), epochs=1,
+                                       missing_samples="ignore")
+    # As in 'train', table samples the metadata lacks are named unless ignored.
+    with pytest.raises(ValueError, match=r"15 sample\(s\) of the table are not in the "
+                                         r"metadata.*--p-missing-samples ignore"):
+        aam.actions.train_and_evaluate(table=a["table"], sequences=a["sequences"],
+                                       metadata=few.get_column("age_days"), epochs=1)
+
+
+# UniFrac and pretraining
+
+def test_pretrain_needs_a_tree_or_distances(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="rooted phylogeny.*or a distance"):
+        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"], epochs=1)
+
+
+def test_masked_nucleotide_loss_on_the_default_frozen_encoder_says_how_to_unfreeze(
+        aam, ecam_subset, trained):
+    encoder, _ = trained
+    with pytest.raises(ValueError, match="--p-no-freeze-encoder"):
+        train_age(aam, ecam_subset, pretrained=encoder, mlm_weight=0.5, epochs=1)
+
+
+# metadata columns
+
+def test_unused_sample_metadata_is_refused(aam, ecam_subset):
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="nothing uses it"):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=ecam_subset["metadata"].get_column("age_days"),
+                          sample_metadata=ecam_subset["metadata"], epochs=1, **SMALL)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"normalize_by": ["delivery"]}, "only by the 'zscore-category'"),
+    ({"categorical_columns": ["delivery"], "categorical_fusion": "none"}, "would not be used"),
+])
+def test_metadata_settings_that_do_not_fit_are_refused(aam, ecam_subset, settings, message):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"]
+    with pytest.raises(ValueError, match=message):
+        aam.actions.train(table=a["table"], sequences=a["sequences"],
+                          metadata=md.get_column("age_days"), sample_metadata=md,
+                          epochs=1, **settings, **SMALL)
+
+
+def test_fusion_without_columns_is_a_noop_said_once(aam, ecam_subset, capfd):
+    a = ecam_subset["artifacts"]
+    capfd.readouterr()
+    aam.actions.train(table=a["table"], sequences=a["sequences"],
+                      metadata=ecam_subset["metadata"].get_column("age_days"),
+                      categorical_fusion="concat", epochs=1, **SMALL)
+    assert capfd.readouterr().err.count("is a no-op") == 1
+
+
+def test_film_with_concat_warns(aam, ecam_subset, capfd):
+    a = ecam_subset["artifacts"]
+    md = ecam_subset["metadata"]
+    capfd.readouterr()
+    aam.actions.train(table=a["table"], sequences=a["sequences"],
+                      metadata=md.get_column("age_days"), sample_metadata=md,
+                      categorical_columns=["delivery"], categorical_fusion="concat",
+                      film_conditioning=True, epochs=1, **SMALL)
+    assert "both inject the same categorical vector" in capfd.readouterr().err
+
+
+# models
+
+def test_encoder_cannot_predict(aam, ecam_subset, trained):
+    encoder, _ = trained
+    a = ecam_subset["artifacts"]
+    with pytest.raises(TypeError):
+        aam.actions.predict(model=encoder, table=a["table"], sequences=a["sequences"])
+
+
+def test_architecture_differing_from_the_pretrained_encoder_is_refused(aam, ecam_subset,
+                                                                        trained):
+    encoder, _ = trained
+    with pytest.raises(ValueError, match="embedding_dim=32 \\(pretrained: 16\\)"):
+        train_age(aam, ecam_subset, pretrained=encoder, embedding_dim=32, epochs=1)
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("weights", "sha256"),
+    ("config-json", "not valid JSON|Not an AAM model config"),
+    ("config-keys", "lacks"),
+    ("missing-weights", "model.safetensors"),
+])
+def test_format_refuses_damaged_models(trained, tmp_path, damage, message):
+    import json
+    _, model = trained
+    d = exported_data(model, tmp_path)
+    if damage == "weights":
+        raw = bytearray((d / "model.safetensors").read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        (d / "model.safetensors").write_bytes(bytes(raw))
+    elif damage == "config-json":
+        (d / "config.json").write_text("{oops")
+    elif damage == "config-keys":
+        (d / "config.json").write_text(json.dumps({"kind": "regressor"}))
+    else:
+        (d / "model.safetensors").unlink()
+    with pytest.raises((ValidationError, ValueError), match=message):
+        qiime2.Artifact.import_data("AAMModel[AAMRegressor]", str(d))
+
+
+# how to train
+
+def test_unwritable_checkpoint_folder_is_refused_before_unifrac(aam, ecam_subset, tmp_path,
+                                                                 capfd):
+    a = ecam_subset["artifacts"]
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(ValueError, match="checkpoint directory .* is a file"):
+        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                             phylogeny=a["tree"], checkpoint_dir=str(taken), **SMALL)
+    assert "UniFrac" not in capfd.readouterr().err
+
+
+def test_fp16_on_a_cpu_machine_is_refused_before_any_work(aam, ecam_subset, capfd):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    a = ecam_subset["artifacts"]
+    with pytest.raises(ValueError, match="'fp16' needs a GPU"):
+        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
+                             phylogeny=a["tree"], mixed_precision="fp16", **SMALL)
+    assert "UniFrac" not in capfd.readouterr().err
 
 
 def test_bad_input_doc_is_current():

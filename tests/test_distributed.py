@@ -1,7 +1,8 @@
 """Real multi-process training on the CPU (2 processes over gloo) against one process.
 
 The workers are started by ``q2_aam.core.launch.run_workers`` (torch's
-elastic launcher, as ``torchrun``), each with its own Accelerator.
+elastic launcher, as ``torchrun``), each with its own Accelerator. The tests of
+``core/launch.py`` (a failing worker, work done once in the parent) are here too.
 """
 import numpy as np
 import pytest
@@ -218,3 +219,23 @@ def test_batch_size_must_split_over_processes_and_accumulation():
     with pytest.raises(ValueError, match="multiple of 4"):
         TrainConfig(batch_size=6, num_processes=2, gradient_accumulation_steps=2)
     TrainConfig(batch_size=8, num_processes=2, gradient_accumulation_steps=2)  # a multiple
+
+
+def test_deferred_distances_are_computed_once_before_workers_start(monkeypatch):
+    """With several processes, a function given as ``distances`` is called once in the
+    parent and its matrix handed to the workers (not computed again in each)."""
+    from q2_aam.core import launch
+    calls, handed = [], {}
+
+    def distances():
+        calls.append(1)
+        return np.zeros((3, 3))
+
+    def fake_workers(action, args, keywords, num_processes):
+        handed.update(action=action, processes=num_processes, distances=args[1])
+        return "model"
+    monkeypatch.setattr(launch, "run_in_workers", fake_workers)
+    assert api.pretrain("samples", distances, config=TrainConfig(num_processes=2)) == "model"
+    assert calls == [1]
+    assert handed["action"] is api.pretrain and handed["processes"] == 2
+    assert isinstance(handed["distances"], np.ndarray)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from q2_aam.core import explain
 from q2_aam.core.data import BatchCollator, encode_categories, fit_vocabularies
 from q2_aam.core.engine import parameter_groups
 from q2_aam.core.options import GMU_VARIANTS
@@ -368,7 +369,7 @@ def hooked_prediction(model, batch, embeddings, slot, column, value):
 def test_response_equals_a_forward_pass_with_one_slot_on_another_value(kwargs):
     model = model_for(categorical_fusion="cross-attention", **kwargs)
     batch, embeddings = response_inputs(model)
-    plain, patched = model.conditioning_response(batch, embeddings, max_rows=8)
+    plain, patched = explain.slot_responses(model, batch, embeddings, max_rows=8)
     torch.testing.assert_close(plain, model(batch, asv_embeddings=embeddings)["prediction"])
     assert patched.shape == (4, batch["asv_mask"].shape[1], 2, 4, 1)
     checked = 0
@@ -387,7 +388,7 @@ def test_response_equals_a_forward_pass_with_one_slot_on_another_value(kwargs):
 def test_response_is_nan_for_padded_slots_unknown_and_missing_values():
     model = model_for(categorical_fusion="cross-attention")
     batch, embeddings = response_inputs(model)
-    _, patched = model.conditioning_response(batch, embeddings)
+    _, patched = explain.slot_responses(model, batch, embeddings)
     mask = batch["asv_mask"]
     assert not mask.all()  # the batch has padded slots
     assert torch.isnan(patched[~mask]).all()
@@ -399,13 +400,13 @@ def test_response_is_nan_for_padded_slots_unknown_and_missing_values():
 def test_response_is_zero_when_the_metadata_cannot_reach_the_asvs():
     model = model_for(categorical_fusion="cross-attention")
     batch, embeddings = response_inputs(model)
-    _, moved = model.conditioning_response(batch, embeddings)
-    changes = (moved - model.conditioning_response(batch, embeddings)[0][:, None, None, None])
+    _, moved = explain.slot_responses(model, batch, embeddings)
+    changes = (moved - explain.slot_responses(model, batch, embeddings)[0][:, None, None, None])
     assert changes.abs().nan_to_num().max() > 1e-4  # untrained, the metadata still matters
     with torch.no_grad():
         model.cross_attention.attention.out_proj.weight.zero_()
         model.cross_attention.attention.out_proj.bias.zero_()
-    plain, patched = model.conditioning_response(batch, embeddings)
+    plain, patched = explain.slot_responses(model, batch, embeddings)
     changes = (patched - plain[:, None, None, None]).nan_to_num()
     assert changes.abs().max() < 1e-6  # float rounding only
 
@@ -414,7 +415,7 @@ def test_response_needs_a_cross_attention_model():
     model = model_for(categorical_fusion="concat")
     batch, embeddings = response_inputs(model)
     with pytest.raises(ValueError, match="cross-attention"):
-        model.conditioning_response(batch, embeddings)
+        explain.slot_responses(model, batch, embeddings)
 
 
 def test_cross_attention_all_unknown_is_finite(xattn_inputs):

@@ -1,6 +1,7 @@
-"""A model's settings are checked when it is loaded (issue 28): every field of a saved
-model's ``config.json`` set to a value of the wrong type, or to NaN, is refused with a
-message that names the field, before any weight is read into a model."""
+"""A model's settings (``ModelConfig``): values that do not fit together are refused, and
+every setting is checked when a model is loaded (issue 28): every field of a saved model's
+``config.json`` set to a value of the wrong type, or to NaN, or a key it does not know, is
+refused with a message that names the field, before any weight is read into a model."""
 import json
 import math
 from dataclasses import fields
@@ -49,3 +50,13 @@ def test_each_setting_of_the_wrong_type_or_nan_is_refused_by_name(saved, tmp_pat
     value = WRONG[kind] if wrong == "type" else math.nan
     with pytest.raises(ValueError, match=rf"Model setting '{name}' must be"):
         ModelBundle.load(_edited(saved, tmp_path, name, value))
+
+
+def test_config_rejects_heads_not_dividing_dim():
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(embedding_dim=30, attention_heads=4)
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(ValueError, match="newer"):
+        ModelConfig.from_dict({**ModelConfig().to_dict(), "warp_drive": 1})

@@ -1,4 +1,5 @@
-"""The plugin through QIIME 2's Python API, on a small real ECAM subset."""
+"""The plugin through QIIME 2's Python API, on a small real ECAM subset. Input that is
+refused or warned about is tested in ``test_bad_input.py``."""
 import subprocess
 import sys
 
@@ -7,13 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import qiime2
-from qiime2.plugin import ValidationError
 from qiime2.plugin.testing import TestPluginBase
 
 from q2_aam._formats import AAMModelDirectoryFormat
 from q2_aam._types import AAMClassifier, AAMEncoder, AAMModel, AAMRegressor
 from q2_aam.core.bundle import ModelBundle
-from conftest import SMALL_ACTION
+from conftest import SMALL_ACTION, exported_data
 
 SMALL = SMALL_ACTION
 
@@ -251,21 +251,6 @@ def test_train_and_evaluate_split_keeps_subjects_whole_and_names_missing_ones():
         split_ids(ids, truth, subjects, 0.2, 0)
 
 
-def test_train_and_evaluate_needs_enough_subjects_to_hold_some_out(aam, ecam_subset):
-    a, md = ecam_subset["artifacts"], ecam_subset["metadata"]
-    few = md.filter_ids(ecam_subset["train_ids"][:25])  # samples of at most 3 subjects
-    with pytest.raises(ValueError, match=r"too few to hold some out"):
-        aam.actions.train_and_evaluate(table=a["table"], sequences=a["sequences"],
-                                       metadata=few.get_column("age_days"),
-                                       subjects=few.get_column("subject"), epochs=1,
-                                       missing_samples="ignore")
-    # As in 'train', table samples the metadata lacks are named unless ignored.
-    with pytest.raises(ValueError, match=r"15 sample\(s\) of the table are not in the "
-                                         r"metadata.*--p-missing-samples ignore"):
-        aam.actions.train_and_evaluate(table=a["table"], sequences=a["sequences"],
-                                       metadata=few.get_column("age_days"), epochs=1)
-
-
 def test_same_seed_same_predictions(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     col = ecam_subset["metadata"].get_column("age_days")
@@ -304,20 +289,6 @@ def test_frozen_encoder_keeps_its_weights(aam, ecam_subset, trained):
     assert changed
 
 
-def train_age(aam, ecam_subset, **kwargs):
-    """``train`` on the ECAM subset's training table and sequences, predicting age."""
-    a = ecam_subset["artifacts"]
-    return aam.actions.train(table=a["table"], sequences=a["sequences"],
-                             metadata=ecam_subset["metadata"].get_column("age_days"), **kwargs)
-
-
-def test_masked_nucleotide_loss_on_the_default_frozen_encoder_says_how_to_unfreeze(
-        aam, ecam_subset, trained):
-    encoder, _ = trained
-    with pytest.raises(ValueError, match="--p-no-freeze-encoder"):
-        train_age(aam, ecam_subset, pretrained=encoder, mlm_weight=0.5, epochs=1)
-
-
 def test_auxiliary_unifrac_loss_in_train(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     model, = aam.actions.train(table=a["table"], sequences=a["sequences"], phylogeny=a["tree"],
@@ -349,119 +320,6 @@ def test_train_in_two_processes_with_tensorboard_and_checkpoints(aam, ecam_subse
         aam.actions.train(num_processes=1, **kwargs)
 
 
-# --- bad input -------------------------------------------------------------------------
-
-def test_unwritable_checkpoint_folder_is_refused_before_unifrac(aam, ecam_subset, tmp_path,
-                                                                 capfd):
-    a = ecam_subset["artifacts"]
-    taken = tmp_path / "taken"
-    taken.write_text("")
-    with pytest.raises(ValueError, match="checkpoint directory .* is a file"):
-        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
-                             phylogeny=a["tree"], checkpoint_dir=str(taken), **SMALL)
-    assert "UniFrac" not in capfd.readouterr().err
-
-
-def test_fp16_on_a_cpu_machine_is_refused_before_any_work(aam, ecam_subset, capfd):
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    a = ecam_subset["artifacts"]
-    with pytest.raises(ValueError, match="'fp16' needs a GPU"):
-        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
-                             phylogeny=a["tree"], mixed_precision="fp16", **SMALL)
-    assert "UniFrac" not in capfd.readouterr().err
-
-
-def test_feature_ids_that_are_not_dna_need_sequences(aam, ecam_subset):
-    import biom
-    table = biom.load_table("/usr/lib/python3/dist-packages/q2_diversity_lib/tests/data/"
-                            "crawford.biom")
-    art = qiime2.Artifact.import_data("FeatureTable[Frequency]", table)
-    md = qiime2.Metadata(pd.DataFrame({"y": np.arange(table.shape[1], dtype=float)},
-                                      index=pd.Index(table.ids(), name="id")))
-    with pytest.raises(ValueError, match=r"--i-sequences.*not DNA sequences"):
-        aam.actions.train(table=art, metadata=md.get_column("y"), epochs=1)
-
-
-def test_a_table_without_samples_is_named_as_such(aam, ecam_subset):
-    import biom
-    a = ecam_subset["artifacts"]
-    full = a["table"].view(biom.Table)
-    empty = full.filter([], axis="sample", inplace=False)
-    art = qiime2.Artifact.import_data("FeatureTable[Frequency]", empty)
-    with pytest.raises(ValueError, match="The feature table has no samples"):
-        aam.actions.train(table=art, sequences=a["sequences"],
-                          metadata=ecam_subset["metadata"].get_column("age_days"), epochs=1,
-                          **SMALL)
-
-
-def test_a_validation_fraction_that_leaves_too_few_to_train_names_the_counts(aam,
-                                                                          ecam_subset):
-    with pytest.raises(ValueError, match=r"40 sample\(s\) with validation fraction 0.99 leave "
-                                         r"0 for training and 40 for validation.*"
-                                         r"--p-validation-fraction"):
-        train_age(aam, ecam_subset, validation_fraction=0.99, epochs=1, **SMALL)
-
-
-def test_a_patch_longer_than_every_sequence_is_refused(aam, ecam_subset):
-    with pytest.raises(ValueError, match=r"patch size \(512 nt, --p-patch-size\) is longer "
-                                         r"than the longest sequence"):
-        train_age(aam, ecam_subset, epochs=1, **{**SMALL, "patch_size": 512})
-
-
-def test_missing_samples_error_or_ignore(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
-    md = ecam_subset["metadata"].to_dataframe()
-    partial = qiime2.Metadata(md.drop(index=ecam_subset["train_ids"][:3]))
-    col = partial.get_column("age_days")
-    with pytest.raises(ValueError, match="3 sample.*not in the metadata.*missing-samples"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"], metadata=col, epochs=1,
-                          **SMALL)
-    model, = aam.actions.train(table=a["table"], sequences=a["sequences"], metadata=col,
-                               missing_samples="ignore", epochs=1, **SMALL)
-    assert model.view(ModelBundle).training["n_samples"] == 37
-
-
-def test_empty_targets_are_dropped_and_counted(aam, ecam_subset, capfd):
-    a = ecam_subset["artifacts"]
-    md = ecam_subset["metadata"].to_dataframe()
-    md.loc[ecam_subset["train_ids"][:2], "age_days"] = np.nan
-    model, = aam.actions.train(table=a["table"], sequences=a["sequences"],
-                               metadata=qiime2.Metadata(md).get_column("age_days"), epochs=1,
-                               **SMALL)
-    assert model.view(ModelBundle).training["n_samples"] == 38
-    assert "Leaving out 2 sample(s) whose 'age_days' is missing" in capfd.readouterr().err
-
-
-def test_non_integer_counts_are_named_and_read_as_relative_abundances(aam, ecam_subset,
-                                                                        capfd):
-    a = ecam_subset["artifacts"]
-    table = a["table"].view(biom.Table).norm(axis="sample", inplace=False)
-    given = qiime2.Artifact.import_data("FeatureTable[Frequency]", table)
-    capfd.readouterr()
-    aam.actions.train(table=given, sequences=a["sequences"], epochs=1,
-                      metadata=ecam_subset["metadata"].get_column("age_days"), **SMALL)
-    err = capfd.readouterr().err
-    assert "non-integer value(s) (e.g. 0." in err and "relative abundances" in err, err[-500:]
-
-
-def test_categorical_target_needs_classification_task(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
-    with pytest.raises(ValueError, match="categorical.*--p-task classification"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"],
-                          metadata=ecam_subset["metadata"].get_column("delivery"), epochs=1)
-
-
-def test_sequences_missing_for_features(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
-    seqs = a["sequences"].view(pd.Series).iloc[5:]
-    short = qiime2.Artifact.import_data("FeatureData[Sequence]", seqs)
-    with pytest.raises(ValueError, match="5 of the table's .* features have no sequence"):
-        aam.actions.predict(model=_any_regressor(aam, ecam_subset), table=a["table"],
-                            sequences=short)
-
-
 def test_phylogeny_at_train_feeds_the_readouts_clades_or_is_refused(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     age = ecam_subset["metadata"].get_column("age_days")
@@ -474,57 +332,13 @@ def test_phylogeny_at_train_feeds_the_readouts_clades_or_is_refused(aam, ecam_su
     assert config["linear_clades"] > 0 and config["linear_clade_memberships"] > 0
 
 
-def test_encoder_cannot_predict(aam, ecam_subset, trained):
-    encoder, _ = trained
-    a = ecam_subset["artifacts"]
-    with pytest.raises(TypeError):
-        aam.actions.predict(model=encoder, table=a["table"], sequences=a["sequences"])
-
-
-def _any_regressor(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
-    m, = aam.actions.train(table=a["table"], sequences=a["sequences"], epochs=1,
-                           metadata=ecam_subset["metadata"].get_column("age_days"), **SMALL)
-    return m
-
-
 # --- the format ------------------------------------------------------------------------
-
-def _exported(model, tmp_path):
-    d = tmp_path / "exported"
-    model.export_data(str(d))
-    return d
-
 
 def test_format_imports_a_valid_model(trained, tmp_path):
     _, model = trained
-    d = _exported(model, tmp_path)
+    d = exported_data(model, tmp_path)
     art = qiime2.Artifact.import_data("AAMModel[AAMRegressor]", str(d))
     assert art.view(ModelBundle).kind == "regressor"
-
-
-@pytest.mark.parametrize("damage,message", [
-    ("weights", "sha256"),
-    ("config-json", "not valid JSON|Not an AAM model config"),
-    ("config-keys", "lacks"),
-    ("missing-weights", "model.safetensors"),
-])
-def test_format_refuses_damaged_models(trained, tmp_path, damage, message):
-    import json
-    _, model = trained
-    d = _exported(model, tmp_path)
-    if damage == "weights":
-        raw = bytearray((d / "model.safetensors").read_bytes())
-        raw[len(raw) // 2] ^= 0x01
-        (d / "model.safetensors").write_bytes(bytes(raw))
-    elif damage == "config-json":
-        (d / "config.json").write_text("{oops")
-    elif damage == "config-keys":
-        (d / "config.json").write_text(json.dumps({"kind": "regressor"}))
-    else:
-        (d / "model.safetensors").unlink()
-    with pytest.raises((ValidationError, ValueError), match=message):
-        qiime2.Artifact.import_data("AAMModel[AAMRegressor]", str(d))
 
 
 def test_pretrain_from_a_distance_matrix(aam, ecam_subset):
@@ -539,12 +353,6 @@ def test_pretrain_from_a_distance_matrix(aam, ecam_subset):
                              distance_matrix=dm, phylogeny=a["tree"], epochs=1, **SMALL)
 
 
-def test_pretrain_needs_a_tree_or_distances(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
-    with pytest.raises(ValueError, match="rooted phylogeny.*or a distance"):
-        aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"], epochs=1)
-
-
 def test_pretrain_masked_nucleotides_only_needs_no_tree(aam, ecam_subset):
     a = ecam_subset["artifacts"]
     encoder, = aam.actions.pretrain(table=a["full_table"], sequences=a["sequences"],
@@ -552,38 +360,7 @@ def test_pretrain_masked_nucleotides_only_needs_no_tree(aam, ecam_subset):
     assert "train_unifrac" not in encoder.view(ModelBundle).training["history"][0]
 
 
-def test_architecture_differing_from_the_pretrained_encoder_is_refused(aam, ecam_subset,
-                                                                        trained):
-    encoder, _ = trained
-    with pytest.raises(ValueError, match="embedding_dim=32 \\(pretrained: 16\\)"):
-        train_age(aam, ecam_subset, pretrained=encoder, embedding_dim=32, epochs=1)
-
-
 # --- targets and outputs (issue 3) -----------------------------------------------------
-
-def test_nonnegative_with_zscore_is_refused_before_training(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
-    with pytest.raises(ValueError, match="centres the target at 0"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"],
-                          metadata=ecam_subset["metadata"].get_column("age_days"),
-                          target_transform="zscore", output_constraint="nonnegative",
-                          epochs=1, **SMALL)
-
-
-def test_regression_settings_with_a_classifier_are_refused(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
-    with pytest.raises(ValueError, match="--p-loss, --p-quantiles apply to numeric targets"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"], task="classification",
-                          metadata=ecam_subset["metadata"].get_column("delivery"),
-                          loss="quantile", quantiles=[0.2, 0.8], epochs=1, **SMALL)
-
-
-def test_unused_sample_metadata_is_refused(aam, ecam_subset):
-    a = ecam_subset["artifacts"]
-    with pytest.raises(ValueError, match="nothing uses it"):
-        aam.actions.train(table=a["table"], sequences=a["sequences"],
-                          metadata=ecam_subset["metadata"].get_column("age_days"),
-                          sample_metadata=ecam_subset["metadata"], epochs=1, **SMALL)
 
 
 def test_zscore_category_end_to_end(aam, ecam_subset, capfd):
@@ -649,39 +426,6 @@ def test_conditioned_model_end_to_end(aam, ecam_subset, fusion, capfd, tmp_path)
     again, = aam.actions.predict(model=loaded, table=a["new_table"], sequences=a["sequences"],
                                  sample_metadata=qiime2.Metadata(frame))
     pd.testing.assert_series_equal(preds.view(pd.Series), again.view(pd.Series))
-
-
-@pytest.mark.parametrize("settings,message", [
-    ({"normalize_by": ["delivery"]}, "only by the 'zscore-category'"),
-    ({"categorical_columns": ["delivery"], "categorical_fusion": "none"}, "would not be used"),
-])
-def test_metadata_settings_that_do_not_fit_are_refused(aam, ecam_subset, settings, message):
-    a = ecam_subset["artifacts"]
-    md = ecam_subset["metadata"]
-    with pytest.raises(ValueError, match=message):
-        aam.actions.train(table=a["table"], sequences=a["sequences"],
-                          metadata=md.get_column("age_days"), sample_metadata=md,
-                          epochs=1, **settings, **SMALL)
-
-
-def test_fusion_without_columns_is_a_noop_said_once(aam, ecam_subset, capfd):
-    a = ecam_subset["artifacts"]
-    capfd.readouterr()
-    aam.actions.train(table=a["table"], sequences=a["sequences"],
-                      metadata=ecam_subset["metadata"].get_column("age_days"),
-                      categorical_fusion="concat", epochs=1, **SMALL)
-    assert capfd.readouterr().err.count("is a no-op") == 1
-
-
-def test_film_with_concat_warns(aam, ecam_subset, capfd):
-    a = ecam_subset["artifacts"]
-    md = ecam_subset["metadata"]
-    capfd.readouterr()
-    aam.actions.train(table=a["table"], sequences=a["sequences"],
-                      metadata=md.get_column("age_days"), sample_metadata=md,
-                      categorical_columns=["delivery"], categorical_fusion="concat",
-                      film_conditioning=True, epochs=1, **SMALL)
-    assert "both inject the same categorical vector" in capfd.readouterr().err
 
 
 def test_columns_without_a_fusion_use_the_residual_gmu(aam, ecam_subset):

@@ -1,18 +1,19 @@
-"""The linear readout's clade and conditional blocks: what is fitted in numpy (``linear``)
-is what the model computes in torch, the response includes the readout's share, and a
-planted clade or ASV x category interaction is found by ``api.train``."""
+"""The linear readout's columns (``core/readout/blocks.py``) and its module in the model
+(``core/readout/module.py``): each ASV's level and presence coefficients, the clade and
+conditional blocks fitted in numpy are what the model computes in torch, the response
+includes the readout's share, and a planted clade or ASV x category interaction is found
+by ``api.train``. The fits themselves are in ``test_readout_fits.py``."""
 import io
 
 import numpy as np
 import scipy.sparse as sp
-import pytest
 import skbio
 import torch
 
-from q2_aam.core import api
+from q2_aam.core import api, explain
 from q2_aam.core.data import AmpliconSamples, BatchCollator, encode_categories, fit_vocabularies
 from q2_aam.core.engine import TrainConfig
-from q2_aam.core.linear import clades, readout_blocks, relative_matrix
+from q2_aam.core.readout import clades, readout_blocks, relative_matrix
 from q2_aam.core.model import AAMModel, ModelConfig
 from q2_aam.core.tokenizer import tokenize
 from conftest import SMALL_ARCHITECTURE
@@ -39,6 +40,49 @@ def test_clades_are_internal_nodes_with_two_or_more_vocabulary_asvs_and_in_range
     assert members == [(1, 2), (1, 2, 3)]
 
 
+def test_linear_readout_is_the_sum_of_coefficient_times_log_abundance():
+    torch.manual_seed(0)
+    model = AAMModel(ModelConfig(task="regression", n_outputs=1, asv_vocabulary_size=3,
+                                 linear_readout=True, **SMALL)).eval()
+    with torch.no_grad():
+        model.readout.level.weight[:] = torch.tensor([[0.0], [1.0], [-2.0], [0.5]])
+        model.readout.bias.fill_(3.0)
+    counts = np.array([[10, 30, 0, 60], [5, 0, 5, 0]])
+    samples = AmpliconSamples.from_counts(counts, ["s0", "s1"], list("abcd"),
+                                          ["AAAA", "CCCC", "GGGG", "TTTT"], 4)
+    vocabulary = np.array([1, 2, 3, 0])  # d has no row of its own: no coefficient
+    batch = BatchCollator(samples, tokenize(samples.sequences).tokens,
+                          vocabulary=vocabulary)([0, 1])
+    level = lambda rel: 1 + np.log10(rel) / 6  # the third abundance feature
+    expected = [3 + 1.0 * level(0.1) - 2.0 * level(0.3),
+                3 + 1.0 * level(0.5) + 0.5 * level(0.5)]
+    # The head starts at zero, so the prediction is the linear readout alone.
+    with torch.no_grad():
+        got = model(batch)["prediction"][:, 0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
+def test_linear_readout_adds_the_presence_coefficient_of_each_asv_present():
+    torch.manual_seed(0)
+    model = AAMModel(ModelConfig(task="regression", n_outputs=1, asv_vocabulary_size=3,
+                                 linear_readout=True, linear_presence=True, **SMALL)).eval()
+    with torch.no_grad():
+        model.readout.level.weight[:] = torch.tensor([[0.0], [1.0], [-2.0], [0.5]])
+        model.readout.presence.weight[:] = torch.tensor([[0.0], [0.25], [4.0], [-1.0]])
+        model.readout.bias.fill_(3.0)
+    counts = np.array([[10, 30, 0, 60], [5, 0, 5, 0]])
+    samples = AmpliconSamples.from_counts(counts, ["s0", "s1"], list("abcd"),
+                                          ["AAAA", "CCCC", "GGGG", "TTTT"], 4)
+    batch = BatchCollator(samples, tokenize(samples.sequences).tokens,
+                          vocabulary=np.array([1, 2, 3, 0]))([0, 1])
+    level = lambda rel: 1 + np.log10(rel) / 6
+    expected = [3 + 1.0 * level(0.1) + 0.25 - 2.0 * level(0.3) + 4.0,
+                3 + 1.0 * level(0.5) + 0.25 + 0.5 * level(0.5) - 1.0]
+    with torch.no_grad():
+        got = model(batch)["prediction"][:, 0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+
+
 def _model(cards=(3,), clades_=((1, 2), (1, 2, 3))):
     rows = np.concatenate([np.asarray(c) for c in clades_])
     ids = np.repeat(np.arange(len(clades_)), [len(c) for c in clades_])
@@ -49,15 +93,15 @@ def _model(cards=(3,), clades_=((1, 2), (1, 2, 3))):
                                  linear_conditional=True, categorical_cardinalities=list(cards),
                                  categorical_fusion="cross-attention", cross_attn_heads=2,
                                  **SMALL)).eval()
-    model.clade_rows.copy_(torch.as_tensor(rows))
-    model.clade_ids.copy_(torch.as_tensor(ids))
+    model.readout.clade_rows.copy_(torch.as_tensor(rows))
+    model.readout.clade_ids.copy_(torch.as_tensor(ids))
     rng = np.random.default_rng(1)
     with torch.no_grad():
         for part in model.readout_parameters():
             part.copy_(torch.as_tensor(rng.normal(0, 1, part.shape), dtype=part.dtype))
-        model.linear.weight[0] = model.linear_presence.weight[0] = 0
-        model.linear_conditional.weight[0] = 0
-        model.linear_conditional.weight[:, 0] = 0  # the unknown value has no coefficient
+        model.readout.level.weight[0] = model.readout.presence.weight[0] = 0
+        model.readout.conditional.weight[0] = 0
+        model.readout.conditional.weight[:, 0] = 0  # the unknown value has no coefficient
     return model, rows, ids
 
 
@@ -69,11 +113,12 @@ def test_model_readout_equals_the_fitted_blocks_times_their_coefficients():
                                    fit_vocabularies({"season": ["x", "y", None, "y"]},
                                                     np.arange(4)))
     blocks = readout_blocks(samples, vocabulary_rows, 4, rows, ids, categories, [3])
-    conditional = model.linear_conditional.weight[1:].detach().reshape(4, 3).T.reshape(-1)
-    coef = np.concatenate([model.linear.weight[1:, 0].detach().numpy(),
-                           model.linear_presence.weight[1:, 0].detach().numpy(),
-                           model.linear_clade[:, 0].detach().numpy(), conditional.numpy()])
-    expected = sp.hstack(list(blocks.values())).toarray() @ coef + float(model.linear_bias.detach())
+    conditional = model.readout.conditional.weight[1:].detach().reshape(4, 3).T.reshape(-1)
+    coef = np.concatenate([model.readout.level.weight[1:, 0].detach().numpy(),
+                           model.readout.presence.weight[1:, 0].detach().numpy(),
+                           model.readout.clade[:, 0].detach().numpy(), conditional.numpy()])
+    bias = float(model.readout.bias.detach())
+    expected = sp.hstack(list(blocks.values())).toarray() @ coef + bias
     batch = BatchCollator(samples, tokenize(samples.sequences).tokens, categories=categories,
                           vocabulary=vocabulary_rows)([0, 1, 2, 3])
     with torch.no_grad():
@@ -81,7 +126,7 @@ def test_model_readout_equals_the_fitted_blocks_times_their_coefficients():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     # The conditional block moves the prediction: without it, it differs.
     assert np.abs(expected - (sp.hstack(list(blocks.values())[:3]).toarray() @ coef[:len(coef) - 12]
-                              + float(model.linear_bias.detach()))).max() > 0.1
+                              + float(model.readout.bias.detach()))).max() > 0.1
 
 
 def test_response_includes_the_readouts_change_of_coefficient_for_that_asv():
@@ -95,8 +140,8 @@ def test_response_includes_the_readouts_change_of_coefficient_for_that_asv():
                           vocabulary=vocabulary_rows)([0, 1])
     with torch.no_grad():
         embeddings = model.encode_asvs(batch["asv_tokens"])
-        plain, patched = model.conditioning_response(batch, embeddings)
-    weights = model.linear_conditional.weight.detach().numpy()  # (V + 1, 3 values)
+        plain, patched = explain.slot_responses(model, batch, embeddings)
+    weights = model.readout.conditional.weight.detach().numpy()  # (V + 1, 3 values)
     level = batch["abundance"][..., 2].numpy()
     for b, other in ((0, 2), (1, 1)):
         for j in np.flatnonzero(batch["asv_mask"][b].numpy()):
@@ -162,114 +207,13 @@ def test_phylogeny_gives_the_readout_clades_and_they_are_saved(tmp_path):
     again = ModelBundle.load(tmp_path / "m")
     np.testing.assert_allclose(api.predict(again, samples), api.predict(bundle, samples),
                                rtol=1e-6)
-
-
-def _reference_l1(x, y, folds):
-    """The L1 candidates as q2-aam computed them before issue 26: scikit-learn's
-    ``ElasticNetCV``, then a second elastic-net path per fold for the relaxed lasso."""
-    from sklearn.linear_model import ElasticNetCV, Ridge, enet_path
-    from q2_aam.core.linear import L1_RATIOS, REFIT_ALPHA, RELAXED_MIX
-    net = ElasticNetCV(l1_ratio=list(L1_RATIOS), n_alphas=30, cv=folds, max_iter=5000,
-                       tol=1e-3).fit(x, y)
-    alphas = np.asarray(net.alphas_)[list(L1_RATIOS).index(net.l1_ratio_)]
-    errors = np.zeros((len(alphas), len(RELAXED_MIX)))
-    for train, test in folds:
-        mean, centre = x[train].mean(axis=0), y[train].mean()
-        _, path, _ = enet_path(x[train] - mean, y[train] - centre, alphas=alphas,
-                               l1_ratio=net.l1_ratio_, max_iter=5000, tol=1e-3)
-        for k in range(len(alphas)):
-            support = np.flatnonzero(path[:, k])
-            if len(support) > len(train) // 2:
-                errors[k] = np.inf
-                continue
-            lasso = (x[test] - mean) @ path[:, k] + centre
-            if len(support):
-                ridge = Ridge(alpha=REFIT_ALPHA).fit(x[train][:, support], y[train])
-                refit = x[test][:, support] @ ridge.coef_ + ridge.intercept_
-            else:
-                refit = y[train].mean()
-            for m, mix in enumerate(RELAXED_MIX):
-                errors[k, m] += np.mean((mix * lasso + (1 - mix) * refit - y[test]) ** 2) \
-                    / len(folds)
-    k, m = np.unravel_index(np.argmin(errors), errors.shape)
-    return {"l1_ratio": net.l1_ratio_, "error": float(net.mse_path_.mean(axis=-1).min()),
-            "alpha": float(net.alpha_), "relaxed_error": float(errors[k, m]),
-            "relaxed_alpha": float(alphas[k]), "mix": RELAXED_MIX[m], "coef": net.coef_}
-
-
-@pytest.mark.parametrize("signal", ["sparse", "dense"])
-def test_the_l1_cross_validation_chooses_as_scikit_learns_elastic_net_cv(signal):
-    """The readout's own pass over the folds (each elastic-net path computed once, on a
-    working set of columns, folds in parallel) gives the choice, penalties and errors of
-    scikit-learn's ElasticNetCV plus the relaxed lasso's second pass, which it replaced."""
-    from sklearn.linear_model import ElasticNet
-    from q2_aam.core.linear import _folds, _l1_cv
-    rng = np.random.default_rng(0 if signal == "sparse" else 1)
-    x = np.where(rng.random((150, 120)) < 0.4, rng.random((150, 120)), 0.0)
-    beta = np.zeros(120)
-    beta[:4 if signal == "sparse" else 120] = rng.normal(size=4 if signal == "sparse" else 120)
-    y = x @ beta + 0.3 * rng.normal(size=150)
-    folds = _folds(150, np.repeat(np.arange(30), 5))
-    ours, reference = _l1_cv(x, y, folds), _reference_l1(x, y, folds)
-    assert ours["l1_ratio"] == reference["l1_ratio"] and ours["mix"] == reference["mix"]
-    for key in ("alpha", "relaxed_alpha"):
-        assert ours[key] == pytest.approx(reference[key], rel=1e-12), key
-    # The same optimum, reached on a working set of columns: equal within the coordinate
-    # descent's own tolerance.
-    for key in ("error", "relaxed_error"):
-        assert ours[key] == pytest.approx(reference[key], rel=1e-5), key
-    net = ElasticNet(alpha=ours["alpha"], l1_ratio=ours["l1_ratio"], max_iter=5000,
-                     tol=1e-3).fit(x, y)
-    np.testing.assert_allclose(net.coef_, reference["coef"], atol=1e-12)
-
-
-def test_the_ridge_cross_validation_equals_fitting_every_weighting_and_penalty():
-    """The kernel form (each block's kernel once per fold, folds in parallel) chooses the
-    block weights and penalty that fitting scikit-learn's Ridge on the weighted columns for
-    every weighting, penalty and fold chooses, with the same error."""
-    import itertools
-    from sklearn.linear_model import Ridge
-    from q2_aam.core.linear import ALPHAS, BLOCK_WEIGHTS, _folds, _ridge_cv
-    rng = np.random.default_rng(3)
-    blocks = {name: np.where(rng.random((90, n)) < 0.5, rng.random((90, n)), 0.0)
-              for name, n in (("level", 30), ("presence", 30), ("clade", 10))}
-    y = blocks["level"][:, :5].sum(1) + blocks["clade"][:, 0] + 0.2 * rng.normal(size=90)
-    folds = _folds(90, np.repeat(np.arange(18), 5))
-    best = (np.inf, None, None)
-    for choice in itertools.product(BLOCK_WEIGHTS["presence"], BLOCK_WEIGHTS["clade"]):
-        weights = {"presence": choice[0], "clade": choice[1]}
-        x = np.hstack([weights.get(k, 1.0) * v for k, v in blocks.items()])
-        errors = np.zeros(len(ALPHAS))
-        for train, test in folds:
-            for i, alpha in enumerate(ALPHAS):
-                fit = Ridge(alpha=alpha).fit(x[train], y[train])
-                errors[i] += np.mean((fit.predict(x[test]) - y[test]) ** 2) / len(folds)
-        if errors.min() < best[0]:
-            best = (errors.min(), weights, ALPHAS[errors.argmin()])
-    error, weights, alpha = _ridge_cv(blocks, y, folds)
-    assert (weights, alpha) == (best[1], best[2])
-    assert error == pytest.approx(best[0], rel=1e-8)
-
-
-def _whole_path_errors(x, y, train, test, ratio, alphas):
-    """Held-out errors along every penalty of the path, never stopping."""
-    from q2_aam.core.linear import _screened_steps
-    return np.array([error for _, error in _screened_steps(x, y, train, test, alphas, ratio)])
-
-
-def test_the_paths_stop_past_their_best_and_choose_as_the_whole_path():
-    """The elastic-net paths stop a few penalties past the folds' best mean error (the
-    slow end of a path) and choose the penalty the whole path would have chosen."""
-    from q2_aam.core import linear
-    rng = np.random.default_rng(2)
-    x = np.where(rng.random((150, 200)) < 0.4, rng.random((150, 200)), 0.0)
-    y = x[:, :4] @ np.array([3.0, -2.0, 2.0, 1.5]) + 0.3 * rng.normal(size=150)
-    folds = linear._folds(150, np.repeat(np.arange(30), 5))
-    alphas = {r: linear._path_alphas(x, y, r) for r in linear.L1_RATIOS}
-    stopped = linear._l1_paths(x, y, folds, alphas)
-    for ratio, (paths, errors) in stopped.items():
-        assert errors.shape[1] < linear.N_PATH_ALPHAS, ratio  # it did stop early
-        whole = np.mean([_whole_path_errors(x, y, train, test, ratio, alphas[ratio])
-                         for train, test in folds], axis=0)
-        assert int(np.argmin(errors.mean(axis=0))) == int(np.argmin(whole))
-        np.testing.assert_allclose(errors.mean(axis=0), whole[:errors.shape[1]], rtol=1e-9)
+    # The readout's tensors keep the names models were always saved under (so a model file
+    # is the file it was before the readout had a module, and older models load).
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as saved:
+        names = set(saved.keys())
+    assert {"linear.weight", "linear_presence.weight", "linear_bias", "linear_clade",
+            "clade_rows", "clade_ids"} <= names
+    assert not [name for name in names if name.startswith("readout.")]
+    for name, value in bundle.state_dict.items():
+        torch.testing.assert_close(again.state_dict[name], value, rtol=0, atol=0)

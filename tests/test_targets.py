@@ -37,6 +37,13 @@ def test_round_trip_on_training_and_unseen_values(kind, seed):
         np.testing.assert_allclose(t.inverse(z, g), values, rtol=1e-9, atol=1e-9)
 
 
+def test_zscore_round_trip():
+    y = np.array([3.0, 10.0, 40.0])
+    t = TargetTransform("zscore").fit(y)
+    np.testing.assert_allclose(t.inverse(t.transform(y)), y)
+    np.testing.assert_allclose(t.transform(y).mean(), 0, atol=1e-12)
+
+
 def test_minmax_maps_training_targets_to_unit_interval():
     y = np.array([3.0, 7.0, 11.0])
     z = _fit("minmax", y).transform(y)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from q2_aam import _inputs
-from q2_aam.core import api
+from q2_aam.core import api, unifrac
 from q2_aam.core.engine import TrainConfig
 from q2_aam.core.unifrac import MatrixDistances, TreeDistances
 
@@ -22,7 +22,7 @@ def ecam60():
 @pytest.mark.parametrize("metric", ["unweighted", "weighted-normalized"])
 def test_tree_distances_match_the_library(ecam60, metric):
     samples, tree = ecam60
-    full = _inputs.unifrac_distances(samples, tree, None, metric)  # the unifrac library
+    full = unifrac.unifrac_distances(samples, tree, metric)  # the unifrac library
     pairs = TreeDistances(samples, tree, metric)
     index = torch.tensor([3, 0, 17, 42, 8, 59, 23, 11])
     got = pairs.between(index).numpy()
@@ -34,12 +34,10 @@ def test_tree_distances_match_the_library(ecam60, metric):
 
 def test_large_studies_get_tree_distances(ecam60, monkeypatch):
     samples, tree = ecam60
-    monkeypatch.setattr(_inputs, "UNIFRAC_MATRIX_MAX_SAMPLES", 50)
-    assert isinstance(_inputs.unifrac_distances(samples, tree, None, "unweighted"),
-                      TreeDistances)
-    monkeypatch.setattr(_inputs, "UNIFRAC_MATRIX_MAX_SAMPLES", 60)
-    assert isinstance(_inputs.unifrac_distances(samples, tree, None, "unweighted"),
-                      np.ndarray)
+    monkeypatch.setattr(unifrac, "UNIFRAC_MATRIX_MAX_SAMPLES", 50)
+    assert isinstance(unifrac.unifrac_distances(samples, tree, "unweighted"), TreeDistances)
+    monkeypatch.setattr(unifrac, "UNIFRAC_MATRIX_MAX_SAMPLES", 60)
+    assert isinstance(unifrac.unifrac_distances(samples, tree, "unweighted"), np.ndarray)
 
 
 def test_pretraining_is_the_same_with_either(ecam60, monkeypatch):
@@ -53,7 +51,7 @@ def test_pretraining_is_the_same_with_either(ecam60, monkeypatch):
     config = TrainConfig(epochs=2, batch_size=8, seed=0, device="cpu")
     runs = [api.pretrain(samples, distances, architecture=architecture, config=config,
                          validation_fraction=0.2, log=lambda m: None).training["history"]
-            for distances in (_inputs.unifrac_distances(samples, tree, None, "unweighted"),
+            for distances in (unifrac.unifrac_distances(samples, tree, "unweighted"),
                               TreeDistances(samples, tree, "unweighted"))]
     for matrix_epoch, tree_epoch in zip(*runs):
         assert tree_epoch["train_loss"] == pytest.approx(matrix_epoch["train_loss"], rel=1e-4)

@@ -1,5 +1,8 @@
-"""New ASVs: matching a sequence the model never saw to its nearest vocabulary sequence,
-and the tables that stand for another denoising run or trimming."""
+"""The vocabulary (``core/vocabulary.py``): which training ASVs it holds, keyed by
+sequence; new ASVs: matching a sequence the model never saw to its nearest vocabulary
+sequence, and the tables that stand for another denoising run or trimming."""
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +20,29 @@ SMALL = SMALL_ARCHITECTURE
 def _random_sequences(n, length, seed=0):
     rng = np.random.default_rng(seed)
     return ["".join(rng.choice(list("ACGT"), length)) for _ in range(n)]
+
+
+def test_sequence_key_is_the_md5_of_the_upper_case_sequence():
+    assert sequence_key("acgt") == hashlib.md5(b"ACGT").hexdigest()
+
+
+def test_vocabulary_holds_asvs_of_enough_samples():
+    counts = np.array([[5, 1, 0, 0], [3, 0, 2, 0], [1, 0, 0, 7]])
+    seqs = ["AAAA", "CCCC", "GGGG", "TTTT"]
+    samples = AmpliconSamples.from_counts(counts, ["a", "b", "c"], list("wxyz"), seqs, 4)
+    assert Vocabulary.of_samples(samples, 1).keys == sorted(sequence_key(s) for s in seqs)
+    common = Vocabulary.of_samples(samples, 2)
+    assert (common.keys, common.sequences, common.prevalence) == (
+        [sequence_key("AAAA")], ["AAAA"], [3])
+    assert Vocabulary.of_samples(samples, 4).keys == []
+
+
+def test_vocabulary_index_maps_by_sequence_and_unknown_to_zero():
+    vocab = sorted(sequence_key(s) for s in ["AAAA", "CCCC"])
+    rows = Vocabulary(vocab).exact_rows(["cccc", "GGGG", "AAAA"])
+    assert rows[1] == 0
+    assert rows[0] == vocab.index(sequence_key("CCCC")) + 1
+    assert rows[2] == vocab.index(sequence_key("AAAA")) + 1
 
 
 def test_substitution_variants_and_other_trimmings_find_their_origin():
@@ -90,9 +116,9 @@ def test_two_slots_reading_one_row_give_the_readout_of_their_summed_abundance():
     model = AAMModel(ModelConfig(task="regression", n_outputs=1, asv_vocabulary_size=3,
                                  linear_readout=True, linear_presence=True, **SMALL)).eval()
     with torch.no_grad():
-        model.linear.weight[1:] = torch.tensor([[2.0], [-1.0], [0.5]])
-        model.linear_presence.weight[1:] = torch.tensor([[0.3], [0.2], [-0.4]])
-        model.linear_bias[:] = 0.1
+        model.readout.level.weight[1:] = torch.tensor([[2.0], [-1.0], [0.5]])
+        model.readout.presence.weight[1:] = torch.tensor([[0.3], [0.2], [-0.4]])
+        model.readout.bias[:] = 0.1
     sequences = _random_sequences(3, 40, seed=10)
     split = AmpliconSamples.from_counts(np.array([[300, 100, 600]]), ["s"], list("abc"),
                                         sequences, 8)
@@ -103,7 +129,7 @@ def test_two_slots_reading_one_row_give_the_readout_of_their_summed_abundance():
         batch = BatchCollator(samples, tokenize(samples.sequences).tokens,
                               vocabulary=rows)([0])
         with torch.no_grad():
-            out.append(model._linear_term(batch))
+            out.append(model.readout(batch))
     level = lambda rel: 1 + np.log10(rel) / 6  # noqa: E731
     expected = 2.0 * level(0.4) + 0.3 + 0.5 * level(0.6) - 0.4 + 0.1
     torch.testing.assert_close(out[0], out[1])

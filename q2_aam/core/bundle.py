@@ -147,7 +147,8 @@ class ModelBundle:
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict.items()}
+        tensors = {k: v.detach().contiguous().cpu()
+                   for k, v in saved_names(self.state_dict).items()}
         tmp_weights = path / (WEIGHTS_FILE + ".partial")
         tmp_config = None
         try:
@@ -182,9 +183,29 @@ class ModelBundle:
         from .model import ModelConfig
         ModelConfig.from_dict(config["model"])  # every setting's type and range, by name
         return cls(kind=config["kind"], model_config=config["model"],
-                   state_dict=load_file(str(path / WEIGHTS_FILE)), target=config["target"],
+                   state_dict=module_names(load_file(str(path / WEIGHTS_FILE))),
+                   target=config["target"],
                    training=config.get("training", {}), versions=config.get("versions", {}),
                    source=str(path))
+
+
+READOUT_PREFIX = "readout."
+
+
+def saved_names(state_dict: dict) -> dict:
+    """The tensors of a model's ``state_dict`` under the names its file gives them: the
+    linear readout's as models have always been saved (``LinearReadout.SAVED_NAMES``),
+    the rest as they are."""
+    from .readout.module import LinearReadout
+    names = {READOUT_PREFIX + k: v for k, v in LinearReadout.SAVED_NAMES.items()}
+    return {names.get(k, k): v for k, v in state_dict.items()}
+
+
+def module_names(tensors: dict) -> dict:
+    """The inverse of :func:`saved_names`: a file's tensors under the model's names."""
+    from .readout.module import LinearReadout
+    names = {v: READOUT_PREFIX + k for k, v in LinearReadout.SAVED_NAMES.items()}
+    return {names.get(k, k): v for k, v in tensors.items()}
 
 
 def write_safetensors(tensors: dict, path) -> None:

@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bundle import module_names, saved_names
+
 WEIGHTS = "weights-{}.safetensors"
 RNG = "rng-{}.safetensors"
 RUN = "run.json"
@@ -113,7 +115,7 @@ class Checkpoints:
     def _tensors_and_meta(self) -> tuple[dict, dict]:
         """This process's tensors (``model.*``, ``optimizer.ID.*``) and the JSON rest."""
         tensors, shards = {}, []
-        for key, value in self.net.state_dict().items():
+        for key, value in saved_names(self.net.state_dict()).items():  # as model files name them
             tensors[f"model.{key}"], sharded = _local(value)
             if sharded:
                 shards.append(f"model.{key}")
@@ -159,7 +161,7 @@ class Checkpoints:
         self.accelerator.wait_for_everyone()  # every process's part is written before 'latest'
         if self.accelerator.is_main_process:
             if self.state.best_state is not None:
-                write_tensors(self.state.best_state, path / BEST)
+                write_tensors(saved_names(self.state.best_state), path / BEST)
             scaler = getattr(self.accelerator, "scaler", None)
             run = {"signature": self.signature, "loop": self.state.state_dict(),
                    "scheduler": self.scheduler.state_dict(), "optimizer": meta,
@@ -209,7 +211,7 @@ class Checkpoints:
         tensors = read_tensors(weights_file)
         rng_file = path / RNG.format(self.rank)
         rng = read_tensors(rng_file)
-        best = read_tensors(path / BEST) if (path / BEST).exists() else None
+        best = module_names(read_tensors(path / BEST)) if (path / BEST).exists() else None
         try:
             self._load_model(tensors)
             self._load_optimizer(tensors, run["optimizer"])
@@ -237,7 +239,7 @@ class Checkpoints:
 
     def _load_model(self, tensors: dict) -> None:
         with torch.no_grad():
-            for key, value in self.net.state_dict().items():
+            for key, value in saved_names(self.net.state_dict()).items():
                 target, _ = _local(value)
                 saved = tensors[f"model.{key}"]
                 if saved.shape != target.shape:

@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .checkpoints import Checkpoints, LoopState, run_signature, writable_directory
@@ -27,10 +26,12 @@ from .layers import set_checkpointing
 from .losses import (classification_loss, mask_nucleotides, masked_nucleotide_loss,
                      pairwise_unifrac_loss, RegressionLoss)
 from .model import AAMModel
-from .options import (DEFAULT_PATIENCE, DEVICES, DISTRIBUTED, MIXED_PRECISION,
-                      check_choice)
+from .options import (DEVICES, DISTRIBUTED, MASK_RATE, MIXED_PRECISION, PREDICT_BATCH_SIZE,
+                      TRAINING, check_choice)
 from .parallel import (full_state_dict, global_batch, local_numel, make_accelerator,
                        micro_batch, resolved_device, shard)
+from .explain import mean_attention
+from .predict import embed_features
 from .progress import Ticker
 from .unifrac import MatrixDistances
 
@@ -46,20 +47,20 @@ class TrainConfig:
     CPU, the same model up to float rounding) with 1 or many processes.
     """
 
-    epochs: int = 20
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.05
-    patience: int = DEFAULT_PATIENCE
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    num_processes: int = 1
-    distributed: str = "ddp"
-    mixed_precision: str = "no"
-    gradient_accumulation_steps: int = 1
-    activation_checkpointing: bool = False
+    epochs: int = TRAINING["epochs"]
+    batch_size: int = TRAINING["batch_size"]
+    learning_rate: float = TRAINING["learning_rate"]
+    weight_decay: float = TRAINING["weight_decay"]
+    warmup_fraction: float = TRAINING["warmup_fraction"]
+    patience: int = TRAINING["patience"]
+    max_grad_norm: float = TRAINING["max_grad_norm"]
+    seed: int = TRAINING["seed"]
+    device: str = TRAINING["device"]
+    num_processes: int = TRAINING["num_processes"]
+    distributed: str = TRAINING["distributed"]
+    mixed_precision: str = TRAINING["mixed_precision"]
+    gradient_accumulation_steps: int = TRAINING["gradient_accumulation_steps"]
+    activation_checkpointing: bool = TRAINING["activation_checkpointing"]
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "num_processes", "gradient_accumulation_steps"):
@@ -101,7 +102,7 @@ class Objective:
     mlm_weight: float = 0.0
     regression_loss: RegressionLoss = RegressionLoss()
     class_weights: torch.Tensor | None = None  # (n_classes,) for cross-entropy
-    mask_rate: float = 0.15
+    mask_rate: float = MASK_RATE
     # MatrixDistances or TreeDistances (core.unifrac): pairs by batch["sample_index"]
     distances: object | None = None
 
@@ -223,8 +224,8 @@ class FrozenEncoderCache:
     """
 
     @torch.no_grad()
-    def __init__(self, model: AAMModel, collator: BatchCollator, device, batch_size: int = 64,
-                 tick=None):
+    def __init__(self, model: AAMModel, collator: BatchCollator, device,
+                 batch_size: int = PREDICT_BATCH_SIZE, tick=None):
         asv = embed_features(model, collator.tokens, np.unique(collator.samples.indices), device,
                              tick=tick)
         n = len(collator.samples)
@@ -249,28 +250,6 @@ class FrozenEncoderCache:
     def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         rows, width = batch["row"], batch["asv_mask"].shape[1]
         return self.tokens[rows, :width], self.pooled[rows]
-
-
-@torch.no_grad()
-def embed_features(model: AAMModel, tokens: np.ndarray, features: np.ndarray,
-                   device, chunk: int = 512, tick=None) -> torch.Tensor:
-    """``(n_features, D)`` embeddings of the given feature rows of ``tokens``, computed once
-    (``tick(message)`` after each chunk)."""
-    was_training = model.training
-    model.eval()
-    table = torch.zeros(tokens.shape[0], model.config.embedding_dim, device=device)
-    lengths = (tokens != 0).sum(axis=1)
-    order = features[np.argsort(lengths[features], kind="stable")]  # similar lengths together
-    for start in range(0, len(order), chunk):
-        rows = order[start:start + chunk]
-        width = int(lengths[rows].max())
-        batch = torch.as_tensor(tokens[rows, :width].astype(np.int64), device=device)
-        table[torch.as_tensor(rows, device=device)] = model.encode_asvs(batch)
-        if tick is not None:
-            tick(f"Frozen encoder: {min(start + chunk, len(order))} of {len(order)} ASV "
-                 "sequences encoded.")
-    model.train(was_training)
-    return table
 
 
 def fit(model: AAMModel, train_collator: BatchCollator, val_collator: BatchCollator | None,
@@ -659,7 +638,7 @@ def evaluate(model, loader, objective: Objective, config: TrainConfig, accelerat
     if metrics is not None and "prediction" in values:
         result.update(metrics(values["prediction"].cpu().numpy(),
                               values["target"].cpu().numpy(), values["index"].cpu().numpy()))
-    return result, _mean_attention(maps)
+    return result, mean_attention(maps)
 
 
 #: Validation samples over which the UniFrac loss takes all pairs at once; a larger
@@ -681,25 +660,6 @@ def validation_unifrac(embedding: torch.Tensor, index: torch.Tensor, distances) 
         total += float(pairwise_unifrac_loss(embedding[block], dist)) * n * (n - 1) / 2
         pairs += n * (n - 1) / 2
     return total / pairs if pairs else float("nan")
-
-
-def _mean_attention(attention: dict) -> dict:
-    """Average the per-batch attention sums into one matrix per kind."""
-    out = {}
-    if "cross_attention" in attention:  # slots differ in width between batches
-        width = max(w.shape[0] for w, _ in attention["cross_attention"])
-        total = torch.zeros(width, attention["cross_attention"][0][0].shape[1])
-        count = torch.zeros(width)
-        for w, c in attention["cross_attention"]:
-            total[: w.shape[0]] += w
-            count[: c.shape[0]] += c
-        out["cross_attention"] = (total / count.clamp(min=1)[:, None]).numpy()
-    if "perceiver" in attention:  # latents x [ASV slots (padded to the widest) ; tokens]
-        width = max(s.shape[1] for s, _, _ in attention["perceiver"])
-        total = sum(torch.cat([F.pad(s, (0, width - s.shape[1])), m], dim=1)
-                    for s, m, _ in attention["perceiver"])
-        out["perceiver"] = (total / sum(n for _, _, n in attention["perceiver"])).numpy()
-    return out
 
 
 def _describe(row: dict, epochs: int) -> str:

@@ -1,17 +1,29 @@
-"""Tables that explain a trained model: gates, attention per ASV, history, accuracy.
+"""Attribution: what a trained model reads, from its gates, attention and response.
 
-Plain numpy/pandas on the arrays of :func:`q2_aam.core.api.model_outputs`;
-the visualizers draw these tables and offer them as TSV, so every number on a
-plot is one a user can download. Shapes: ``n`` samples, ``h`` heads, ``S``
-ASV slots (slot ``j`` of sample ``i`` is its ``j``-th most abundant ASV),
-``K`` metadata tokens (one per column, then the null token), ``L`` latents.
+The per-ASV response to metadata (:func:`conditioning_response`, from the model's
+:func:`slot_responses`) is the attribution q2-aam stands behind; attention and gates are
+shown beside it. The tables are plain numpy/pandas on the arrays of
+:func:`q2_aam.core.predict.model_outputs` and of the response; the visualizers draw them
+and offer them as TSV, so every number on a plot is one a user can download. Shapes: ``n``
+samples, ``h`` heads, ``S`` ASV slots (slot ``j`` of sample ``i`` is its ``j``-th most
+abundant ASV), ``K`` metadata tokens (one per column, then the null token), ``L`` latents.
 """
 from __future__ import annotations
 
+import warnings
+from typing import Callable, Sequence
+
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
+from .bundle import ModelBundle
 from .data import AmpliconSamples
+from .model import AAMModel
+from .options import DEFAULT_DEVICE, DEFAULT_MATCH_IDENTITY
+from .predict import batches, regressor_transform
+from .progress import stderr
 
 NULL_TOKEN = "(null)"
 
@@ -179,38 +191,6 @@ def metadata_share(weights: np.ndarray, sample_ids, categorical: dict) -> pd.Dat
     return frame
 
 
-def history_frame(history: list[dict]) -> pd.DataFrame:
-    """The per-epoch training history as a table indexed by epoch."""
-    if not history:
-        raise ValueError("This model has no training history (it was saved without one).")
-    return pd.DataFrame(history).set_index("epoch").sort_index()
-
-
-def regression_accuracy(observed: np.ndarray, predicted: np.ndarray) -> dict:
-    """MAE, RMSE, R² (scikit-learn's; NaN when the observed values do not vary) and n of
-    predictions against observed values."""
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-    observed, predicted = np.asarray(observed, float), np.asarray(predicted, float)
-    varies = len(observed) > 1 and observed.min() < observed.max()
-    return {"n": len(observed), "mae": float(mean_absolute_error(observed, predicted)),
-            "rmse": float(np.sqrt(mean_squared_error(observed, predicted))),
-            "r2": float(r2_score(observed, predicted)) if varies else float("nan")}
-
-
-def confusion(observed, predicted, classes) -> pd.DataFrame:
-    """Counts of (observed class, predicted class); rows observed, columns predicted.
-
-    Observed labels that the model does not know get their own rows.
-    """
-    observed = pd.Categorical(np.asarray(observed, dtype=str),
-                              categories=list(classes) + sorted(set(map(str, observed))
-                                                                - set(classes)))
-    predicted = pd.Categorical(np.asarray(predicted, dtype=str), categories=list(classes))
-    table = pd.crosstab(observed, predicted, dropna=False)
-    table.index.name, table.columns.name = "observed", "predicted"
-    return table
-
-
 def conditioning_change(plain: np.ndarray, patched: np.ndarray, transform, groups,
                         point: int) -> np.ndarray:
     """``(n, S, C, V)``: how far each patched prediction lies from the sample's own.
@@ -228,3 +208,123 @@ def conditioning_change(plain: np.ndarray, patched: np.ndarray, transform, group
     per_value = np.repeat(groups, flat.shape[1]) if groups is not None else None
     values = transform.inverse(flat.ravel(), per_value).reshape(patched.shape[:-1])
     return np.abs(values - transform.inverse(plain[:, point], groups)[:, None, None, None])
+
+
+@torch.no_grad()
+def slot_responses(model: AAMModel, batch: dict, asv_embeddings: torch.Tensor,
+                   max_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions with one ASV slot alone conditioned on another value of a column.
+
+    For every slot ``s``, column ``c`` and known value ``v`` (index 1 and up;
+    0 is *unknown*), the cross-attention output of slot ``s`` is taken from a
+    pass in which column ``c`` is ``v``; every other slot, and everything
+    after the fusion (FiLM, output scaling), keeps the sample's own metadata.
+    So the change from the plain prediction is what conditioning *that* ASV
+    on ``v`` does to the output: an attribution, unlike the attention
+    weights, which also move for ASVs the prediction does not read.
+
+    Returns the plain outputs ``(B, n_outputs)`` and the patched ones
+    ``(B, S, C, V, n_outputs)`` (``V`` the largest cardinality), NaN for
+    padded slots, for ``v`` equal to the sample's own value and past a
+    column's cardinality.
+    """
+    if model.cross_attention is None:
+        raise ValueError("slot_responses needs a model trained with "
+                         "categorical_fusion='cross-attention'.")
+    mask, categories = batch["asv_mask"], batch.get("categories")
+    context = model.context(batch)
+    x, _ = model.sample_encoder(asv_embeddings, batch["asv_index"], mask, batch["abundance"])
+    x = model.slots(x, context)
+    fused, _ = model.cross_attention(x, context.tokens)
+    plain = model.head_output(fused, context)["prediction"]
+    conditional = model.readout is not None and model.readout.conditional is not None
+    if conditional:  # the readout's share of the response
+        level = batch["abundance"][..., 2].to(context.offset.dtype) * mask
+        own = model.readout.conditional_terms(level, batch["asv_vocab"], categories)
+    (n, width, _), cards = fused.shape, model.config.categorical_cardinalities
+    patched = plain.new_full((n, width, len(cards), max(cards), plain.shape[1]), float("nan"))
+    pairs = mask.nonzero()  # (P, 2): the (sample, slot) pairs that hold an ASV
+    for c, card in enumerate(cards):
+        for v in range(1, card):
+            other = categories.clone()
+            other[:, c] = v
+            alt, _ = model.cross_attention(x, model.categories.tokens(other))
+            todo = pairs[categories[pairs[:, 0], c] != v]  # the sample's own value: NaN
+            for start in range(0, len(todo), max_rows):
+                b, j = todo[start:start + max_rows].unbind(1)
+                # Held slots come first, so the chunk's samples need only their longest
+                # length, not the batch's: no work on padding.
+                w = int(mask[b].sum(1).max())
+                rows = fused[b, :w]  # (k, w, D): the sample's slots, slot j from alt
+                rows[torch.arange(len(b)), j] = alt[b, j]
+                shifted = None if context.offset is None else context.offset[b]
+                if conditional:  # slot j's term under value v
+                    swapped = model.readout.conditional_terms(
+                        level[b, j][:, None], batch["asv_vocab"][b, j][:, None],
+                        other[b])[:, 0]
+                    shifted = shifted - own[b, j] + swapped
+                patched[b, j, c, v] = model.head_output(
+                    rows, context.rows(b, w, shifted))["prediction"]
+    patched[~mask] = float("nan")
+    return plain, patched
+
+
+def conditioning_response(bundle: ModelBundle, samples: AmpliconSamples, *,
+                          categorical: dict, normalize_groups: Sequence | None = None,
+                          batch_size: int = 16, device: str = DEFAULT_DEVICE,
+                          match_identity: float = DEFAULT_MATCH_IDENTITY,
+                          log: Callable[[str], None] = stderr) -> np.ndarray:
+    """How much each ASV's conditioning moves each sample's prediction, per column.
+
+    ``(n_samples, token_limit, C)``: for sample ``i``, ASV slot ``j`` and
+    conditioning column ``c``, the change in the prediction when that ASV alone
+    is conditioned on another value of ``c`` (every other ASV, and the rest of
+    the model, keep the sample's metadata), averaged over the column's other
+    values seen in training. Regressors: the absolute change in the target's
+    units; classifiers: the total variation between the class probabilities
+    (0 to 1). NaN for empty slots. Only for cross-attention models (see
+    :func:`slot_responses`).
+    """
+    if bundle.model_config.get("categorical_fusion") != "cross-attention" or not \
+            bundle.target.get("categorical", {}).get("columns"):
+        raise ValueError("The per-ASV response to metadata needs a model trained with "
+                         "--p-categorical-columns and --p-categorical-fusion cross-attention.")
+    transform = regressor_transform(bundle, normalize_groups)
+    if transform is not None and transform.uses_groups:  # unseen groups: said once, here
+        transform.inverse(np.zeros(len(samples)), normalize_groups, warn=log)
+    point = bundle.target.get("point_output", 0)
+    result = np.full((len(samples), samples.token_limit,
+                      len(bundle.target["categorical"]["columns"])), np.nan)
+    for model, batch, embeddings, rows in batches(bundle, samples, batch_size, device,
+                                                  categorical, match_identity, log):
+        plain, patched = (t.double().cpu() for t in slot_responses(model, batch,
+                                                                       embeddings))
+        if transform is None:  # classifiers: class probabilities
+            plain, patched = plain.softmax(-1), patched.softmax(-1)
+        groups = (None if transform is None or not transform.uses_groups else
+                  np.asarray(normalize_groups, dtype=object)[rows])
+        change = conditioning_change(plain.numpy(), patched.numpy(), transform, groups, point)
+        with warnings.catch_warnings():  # a slot or column with no other value stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result[rows, :patched.shape[1]] = np.nanmean(change, axis=-1)  # over other values
+    return result
+
+
+def mean_attention(attention: dict) -> dict:
+    """The mean attention of a pass over batches, one matrix per kind, from the per-batch
+    sums ``engine.evaluate`` collects (slots padded to the widest batch)."""
+    out = {}
+    if "cross_attention" in attention:  # slots differ in width between batches
+        width = max(w.shape[0] for w, _ in attention["cross_attention"])
+        total = torch.zeros(width, attention["cross_attention"][0][0].shape[1])
+        count = torch.zeros(width)
+        for w, c in attention["cross_attention"]:
+            total[: w.shape[0]] += w
+            count[: c.shape[0]] += c
+        out["cross_attention"] = (total / count.clamp(min=1)[:, None]).numpy()
+    if "perceiver" in attention:  # latents x [ASV slots (padded to the widest) ; tokens]
+        width = max(s.shape[1] for s, _, _ in attention["perceiver"])
+        total = sum(torch.cat([F.pad(s, (0, width - s.shape[1])), m], dim=1)
+                    for s, m, _ in attention["perceiver"])
+        out["perceiver"] = (total / sum(n for _, _, n in attention["perceiver"])).numpy()
+    return out

@@ -21,10 +21,11 @@ import inspect
 import os
 import signal
 import socket
-import sys
 import tempfile
 import uuid
 from typing import Callable
+
+from .progress import stderr
 
 
 def in_distributed_run() -> bool:
@@ -123,11 +124,6 @@ def _failure_message(error, logs: str) -> str:
     messages += [f"{'workers' if len(ranks) > 1 else 'worker'} {', '.join(ranks)}: {text}"
                  for text, ranks in raised.items()]
     return "A training worker failed. " + " | ".join(messages or [str(error)])
-
-
-def stderr(message: str) -> None:
-    """The core's default ``log``: a line on standard error."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def distributable(action):

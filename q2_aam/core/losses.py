@@ -7,7 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .options import DEFAULT_PENALTY, DEFAULT_QUANTILES, REGRESSION_LOSSES, check_choice
+from .options import (DEFAULT_LOSS, DEFAULT_PENALTY, DEFAULT_QUANTILES, REGRESSION_LOSSES,
+                      check_choice)
 from .tokenizer import MASK, PAD
 
 IGNORE = -100
@@ -62,10 +63,10 @@ class RegressionLoss:
     ``under_penalty`` where it is too low.
     """
 
-    kind: str = "huber"
+    kind: str = DEFAULT_LOSS
     quantiles: tuple = ()
-    over_penalty: float = 1.0
-    under_penalty: float = 1.0
+    over_penalty: float = DEFAULT_PENALTY
+    under_penalty: float = DEFAULT_PENALTY
 
     @classmethod
     def from_settings(cls, kind: str, quantiles=DEFAULT_QUANTILES,

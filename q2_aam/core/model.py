@@ -14,15 +14,17 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .data import N_ABUNDANCE_FEATURES, log_level
+from .data import N_ABUNDANCE_FEATURES
 from .layers import transformer
+from .readout.module import LinearReadout, ReadoutConfig
 from .fusion import (AddFusion, CategoricalEmbedding, ConcatFusion,
                      ConditionalOutputScaling, CrossAttentionFusion, FiLM, GatedMultimodalUnit,
                      PerceiverFusion)
 from .tokenizer import NUCLEOTIDE_CLASSES, PAD, VOCAB_SIZE
 
-from .options import (DEFAULT_GMU_VARIANT, FUSION_MODES, GMU_VARIANTS, MODEL_TASKS,
-                      OUTPUT_CONSTRAINTS, TOKEN_FUSIONS, VECTOR_FUSIONS, check_choice)
+from .options import (ARCHITECTURE, DEFAULT_GMU_VARIANT, DEFAULT_OUTPUT_CONSTRAINT, FUSION_MODES,
+                      FUSION_SIZES, GMU_VARIANTS, MODEL_TASKS, OUTPUT_CONSTRAINTS,
+                      TOKEN_FUSIONS, VECTOR_FUSIONS, check_choice)
 
 
 @dataclass
@@ -32,28 +34,25 @@ class ModelConfig:
     The feed-forward width of every transformer layer is ``4 * embedding_dim``.
     """
 
-    embedding_dim: int = 64
-    attention_heads: int = 4
-    nucleotide_layers: int = 2
-    sample_layers: int = 2
-    target_layers: int = 1
-    patch_size: int = 4
-    max_sequence_length: int = 256
-    dropout: float = 0.1
-    # The nucleotide encoder's own rate. Its activations are (distinct ASVs x patches x width):
-    # drawing a dropout mask over them took a quarter of a CPU pretraining step, and the masks
-    # keep attention off its fused kernel; a step took 4.27 s with dropout 0.1, 2.26 s with 0
-    # (profile at embedding 128; docs/scale.md).
-    nucleotide_dropout: float = 0.0
+    embedding_dim: int = ARCHITECTURE["embedding_dim"]
+    attention_heads: int = ARCHITECTURE["attention_heads"]
+    nucleotide_layers: int = ARCHITECTURE["nucleotide_layers"]
+    sample_layers: int = ARCHITECTURE["sample_layers"]
+    target_layers: int = ARCHITECTURE["target_layers"]
+    patch_size: int = ARCHITECTURE["patch_size"]
+    max_sequence_length: int = 256  # build_config sets it to the longest sequence's patches
+    dropout: float = ARCHITECTURE["dropout"]
+    # The nucleotide encoder's own rate (why 0: options.ARCHITECTURE).
+    nucleotide_dropout: float = ARCHITECTURE["nucleotide_dropout"]
     task: str = "encoder"
     n_outputs: int = 0
-    output_constraint: str = "none"
+    output_constraint: str = DEFAULT_OUTPUT_CONSTRAINT
     output_bounds: list | None = None
     categorical_cardinalities: list = field(default_factory=list)  # per column, incl. unknown
     categorical_fusion: str = "none"
-    cross_attn_heads: int = 8
-    perceiver_num_latents: int = 16
-    perceiver_num_layers: int = 2
+    cross_attn_heads: int = FUSION_SIZES["cross_attn_heads"]
+    perceiver_num_latents: int = FUSION_SIZES["perceiver_num_latents"]
+    perceiver_num_layers: int = FUSION_SIZES["perceiver_num_layers"]
     # Saved models keep the variant they were built with (see options.DEFAULT_GMU_VARIANT).
     gmu_variant: str = DEFAULT_GMU_VARIANT
     film_conditioning: bool = False
@@ -228,6 +227,31 @@ def build_config(overrides: dict | None, pretrained: dict | None, *, task: str,
 def masked_fill_value(dtype: torch.dtype) -> float:
     """Most negative finite value of ``dtype``: safe for masking under fp16/bf16."""
     return torch.finfo(dtype).min
+
+
+@dataclass
+class BranchContext:
+    """What the target branch's steps read besides the slots (:meth:`AAMModel.context`): the
+    slots' ``mask`` ``(B, S)``, the ``categories`` ``(B, C)`` (indices), the slots'
+    vocabulary rows ``vocab`` ``(B, S)``, the categories' pooled ``vector`` ``(B, D)`` and
+    metadata ``tokens`` ``(B, K, D)``, and the linear readout's term ``offset``
+    ``(B, n_outputs)``; ``None`` where the model has no use for one."""
+
+    mask: torch.Tensor
+    categories: torch.Tensor | None = None
+    vocab: torch.Tensor | None = None
+    vector: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    offset: torch.Tensor | None = None
+
+    def rows(self, index: torch.Tensor, width: int, offset: torch.Tensor | None):
+        """The context of the samples ``index`` (repeats allowed) on their first ``width``
+        slots, with another readout term ``offset`` and no metadata tokens (the steps after
+        the slots' do not read them)."""
+        pick = (lambda t: None if t is None else t[index])
+        return BranchContext(self.mask[index, :width], pick(self.categories),
+                             None if self.vocab is None else self.vocab[index, :width],
+                             pick(self.vector), None, offset)
 
 
 class AttentionPooling(nn.Module):
@@ -415,30 +439,10 @@ class AAMModel(nn.Module):
                                                config.dropout)
                                    if config.target_layers else None)
             self.target_pool = AttentionPooling(d)
-        # Per vocabulary ASV and output, a coefficient on its log abundance and one on its
-        # presence (fitted in closed form before training, then fixed); row 0 stays 0.
-        self.linear = (nn.Embedding(config.asv_vocabulary_size + 1, config.n_outputs)
-                       if config.linear_readout and config.asv_vocabulary_size else None)
-        self.linear_presence = (nn.Embedding(config.asv_vocabulary_size + 1, config.n_outputs)
-                                if self.linear is not None and config.linear_presence else None)
-        self.linear_bias = None
-        if self.linear is not None:
-            nn.init.zeros_(self.linear.weight)
-            self.linear_bias = nn.Parameter(torch.zeros(config.n_outputs))
-        if self.linear_presence is not None:
-            nn.init.zeros_(self.linear_presence.weight)
-        self.linear_clade = self.linear_conditional = None
-        if self.linear is not None and config.linear_clades:
-            self.linear_clade = nn.Parameter(torch.zeros(config.linear_clades, config.n_outputs))
-            self.register_buffer("clade_rows", torch.zeros(config.linear_clade_memberships,
-                                                           dtype=torch.long))
-            self.register_buffer("clade_ids", torch.zeros(config.linear_clade_memberships,
-                                                          dtype=torch.long))
-        if self.linear is not None and config.linear_conditional and cards:
-            shape = (config.asv_vocabulary_size + 1, sum(cards) * config.n_outputs)
-            # Built from zeros (no random draw), so the seed gives the rest of the model the
-            # same weights as without it.
-            self.linear_conditional = nn.Embedding(*shape, _weight=torch.zeros(shape))
+        # The linear readout (fitted in closed form before training, then fixed): built here,
+        # in the place it always had, so that a seed draws the same weights after it.
+        readout = ReadoutConfig.of(config)
+        self.readout = LinearReadout(readout) if readout is not None else None
         # One learned vector per ASV seen in training (row 0: every other ASV), added to the
         # encoder's slot outputs: sequence embeddings of near-identical 16S sequences are
         # near-identical, so without it the branch cannot single out one ASV.
@@ -464,6 +468,17 @@ class AAMModel(nn.Module):
                                if config.conditional_output_scaling and cards else None)
         self.output_constraint = OutputConstraint(config.output_constraint,
                                                   config.output_bounds)
+        # The steps of the target branch this model has, in order (decided once, here, so
+        # that the forward path runs them without asking which parts exist): on each ASV
+        # slot, pooling, on the pooled vector, and on the head's output.
+        self._slot_steps = [step for step, held in (
+            (self._add_identity, self.asv_identity is not None),
+            (self._fuse_vector, self.fusion is not None),
+            (self._cross_attend, self.cross_attention is not None)) if held]
+        self._pool = self._perceive if self.perceiver is not None else self._attention_pool
+        self._pooled_steps = [self._gate] if self.gmu is not None else []
+        self._output_steps = [step for step, held in (
+            (self._add_readout, True), (self._scale, self.output_scaling is not None)) if held]
 
     def sharding_units(self) -> list[nn.Module]:
         """The parts FSDP shards on their own (``parallel.shard``), so that each runs with
@@ -516,171 +531,95 @@ class AAMModel(nn.Module):
             out.update(self._target_branch(tokens_out, batch))
         return out
 
-    def _categorical_inputs(self, categories: torch.Tensor | None):
-        """The pooled categorical vector ``(B, D)`` and metadata tokens ``(B, K, D)`` the
-        model's modes use (``None`` where unused)."""
-        c_vec = c_tokens = None
+    def context(self, batch: dict) -> "BranchContext":
+        """What the target branch's steps read besides the slots (``BranchContext``): the
+        categories' pooled vector and metadata tokens the model's modes use, and the
+        linear readout's term."""
+        categories = batch.get("categories")
         n_columns = len(self.config.categorical_cardinalities)
         if (self.categories is not None or self.output_scaling is not None) and (
                 categories is None or categories.shape[1] != n_columns):
             raise ValueError(f"This model is conditioned on {n_columns} categorical "
                              "column(s); the batch has none or another number.")
-        if self.categories is not None:
-            if self.categories.has_vector:
-                c_vec = self.categories.vector(categories)  # (B, D)
-            if self.categories.has_tokens:
-                c_tokens = self.categories.tokens(categories)  # (B, K, D)
-        return c_vec, c_tokens
-
-    def _slots(self, x: torch.Tensor, batch: dict) -> torch.Tensor:
-        """The target branch's view of each slot: encoder output plus the ASV's identity."""
-        if self.asv_identity is None:
-            return x
-        if "asv_vocab" not in batch:
+        if (self.asv_identity is not None or self.readout is not None) and \
+                "asv_vocab" not in batch:
             raise ValueError("This model has ASV identity embeddings; the batch needs "
                              "'asv_vocab' (BatchCollator's vocabulary argument).")
-        return x + self.asv_identity(batch["asv_vocab"])  # (B, S, D)
+        context = BranchContext(batch["asv_mask"], categories, batch.get("asv_vocab"))
+        if self.categories is not None:
+            if self.categories.has_vector:
+                context.vector = self.categories.vector(categories)  # (B, D)
+            if self.categories.has_tokens:
+                context.tokens = self.categories.tokens(categories)  # (B, K, D)
+        if self.readout is not None:
+            context.offset = self.readout(batch)  # (B, n_outputs)
+        return context
 
     def _target_branch(self, x: torch.Tensor, batch: dict) -> dict:
-        """Fusion, target encoder, pooling and head on the sample encoder's ``(B, S, D)``."""
+        """The target branch on the sample encoder's slots ``(B, S, D)``: the model's steps
+        on the slots (``_slot_steps``), then :meth:`head_output`."""
         out = {}
-        mask, categories = batch["asv_mask"], batch.get("categories")
-        c_vec, c_tokens = self._categorical_inputs(categories)
-        x = self._slots(x, batch)
-        if self.fusion is not None:
-            x = self.fusion(x, c_vec)
-        if self.cross_attention is not None:
-            x, out["cross_attention"] = self.cross_attention(x, c_tokens)  # (B, h, S, K)
-        out.update(self._readout(x, mask, c_vec, c_tokens, categories,
-                                 self._linear_term(batch)))
+        context = self.context(batch)
+        for step in self._slot_steps:
+            x = step(x, context, out)
+        out.update(self.head_output(x, context))
         return out
 
-    def readout_parameters(self) -> list:
-        """The linear readout's parameters (fitted in closed form, then kept fixed)."""
-        parts = [self.linear, self.linear_presence, self.linear_conditional]
-        return ([p for part in parts if part is not None for p in part.parameters()]
-                + [p for p in (self.linear_clade, self.linear_bias) if p is not None])
-
-    def _linear_term(self, batch: dict) -> torch.Tensor | None:
-        """``(B, n_outputs)``: the linear readout on the sample's vocabulary rows (see
-        ``linear``): each row's coefficient x its log-abundance level, plus its presence
-        coefficient, plus each clade's coefficient x its level, plus each row's coefficient
-        for the sample's category values x its level.
-
-        Abundances are summed per row first: at prediction two slots may read one row (a
-        new ASV matched to a vocabulary neighbour, ``vocabulary``), and the readout was
-        fitted on each row's total, as closed-reference picking would count it."""
-        if self.linear is None:
-            return None
-        dtype = self.linear.weight.dtype
-        rel = batch["abundance"][..., 1].to(dtype) * batch["asv_mask"]  # (B, S)
-        per_row = rel.new_zeros(len(rel), self.config.asv_vocabulary_size + 1)
-        per_row.scatter_add_(1, batch["asv_vocab"], rel)  # (B, V + 1); row 0: no row
-        level = log_level(per_row[:, 1:])  # (B, V)
-        out = level @ self.linear.weight[1:] + self.linear_bias
-        if self.linear_presence is not None:
-            out = out + (per_row[:, 1:] > 0).to(dtype) @ self.linear_presence.weight[1:]
-        if self.linear_clade is not None:
-            clade = rel.new_zeros(len(rel), len(self.linear_clade)).index_add_(
-                1, self.clade_ids, per_row[:, self.clade_rows])
-            out = out + log_level(clade) @ self.linear_clade
-        if self.linear_conditional is not None:
-            cards, n_outputs = self.config.categorical_cardinalities, self.config.n_outputs
-            per_value = (level @ self.linear_conditional.weight[1:]).unflatten(
-                -1, (sum(cards), n_outputs))  # (B, values, O)
-            offsets = torch.as_tensor(np.cumsum([0] + cards[:-1]),
-                                      device=per_value.device)
-            index = (batch["categories"] + offsets)[..., None].expand(-1, -1, n_outputs)
-            out = out + per_value.gather(1, index).sum(1)  # the sample's values, (B, O)
-        return out
-
-    def _conditional_terms(self, level: torch.Tensor, vocab: torch.Tensor,
-                           categories: torch.Tensor) -> torch.Tensor:
-        """``(B, S, n_outputs)``: each slot's conditional readout term for the categories
-        ``(B, C)`` (indices; 0, unknown, has no coefficient)."""
-        cards, n_outputs = self.config.categorical_cardinalities, self.config.n_outputs
-        weights = self.linear_conditional(vocab).unflatten(-1, (sum(cards), n_outputs))
-        offsets = torch.as_tensor(np.cumsum([0] + cards[:-1]), device=categories.device)
-        index = (categories + offsets)[:, None, :, None].expand(
-            -1, weights.shape[1], -1, n_outputs)  # (B, S, C, O)
-        return level[..., None] * weights.gather(2, index).sum(2)
-
-    def _readout(self, x: torch.Tensor, mask: torch.Tensor, c_vec, c_tokens, categories,
-                 offset: torch.Tensor | None = None) -> dict:
-        """Everything after the per-ASV fusion: ``(B, S, D)`` slots -> prediction
-        (``offset`` ``(B, n_outputs)``: the linear readout, added to the head's output)."""
+    def head_output(self, x: torch.Tensor, context: "BranchContext") -> dict:
+        """Everything after the steps on the slots: ``(B, S, D)`` slots -> pooling, the
+        steps on the pooled vector, the head, the steps on its output (the linear readout's
+        term added, the output scaling) and the output constraint: ``prediction`` and the
+        attention or gate of the steps that have one."""
         out = {}
-        if self.perceiver is not None:
-            pooled, out["perceiver_attention"] = self.perceiver(x, mask, c_tokens)
-        else:
-            if self.target_encoder is not None:
-                x = self.target_encoder(x, src_key_padding_mask=~mask)
-            pooled = self.target_pool(x, mask)  # (B, D)
-        if self.gmu is not None:
-            pooled, out["gmu_gate"] = self.gmu(pooled, c_vec)  # (B, D), (B, D)
-        y = self.target_head(pooled, c_vec)  # (B, n_outputs)
-        if offset is not None:
-            y = y + offset
-        if self.output_scaling is not None:
-            y = self.output_scaling(y, categories)
+        pooled = self._pool(x, context, out)  # (B, D)
+        for step in self._pooled_steps:
+            pooled = step(pooled, context, out)
+        y = self.target_head(pooled, context.vector)  # (B, n_outputs)
+        for step in self._output_steps:
+            y = step(y, context, out)
         out["prediction"] = self.output_constraint(y)
         return out
 
-    @torch.no_grad()
-    def conditioning_response(self, batch: dict, asv_embeddings: torch.Tensor,
-                              max_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predictions with one ASV slot alone conditioned on another value of a column.
+    # The steps (each ``(value, context, out) -> value``; ``out`` collects what a step shows).
 
-        For every slot ``s``, column ``c`` and known value ``v`` (index 1 and up;
-        0 is *unknown*), the cross-attention output of slot ``s`` is taken from a
-        pass in which column ``c`` is ``v``; every other slot, and everything
-        after the fusion (FiLM, output scaling), keeps the sample's own metadata.
-        So the change from the plain prediction is what conditioning *that* ASV
-        on ``v`` does to the output: an attribution, unlike the attention
-        weights, which also move for ASVs the prediction does not read.
+    def _add_identity(self, x: torch.Tensor, context, out) -> torch.Tensor:
+        """Each slot plus its ASV's identity embedding."""
+        return x + self.asv_identity(context.vocab)  # (B, S, D)
 
-        Returns the plain outputs ``(B, n_outputs)`` and the patched ones
-        ``(B, S, C, V, n_outputs)`` (``V`` the largest cardinality), NaN for
-        padded slots, for ``v`` equal to the sample's own value and past a
-        column's cardinality.
-        """
-        if self.cross_attention is None:
-            raise ValueError("conditioning_response needs a model trained with "
-                             "categorical_fusion='cross-attention'.")
-        mask, categories = batch["asv_mask"], batch.get("categories")
-        c_vec, c_tokens = self._categorical_inputs(categories)
-        x, _ = self.sample_encoder(asv_embeddings, batch["asv_index"], mask, batch["abundance"])
-        x = self._slots(x, batch)
-        fused, _ = self.cross_attention(x, c_tokens)
-        offset = self._linear_term(batch)
-        plain = self._readout(fused, mask, c_vec, c_tokens, categories, offset)["prediction"]
-        if self.linear_conditional is not None:  # the readout's share of the response
-            level = batch["abundance"][..., 2].to(offset.dtype) * mask
-            own = self._conditional_terms(level, batch["asv_vocab"], categories)  # (B, S, O)
-        (n, width, _), cards = fused.shape, self.config.categorical_cardinalities
-        patched = plain.new_full((n, width, len(cards), max(cards), plain.shape[1]), float("nan"))
-        pairs = mask.nonzero()  # (P, 2): the (sample, slot) pairs that hold an ASV
-        for c, card in enumerate(cards):
-            for v in range(1, card):
-                other = categories.clone()
-                other[:, c] = v
-                alt, _ = self.cross_attention(x, self.categories.tokens(other))
-                todo = pairs[categories[pairs[:, 0], c] != v]  # the sample's own value: NaN
-                for start in range(0, len(todo), max_rows):
-                    b, j = todo[start:start + max_rows].unbind(1)
-                    # Held slots come first, so the chunk's samples need only their longest
-                    # length, not the batch's: no work on padding.
-                    w = int(mask[b].sum(1).max())
-                    rows = fused[b, :w]  # (k, w, D): the sample's slots, slot j from alt
-                    rows[torch.arange(len(b)), j] = alt[b, j]
-                    shifted = None if offset is None else offset[b]
-                    if self.linear_conditional is not None:  # slot j's term under value v
-                        swapped = self._conditional_terms(
-                            level[b, j][:, None], batch["asv_vocab"][b, j][:, None],
-                            other[b])[:, 0]
-                        shifted = shifted - own[b, j] + swapped
-                    patched[b, j, c, v] = self._readout(
-                        rows, mask[b, :w], None if c_vec is None else c_vec[b], None,
-                        categories[b], shifted)["prediction"]
-        patched[~mask] = float("nan")
-        return plain, patched
+    def _fuse_vector(self, x: torch.Tensor, context, out) -> torch.Tensor:
+        return self.fusion(x, context.vector)
+
+    def _cross_attend(self, x: torch.Tensor, context, out) -> torch.Tensor:
+        x, out["cross_attention"] = self.cross_attention(x, context.tokens)  # (B, h, S, K)
+        return x
+
+    def _perceive(self, x: torch.Tensor, context, out) -> torch.Tensor:
+        pooled, out["perceiver_attention"] = self.perceiver(x, context.mask, context.tokens)
+        return pooled
+
+    def _attention_pool(self, x: torch.Tensor, context, out) -> torch.Tensor:
+        if self.target_encoder is not None:
+            x = self.target_encoder(x, src_key_padding_mask=~context.mask)
+        return self.target_pool(x, context.mask)
+
+    def _gate(self, pooled: torch.Tensor, context, out) -> torch.Tensor:
+        pooled, out["gmu_gate"] = self.gmu(pooled, context.vector)  # (B, D), (B, D)
+        return pooled
+
+    def _add_readout(self, y: torch.Tensor, context, out) -> torch.Tensor:
+        return y if context.offset is None else y + context.offset
+
+    def _scale(self, y: torch.Tensor, context, out) -> torch.Tensor:
+        return self.output_scaling(y, context.categories)
+
+    def slots(self, x: torch.Tensor, context: "BranchContext") -> torch.Tensor:
+        """The slots as the per-ASV conditioning reads them: the steps on the slots before
+        cross-attention (the ASV's identity)."""
+        for step in self._slot_steps:
+            if step != self._cross_attend:
+                x = step(x, context, {})
+        return x
+
+    def readout_parameters(self) -> list:
+        """The linear readout's parameters (fitted in closed form, then kept fixed)."""
+        return [] if self.readout is None else list(self.readout.parameters())

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .options import TRAINING
+
 
 def resolved_device(device: str) -> str:
     """The device a run with ``device`` ('auto', 'cpu', 'cuda') trains on; refuses 'cuda'
@@ -34,8 +36,9 @@ def micro_batch(batch_size: int, processes: int, accumulation_steps: int) -> int
     return batch_size // shards
 
 
-def make_accelerator(device: str, mixed_precision: str = "no",
-                     gradient_accumulation_steps: int = 1, tensorboard_dir: str | None = None):
+def make_accelerator(device: str, mixed_precision: str = TRAINING["mixed_precision"],
+                     gradient_accumulation_steps: int = TRAINING["gradient_accumulation_steps"],
+                     tensorboard_dir: str | None = None):
     """A fresh ``accelerate.Accelerator`` for one run (in this process's process group)."""
     from accelerate import Accelerator
     if tensorboard_dir:

@@ -9,9 +9,15 @@ when it ends, and keeps the times for the model's training record (shown by
 """
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from typing import Callable
+
+
+def stderr(message: str) -> None:
+    """The core's default ``log``: a line on standard error."""
+    print(message, file=sys.stderr, flush=True)
 
 #: Seconds between progress lines, at most.
 EVERY = 10.0

@@ -1,4 +1,4 @@
-"""What the model predicts: target transforms for regression, class encodings.
+"""What the model predicts: target transforms for regression, class encodings, scores.
 
 A transform maps a numeric target to the scale the model learns on, and
 back. Its statistics are fitted on the training samples only and saved with
@@ -258,6 +258,12 @@ class PreparedTarget:
     bounds: list | None = None
     class_weights: np.ndarray | None = None
 
+    def loss_weights(self):
+        """The classes' loss weights as the objective takes them (``None``: unweighted)."""
+        import torch
+        return (None if self.class_weights is None
+                else torch.as_tensor(self.class_weights, dtype=torch.float32))
+
 
 def prepare_regression(targets, train_rows: np.ndarray, *, transform: str,
                        output_constraint: str, normalize_by: Sequence[str] | None,
@@ -358,10 +364,19 @@ def prepare_classification(targets, train_rows: np.ndarray, *, class_weights: st
                           class_weights=weights)
 
 
+def regression_accuracy(observed: np.ndarray, predicted: np.ndarray) -> dict:
+    """MAE, RMSE, R² (scikit-learn's; NaN when the observed values do not vary) and n of
+    predictions against observed values."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+    observed, predicted = np.asarray(observed, float), np.asarray(predicted, float)
+    varies = len(observed) > 1 and observed.min() < observed.max()
+    return {"n": len(observed), "mae": float(mean_absolute_error(observed, predicted)),
+            "rmse": float(np.sqrt(mean_squared_error(observed, predicted))),
+            "r2": float(r2_score(observed, predicted)) if varies else float("nan")}
+
+
 def regression_metrics(transform: TargetTransform, point: int, groups: np.ndarray | None):
     """Validation MAE and R² in the target's original units."""
-    from .explain import regression_accuracy
-
     def metrics(prediction: np.ndarray, target: np.ndarray, rows: np.ndarray) -> dict:
         g = None if groups is None else groups[rows]
         y_hat = transform.inverse(prediction[:, point], g)

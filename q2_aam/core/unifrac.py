@@ -1,6 +1,10 @@
 """UniFrac distances for the pretraining loss: a precomputed matrix, or pairs computed as
 each batch needs them.
 
+:func:`unifrac_distances` chooses between the two by the number of samples
+(``options.UNIFRAC_MATRIX_MAX_SAMPLES``) and computes the full matrix with the
+``unifrac`` library.
+
 The loss compares embedding distances with UniFrac over the pairs of one batch
 (and, in validation, of the validation set), so it never needs all ``n x n``
 distances at once. :class:`MatrixDistances` holds a precomputed matrix: the
@@ -16,11 +20,16 @@ same numbers (``tests/test_unifrac_pairs.py`` compares them to the library).
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from typing import Callable
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .options import UNIFRAC_METRICS as METRICS, check_choice
+from .progress import stderr
+from .options import UNIFRAC_MATRIX_MAX_SAMPLES, UNIFRAC_METRICS as METRICS, check_choice
 
 
 class MatrixDistances:
@@ -66,10 +75,8 @@ class TreeDistances:
         column[used] = np.arange(len(used))
         self.column = column  # feature index -> column of the ancestor matrix
         tips = {t.name: t for t in tree.tips()}
-        missing = [samples.feature_ids[i] for i in used if samples.feature_ids[i] not in tips]
-        if missing:
-            raise ValueError(f"{len(missing)} feature(s) are not tips of the phylogeny (e.g. "
-                             f"{missing[:3]}). Use a tree built from these sequences.")
+        refuse_missing([samples.feature_ids[i] for i in used
+                        if samples.feature_ids[i] not in tips])
         node_id: dict[int, int] = {}
         lengths: list[float] = []
         rows, cols = [], []
@@ -132,6 +139,61 @@ class TreeDistances:
                 distances = np.where(denominator > 0, numerator / denominator, 0.0)
         np.fill_diagonal(distances, 0.0)
         return torch.as_tensor(distances, dtype=torch.float32, device=self.device)
+
+
+def held_features(samples):
+    """The counts the model sees ``(features, samples)``, the features some sample holds
+    (their indices) and their IDs."""
+    kept = samples.kept_counts().T.tocsr()
+    used = np.flatnonzero(np.asarray(kept.sum(axis=1)).ravel() > 0)
+    return kept, used, [samples.feature_ids[i] for i in used]
+
+
+def missing_tips(feature_ids, tree) -> list:
+    """Those of ``feature_ids`` that are not tips of ``tree``."""
+    tips = {t.name for t in tree.tips()}
+    return [f for f in feature_ids if f not in tips]
+
+
+def refuse_missing(missing: list) -> None:
+    """Refuse a phylogeny that lacks the features ``missing``."""
+    if missing:
+        raise ValueError(f"{len(missing)} feature(s) are not tips of the phylogeny (e.g. "
+                         f"{missing[:3]}). Use a tree built from these sequences.")
+
+
+def unifrac_distances(samples, tree, metric: str = "unweighted",
+                      log: Callable[[str], None] = stderr):
+    """UniFrac among ``samples`` from ``tree``, on the counts the model sees (each sample's
+    ``token_limit`` most abundant ASVs): an ``(n, n)`` matrix in sample order from the
+    ``unifrac`` library, or, past ``UNIFRAC_MATRIX_MAX_SAMPLES`` samples, a
+    :class:`TreeDistances` that computes each batch's pairs."""
+    import biom
+    import unifrac
+    check_choice("UniFrac metric", metric, METRICS)
+    ids = samples.sample_ids
+    if len(ids) > UNIFRAC_MATRIX_MAX_SAMPLES:  # read when called, so that tests can lower it
+        log(f"{len(ids)} samples: {metric} UniFrac is computed for each batch's pairs as "
+            f"training needs them (past {UNIFRAC_MATRIX_MAX_SAMPLES} samples the full matrix "
+            "is not held in memory).")
+        return TreeDistances(samples, tree, metric)
+    kept, used, feature_ids = held_features(samples)
+    refuse_missing(missing_tips(feature_ids, tree))
+    table = biom.Table(kept[used], feature_ids, ids)
+    log(f"Computing {metric} UniFrac for {len(ids)} samples on the ASVs the model sees.")
+    if metric == "unweighted":
+        result = unifrac.unweighted(table, tree)
+    else:
+        # unifrac 1.2 reads weighted UniFrac's inputs from files only (it passes str(table)
+        # on), so they go through a BIOM HDF5 file and a Newick file.
+        with tempfile.TemporaryDirectory(prefix="q2-aam-unifrac-") as folder:
+            table_path, tree_path = (os.path.join(folder, "table.biom"),
+                                     os.path.join(folder, "tree.nwk"))
+            with biom.util.biom_open(table_path, "w") as handle:
+                table.to_hdf5(handle, "q2-aam")
+            tree.write(tree_path, format="newick")
+            result = unifrac.weighted_normalized(table_path, tree_path)
+    return result.filter(ids).data
 
 
 def deferred(distances) -> bool:

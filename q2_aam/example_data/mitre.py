@@ -395,19 +395,9 @@ def _sample_metadata(name, folder, sample_md, sample_ids, info):
     return metadata
 
 
-def load_dataset(name, cache_dir=None, build_tree=True):
-    """Load benchmark dataset ``name`` ("ecam" or "karelia")."""
-    from .tree import placement_tree
-
-    if name not in FOLDERS:
-        raise ValueError(f"unknown dataset {name!r}; choose from "
-                         f"{sorted(FOLDERS)}")
-    folder = fetch_mitre(cache_dir) / FOLDERS[name]
-    info = {"source": f"mitre=={SDIST_VERSION} "
-                      f"mitre/example_data/{FOLDERS[name]}",
-            "source_sha256": SDIST_SHA256}
-    start = time.monotonic()
-
+def _filtered_counts(name, folder, info):
+    """The counts of the protocol's samples (with metadata, sorted, enough reads)
+    and features (present in them), with the sample metadata as read."""
     counts = read_abundance(folder / "abundance.csv")
     info["raw_samples"], info["raw_features"] = counts.shape
     sample_md, no_id, dups = read_sample_metadata(
@@ -434,31 +424,57 @@ def load_dataset(name, cache_dir=None, build_tree=True):
     present = counts.sum(axis=0) > 0
     info["dropped_absent_features"] = int((~present).sum())
     counts = counts.loc[:, present]
+    return counts, sample_md
 
-    metadata = _sample_metadata(name, folder, sample_md, counts.index, info)
 
-    data = scipy.sparse.csr_matrix(counts.to_numpy().T)
-    table = biom.Table(data, observation_ids=list(counts.columns),
-                       sample_ids=list(counts.index))
-    info["load_seconds"] = round(time.monotonic() - start, 3)
-
+def _check_shape(name, table):
+    """Raise :class:`DataError` unless ``table`` has the protocol's shape."""
     shape = EXPECTED_SHAPES[name]
     if (table.shape[1], table.shape[0]) != shape:
         raise DataError(f"{name}: got {table.shape[1]} samples x "
                         f"{table.shape[0]} features, the protocol gives "
                         f"{shape[0]} x {shape[1]}")
 
+
+def _dataset_tree(name, folder, features, info):
+    """The placement tree of ``features``; its counts go into ``info``."""
+    from .tree import placement_tree
+
+    start = time.monotonic()
+    key = read_fasta(folder / "sequence_key.fa")
+    tree, tree_info = placement_tree(folder / "placement.jplace", key,
+                                     features)
+    info["tree"] = tree_info
+    info["tree_seconds"] = round(time.monotonic() - start, 3)
+    if tree_info["unplaced"]:
+        _log(f"{name}: {tree_info['unplaced']} ASVs had no placement and "
+             "were attached to the root")
+    return tree
+
+
+def load_dataset(name, cache_dir=None, build_tree=True):
+    """Load benchmark dataset ``name`` ("ecam" or "karelia")."""
+    if name not in FOLDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose from "
+                         f"{sorted(FOLDERS)}")
+    folder = fetch_mitre(cache_dir) / FOLDERS[name]
+    info = {"source": f"mitre=={SDIST_VERSION} "
+                      f"mitre/example_data/{FOLDERS[name]}",
+            "source_sha256": SDIST_SHA256}
+    start = time.monotonic()
+
+    counts, sample_md = _filtered_counts(name, folder, info)
+    metadata = _sample_metadata(name, folder, sample_md, counts.index, info)
+
+    data = scipy.sparse.csr_matrix(counts.to_numpy().T)
+    table = biom.Table(data, observation_ids=list(counts.columns),
+                       sample_ids=list(counts.index))
+    info["load_seconds"] = round(time.monotonic() - start, 3)
+    _check_shape(name, table)
+
     tree = None
     if build_tree:
-        start = time.monotonic()
-        key = read_fasta(folder / "sequence_key.fa")
-        tree, tree_info = placement_tree(folder / "placement.jplace", key,
-                                         list(counts.columns))
-        info["tree"] = tree_info
-        info["tree_seconds"] = round(time.monotonic() - start, 3)
-        if tree_info["unplaced"]:
-            _log(f"{name}: {tree_info['unplaced']} ASVs had no placement and "
-                 "were attached to the root")
+        tree = _dataset_tree(name, folder, list(counts.columns), info)
     taxonomy = read_taxonomy(folder / "dada2_placements.csv", list(counts.columns))
     return Dataset(name=name, table=table, metadata=metadata, tree=tree,
                    info=info, taxonomy=taxonomy)

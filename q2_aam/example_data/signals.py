@@ -106,18 +106,9 @@ def _clade(tree, features: list, present: np.ndarray, rng) -> list:
     return list(unique[rng.integers(len(unique))])
 
 
-def make_target(dataset, kind: str, *, n_samples: int = 600, test_fraction: float = 0.2,
-                oracle_r2: float = 0.9, seed: int = 0) -> SignalTarget:
-    """A target of kind ``kind`` planted in ``n_samples`` of ``dataset``'s samples.
-
-    ``dataset``: an :class:`~q2_aam.example_data.mitre.Dataset` (ECAM; any
-    dataset whose feature IDs are DNA and that has a tree). The same
-    ``seed`` gives the same samples, planted ASVs, noise and split.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
-    rng = np.random.default_rng([seed, KINDS.index(kind)])
-    table = dataset.table
+def _draw_samples(table, n_samples: int, rng):
+    """``n_samples`` rows of ``table`` drawn at random (kept in table order), cut to the
+    features present in them: (counts, feature IDs, sample IDs)."""
     all_counts = table.matrix_data.T.toarray()  # (samples, features)
     rows = np.sort(rng.choice(all_counts.shape[0], n_samples, replace=False))
     counts = all_counts[rows]
@@ -125,6 +116,33 @@ def make_target(dataset, kind: str, *, n_samples: int = 600, test_fraction: floa
     counts = counts[:, kept]
     features = [f for f, k in zip(table.ids(axis="observation"), kept) if k]
     sample_ids = [table.ids()[r] for r in rows]
+    return counts, features, sample_ids
+
+
+def _interaction(log_rel: np.ndarray, pick, signs, n_samples: int, rng):
+    """The ``interaction`` signal: 4 ASVs that count only in one season, 2 main effects.
+
+    Returns (planted, signal, categorical, main_effects).
+    """
+    chosen = pick(6)
+    order = rng.permutation(chosen)
+    planted, main_effects = sorted(order[:4].tolist()), sorted(order[4:].tolist())
+    season = rng.choice(["a", "b"], n_samples)
+    categorical = {"season": season.tolist(),
+                   "site": rng.choice(["a", "b"], n_samples).tolist()}
+    values = {j: "ab"[i % 2] for i, j in enumerate(order[:4].tolist())}
+    b = signs(6)
+    signal = sum(b[i] * _z(log_rel[:, j]) * (season == values[j])
+                 for i, j in enumerate(order[:4].tolist()))
+    signal = signal + sum(b[4 + i] * _z(log_rel[:, j]) for i, j in enumerate(main_effects))
+    return planted, signal, categorical, main_effects
+
+
+def _plant(kind: str, tree, counts: np.ndarray, features: list, n_samples: int, rng):
+    """The noise-free signal of ``kind`` planted in ``counts``.
+
+    Returns (planted, signal, categorical, main_effects).
+    """
     rel = counts / counts.sum(axis=1, keepdims=True)
     present = counts > 0
     log_rel = np.log10(np.maximum(rel, FLOOR))
@@ -137,7 +155,8 @@ def make_target(dataset, kind: str, *, n_samples: int = 600, test_fraction: floa
     def signs(n):
         return rng.choice([-1.0, 1.0], n)
 
-    categorical, main_effects = {}, []
+    if kind == "interaction":
+        return _interaction(log_rel, pick, signs, n_samples, rng)
     if kind in ("abundance", "abundance-class"):
         planted = pick(5)
         signal = sum(b * _z(log_rel[:, j]) for b, j in zip(signs(5), planted))
@@ -145,23 +164,28 @@ def make_target(dataset, kind: str, *, n_samples: int = 600, test_fraction: floa
         planted = pick(5)
         signal = sum(b * _z(present[:, j].astype(float)) for b, j in zip(signs(5), planted))
     elif kind == "clade":
-        planted = _clade(dataset.tree, features, present, rng)
+        planted = _clade(tree, features, present, rng)
         signal = _z(np.log10(np.maximum(rel[:, planted].sum(axis=1), FLOOR)))
-    elif kind == "log-ratio":
+    else:  # log-ratio
         planted = pick(2)
         signal = _z(log_rel[:, planted[0]] - log_rel[:, planted[1]])
-    else:  # interaction
-        chosen = pick(6)
-        order = rng.permutation(chosen)
-        planted, main_effects = sorted(order[:4].tolist()), sorted(order[4:].tolist())
-        season = rng.choice(["a", "b"], n_samples)
-        categorical = {"season": season.tolist(),
-                       "site": rng.choice(["a", "b"], n_samples).tolist()}
-        values = {j: "ab"[i % 2] for i, j in enumerate(order[:4].tolist())}
-        b = signs(6)
-        signal = sum(b[i] * _z(log_rel[:, j]) * (season == values[j])
-                     for i, j in enumerate(order[:4].tolist()))
-        signal = signal + sum(b[4 + i] * _z(log_rel[:, j]) for i, j in enumerate(main_effects))
+    return planted, signal, {}, []
+
+
+def make_target(dataset, kind: str, *, n_samples: int = 600, test_fraction: float = 0.2,
+                oracle_r2: float = 0.9, seed: int = 0) -> SignalTarget:
+    """A target of kind ``kind`` planted in ``n_samples`` of ``dataset``'s samples.
+
+    ``dataset``: an :class:`~q2_aam.example_data.mitre.Dataset` (ECAM; any
+    dataset whose feature IDs are DNA and that has a tree). The same
+    ``seed`` gives the same samples, planted ASVs, noise and split.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    rng = np.random.default_rng([seed, KINDS.index(kind)])
+    counts, features, sample_ids = _draw_samples(dataset.table, n_samples, rng)
+    planted, signal, categorical, main_effects = _plant(kind, dataset.tree, counts,
+                                                        features, n_samples, rng)
     y = _with_noise(signal, oracle_r2, rng)
     oracle = signal
     if kind == "abundance-class":

@@ -274,6 +274,60 @@ def _mean_tip_depth(root):
     return total / count if count else 1.0
 
 
+def _chosen_placements(best, name_to_feature, wanted):
+    """{feature: (edge, distal, pendant)} from one file's best placements, for the
+    ``wanted`` features; two queries mapping to one feature are an error."""
+    chosen = {}
+    for name, (edge, distal, pendant, _lwr) in best.items():
+        feature = name_to_feature.get(name)
+        if feature is None or feature not in wanted:
+            continue
+        if feature in chosen:
+            raise JplaceError(f"two queries map to feature {feature[:20]}...")
+        chosen[feature] = (edge, distal, pendant)
+    return chosen
+
+
+def _add_more_placements(chosen, jplace, jplace_path, more, wanted):
+    """Add to ``chosen`` the placements of the ``more`` files for wanted features
+    not placed yet; they must share ``jplace``'s reference tree.  Returns their
+    number of tied best placements."""
+    ties = 0
+    for path, names in more:
+        with open(path) as fh:
+            other = json.load(fh)
+        if other["tree"] != jplace["tree"]:
+            raise JplaceError(f"{path} places its queries on another reference tree than "
+                              f"{jplace_path}")
+        other_best, other_ties = best_placements(other)
+        ties += other_ties
+        for name in sorted(other_best):
+            feature = names.get(name)
+            if feature in wanted and feature not in chosen:
+                chosen[feature] = other_best[name][:3]
+    return ties
+
+
+def _placed_root(tree, edge_to_node, chosen, placed, unplaced, info):
+    """The tree of the ``placed`` features grafted and pruned, with the
+    ``unplaced`` ones on the root (as long as the mean tip depth); before
+    the root is made binary."""
+    if not placed:
+        root = skbio.TreeNode()
+        depth = 1.0
+    else:
+        tips, clamped = _graft(tree, edge_to_node,
+                               [(f,) + chosen[f] for f in placed])
+        info["clamped_lengths"] = clamped
+        root = _prune_to_treenode(tree, tips)
+        depth = _mean_tip_depth(root)
+    for feature in unplaced:
+        root.append(skbio.TreeNode(name=feature, length=depth))
+    info["unplaced_branch_length"] = depth if unplaced else None
+    info["root_children_before_resolving"] = len(root.children)
+    return root
+
+
 def placement_tree(jplace_path, name_to_feature, features, more=()):
     """The rooted tree of ``features`` from a jplace file.
 
@@ -302,43 +356,13 @@ def placement_tree(jplace_path, name_to_feature, features, more=()):
     n_reference_tips = sum(1 for kids in tree.children if not kids)
     best, ties = best_placements(jplace)
 
-    chosen = {}
-    for name, (edge, distal, pendant, _lwr) in best.items():
-        feature = name_to_feature.get(name)
-        if feature is None or feature not in wanted:
-            continue
-        if feature in chosen:
-            raise JplaceError(f"two queries map to feature {feature[:20]}...")
-        chosen[feature] = (edge, distal, pendant)
-    for path, names in more:
-        with open(path) as fh:
-            other = json.load(fh)
-        if other["tree"] != jplace["tree"]:
-            raise JplaceError(f"{path} places its queries on another reference tree than "
-                              f"{jplace_path}")
-        other_best, other_ties = best_placements(other)
-        ties += other_ties
-        for name in sorted(other_best):
-            feature = names.get(name)
-            if feature in wanted and feature not in chosen:
-                chosen[feature] = other_best[name][:3]
+    chosen = _chosen_placements(best, name_to_feature, wanted)
+    ties += _add_more_placements(chosen, jplace, jplace_path, more, wanted)
     placed = [f for f in features if f in chosen]
     unplaced = [f for f in features if f not in chosen]
     info = {"reference_tips": n_reference_tips, "placed": len(placed),
             "unplaced": len(unplaced), "tied_best_placements": ties}
-    if not placed:
-        root = skbio.TreeNode()
-        depth = 1.0
-    else:
-        tips, clamped = _graft(tree, edge_to_node,
-                               [(f,) + chosen[f] for f in placed])
-        info["clamped_lengths"] = clamped
-        root = _prune_to_treenode(tree, tips)
-        depth = _mean_tip_depth(root)
-    for feature in unplaced:
-        root.append(skbio.TreeNode(name=feature, length=depth))
-    info["unplaced_branch_length"] = depth if unplaced else None
-    info["root_children_before_resolving"] = len(root.children)
+    root = _placed_root(tree, edge_to_node, chosen, placed, unplaced, info)
     root = _bifurcate_root(root)
     validate_tree(root, features)
     info["tips"] = len(features)
