@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .bundle import ModelBundle
 from .data import AmpliconSamples
 from .model import AAMModel
-from .options import DEFAULT_DEVICE, DEFAULT_MATCH_IDENTITY
+from .options import DEFAULT_DEVICE, DEFAULT_MATCH_IDENTITY, RESPONSE_BATCH_SIZE
 from .predict import batches, regressor_transform
 from .progress import stderr
 
@@ -271,7 +271,7 @@ def slot_responses(model: AAMModel, batch: dict, asv_embeddings: torch.Tensor,
 
 def conditioning_response(bundle: ModelBundle, samples: AmpliconSamples, *,
                           categorical: dict, normalize_groups: Sequence | None = None,
-                          batch_size: int = 16, device: str = DEFAULT_DEVICE,
+                          batch_size: int = RESPONSE_BATCH_SIZE, device: str = DEFAULT_DEVICE,
                           match_identity: float = DEFAULT_MATCH_IDENTITY,
                           log: Callable[[str], None] = stderr) -> np.ndarray:
     """How much each ASV's conditioning moves each sample's prediction, per column.

@@ -475,10 +475,13 @@ class AAMModel(nn.Module):
             (self._add_identity, self.asv_identity is not None),
             (self._fuse_vector, self.fusion is not None),
             (self._cross_attend, self.cross_attention is not None)) if held]
-        self._pool = self._perceive if self.perceiver is not None else self._attention_pool
+        self._pool = (self._perceive if self.perceiver is not None else
+                      self._attention_pool if self.target_encoder is None else
+                      self._encode_and_pool)
         self._pooled_steps = [self._gate] if self.gmu is not None else []
         self._output_steps = [step for step, held in (
-            (self._add_readout, True), (self._scale, self.output_scaling is not None)) if held]
+            (self._add_readout, self.readout is not None),
+            (self._scale, self.output_scaling is not None)) if held]
 
     def sharding_units(self) -> list[nn.Module]:
         """The parts FSDP shards on their own (``parallel.shard``), so that each runs with
@@ -598,8 +601,10 @@ class AAMModel(nn.Module):
         return pooled
 
     def _attention_pool(self, x: torch.Tensor, context, out) -> torch.Tensor:
-        if self.target_encoder is not None:
-            x = self.target_encoder(x, src_key_padding_mask=~context.mask)
+        return self.target_pool(x, context.mask)
+
+    def _encode_and_pool(self, x: torch.Tensor, context, out) -> torch.Tensor:
+        x = self.target_encoder(x, src_key_padding_mask=~context.mask)
         return self.target_pool(x, context.mask)
 
     def _gate(self, pooled: torch.Tensor, context, out) -> torch.Tensor:
@@ -607,7 +612,7 @@ class AAMModel(nn.Module):
         return pooled
 
     def _add_readout(self, y: torch.Tensor, context, out) -> torch.Tensor:
-        return y if context.offset is None else y + context.offset
+        return y + context.offset
 
     def _scale(self, y: torch.Tensor, context, out) -> torch.Tensor:
         return self.output_scaling(y, context.categories)

@@ -141,6 +141,9 @@ TRAIN_RECIPE = {"epochs": 40, "patience": TRAIN_PATIENCE, "validation_fraction":
 #: Samples per forward pass when a trained model predicts (no gradients, so more than in
 #: training): ``predict`` and the views.
 PREDICT_BATCH_SIZE = 64
+#: Samples per batch of the per-ASV response (``explain.conditioning_response``) when called
+#: from Python: each batch is run once per slot, column and value.
+RESPONSE_BATCH_SIZE = 16
 #: ``train-and-evaluate``'s share of the samples (or subjects) held out for testing.
 TEST_SIZE = 0.2
 #: ``explain-conditioning``: ASVs shown per heatmap, and the samples that must hold an ASV
