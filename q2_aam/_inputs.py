@@ -88,7 +88,8 @@ def check_tips(samples, phylogeny: skbio.TreeNode) -> None:
 def matrix_distances(samples, distance_matrix: skbio.DistanceMatrix):
     """The ``(n, n)`` distances between ``samples``, in their order, from the given matrix."""
     ids = samples.sample_ids
-    missing = [i for i in ids if i not in distance_matrix.ids]
+    known = set(distance_matrix.ids)  # (a tuple: a lookup in it is a scan)
+    missing = [i for i in ids if i not in known]
     if missing:
         raise ValueError(f"{len(missing)} sample(s) of the table are not in the distance "
                          f"matrix ({examples(missing)}). Use a matrix computed on the "

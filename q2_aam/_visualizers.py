@@ -255,8 +255,8 @@ def _scored_ids(table: biom.Table, truth: pd.Series) -> list:
                          f"{truth.name!r}; pass the column holding the observed values.")
     if len(ids) < len(table_ids):
         left = [i for i in table_ids if i not in ids]
-        inputs.log(f"Scoring {len(ids)} sample(s); leaving out {len(left)} without a value in "
-             f"{truth.name!r} ({inputs.examples(left)}).")
+        inputs.log(f"Scoring {len(ids)} sample(s); leaving out {len(left)} without a value "
+                   f"in {truth.name!r} ({inputs.examples(left)}).")
     return ids
 
 
@@ -583,9 +583,9 @@ def _conditioning_response(model, samples, categorical, sample_metadata, batch_s
                               samples.sample_ids, required=False)
     vocabularies = model.target["categorical"]["vocabularies"]
     passes = len(samples.indices) * sum(max(len(v) - 1, 1) for v in vocabularies.values())
-    inputs.log(f"Measuring each ASV's response to {', '.join(vocabularies)}: about {passes} passes "
-         f"of the layers after the fusion ({len(samples.indices)} held ASVs x other values); "
-         f"the demo's 190 samples take about 7 s on 2 CPU cores.")
+    inputs.log(f"Measuring each ASV's response to {', '.join(vocabularies)}: about {passes} "
+               f"passes of the layers after the fusion ({len(samples.indices)} held ASVs x "
+               f"other values); the demo's 190 samples take about 7 s on 2 CPU cores.")
     return api.conditioning_response(model, samples, categorical=categorical,
                                      normalize_groups=groups, batch_size=batch_size,
                                      device=device, match_identity=match_identity,
@@ -746,7 +746,8 @@ def explain_conditioning(output_dir: str, model: ModelBundle, table: biom.Table,
                                       model.training.get("token_limit", DEFAULT_TOKEN_LIMIT))
     categorical = inputs.categorical_columns(sample_metadata, columns, samples.sample_ids,
                                              required=False, parameter=inputs.MODEL_COLUMNS)
-    absent = [i for i in samples.sample_ids if i not in sample_metadata.ids]
+    known = set(sample_metadata.ids)
+    absent = [i for i in samples.sample_ids if i not in known]
     if absent:
         inputs.log(f"{len(absent)} sample(s) are not in the sample metadata "
                    f"({inputs.examples(absent)}); the model reads their columns as unknown, "

@@ -6,6 +6,7 @@ by ``api.train``. The fits themselves are in ``test_readout_fits.py``."""
 import io
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import skbio
 import torch
@@ -127,6 +128,33 @@ def test_model_readout_equals_the_fitted_blocks_times_their_coefficients():
     # The conditional block moves the prediction: without it, it differs.
     assert np.abs(expected - (sp.hstack(list(blocks.values())[:3]).toarray() @ coef[:len(coef) - 12]
                               + float(model.readout.bias.detach()))).max() > 0.1
+
+
+def test_a_fit_is_loaded_block_by_block_in_block_order():
+    """``load_fit`` puts each block's columns where the model reads them (the stacked fit in
+    BLOCK_ORDER), so the model computes the stacked columns times the fit, and it refuses
+    blocks in another order."""
+    model, rows, ids = _model()
+    samples = _samples([[5, 1, 0, 0, 3], [0, 2, 0, 4, 1], [1, 0, 6, 0, 0], [0, 0, 2, 3, 9]])
+    vocabulary_rows = np.array([1, 2, 3, 4, 0])
+    categories = np.array([[1], [2], [0], [2]])
+    blocks = readout_blocks(samples, vocabulary_rows, 4, rows, ids, categories, [3])
+    widths = {name: x.shape[1] for name, x in blocks.items()}
+    coef = np.random.default_rng(4).normal(size=(sum(widths.values()), 1))
+    # The unknown value's columns are 0 in every sample, so a fit gives them 0 (the model
+    # reads its coefficients for a sample of unknown value).
+    unknown = widths["level"] + widths["presence"] + widths["clade"]
+    coef[unknown:unknown + 4] = 0
+    model.readout.load_fit(coef, np.array([0.5]), widths)
+    assert not any(p.requires_grad for p in model.readout.parameters())
+    expected = sp.hstack(list(blocks.values())).toarray() @ coef[:, 0] + 0.5
+    batch = BatchCollator(samples, tokenize(samples.sequences).tokens, categories=categories,
+                          vocabulary=vocabulary_rows)([0, 1, 2, 3])
+    with torch.no_grad():
+        got = model.readout(batch)[:, 0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not in"):
+        model.readout.load_fit(coef, np.array([0.5]), dict(reversed(list(widths.items()))))
 
 
 def test_response_includes_the_readouts_change_of_coefficient_for_that_asv():

@@ -79,13 +79,6 @@ class LinearReadout(nn.Module):
             shape = (rows, sum(config.cardinalities) * n_outputs)
             self.conditional = nn.Embedding(*shape, _weight=torch.zeros(shape))  # no draw
 
-    @property
-    def blocks(self) -> tuple[str, ...]:
-        """The column blocks this readout has coefficients for, in ``BLOCK_ORDER``."""
-        held = {"level": True, "presence": self.presence is not None,
-                "clade": self.clade is not None, "conditional": self.conditional is not None}
-        return tuple(name for name in BLOCK_ORDER if held[name])
-
     def forward(self, batch: dict) -> torch.Tensor:
         """``(B, n_outputs)``: each vocabulary row's coefficient x its log-abundance level,
         plus its presence coefficient, plus each clade's coefficient x its level, plus each
